@@ -173,6 +173,8 @@ class Config:
     providers: tuple[ProviderConfig, ...]
     envoy: EnvoyTuning
     raw: Mapping[str, Any]
+    #: Key path (``policy.rules[2].match``) -> line number, for errors raised by later loaders.
+    lines: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace_seconds: float = 20.0
 
     def provider(self, name: str) -> ProviderConfig:
@@ -688,6 +690,7 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         providers=providers,
         envoy=tuning,
         raw=top,
+        lines=dict(lines or {}),
         shutdown_grace_seconds=r.number(top, "shutdown_grace_seconds", "", 20.0, 0.0, 600.0),
     )
 

@@ -1,0 +1,42 @@
+"""Prometheus metrics, served on the admin port. Labels never carry secrets or user input
+beyond bounded sets (provider names come from the config; error codes are ours)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "extproc_requests_total",
+            "HTTP requests seen by the ext_proc server, by provider and outcome.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "extproc_auth_failures_total", "Requests refused for identity reasons, by code.", ["code"], registry=r
+        )
+        self.streams_inflight = Gauge(
+            "extproc_streams_inflight", "ext_proc Process streams currently open.", registry=r
+        )
+        self.stream_errors = Counter(
+            "extproc_stream_errors_total", "Process streams that ended with an error, by kind.", ["kind"], registry=r
+        )
+        self.secrets_scrubbed = Counter(
+            "extproc_response_secrets_scrubbed_total",
+            "Responses in which an injected credential was found and replaced.",
+            ["provider"],
+            registry=r,
+        )
+        self.message_seconds = Histogram(
+            "extproc_message_seconds",
+            "Time to decide one ext_proc message, by message kind.",
+            ["kind"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
+            registry=r,
+        )

@@ -1,0 +1,230 @@
+"""Process lifecycle: start the ext_proc gRPC server, the admin gRPC and HTTP endpoints, and
+shut them down gracefully.
+
+Shutdown (SIGTERM or SIGINT) goes: mark health NOT_SERVING and ``/readyz`` 503 so nothing new
+is routed here, stop accepting new streams, let in-flight streams (HTTP requests, possibly long
+SSE answers) finish within ``shutdown_grace_seconds``, then cancel what is left. A second
+signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__
+from .api.admin.v1 import admin_pb2, admin_pb2_grpc
+from .config import Config
+from .credentials import CredentialStore
+from .httpserver import Request, Response, serve_http
+from .identity import Authenticator
+from .machine import Gateway, Router
+from .metrics import Metrics
+from .servicer import ExternalProcessor
+from .store import RedisStore
+
+__all__ = ["ServerState", "assert_upb_backend", "serve"]
+
+log = logging.getLogger("extproc.server")
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+def assert_upb_backend() -> None:
+    """Refuse to run on the pure-Python protobuf backend: it is an order of magnitude slower."""
+    from google.protobuf.internal import api_implementation
+
+    kind = api_implementation.Type()
+    if kind != "upb":
+        raise RuntimeError(
+            f"protobuf is using the {kind!r} backend; extproc needs 'upb' "
+            "(unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION and install the protobuf wheel)"
+        )
+
+
+@dataclass
+class ServerState:
+    config: Config
+    gateway: Gateway
+    authenticator: Authenticator
+    store: RedisStore
+    metrics: Metrics
+    started_at: float
+    serving: bool = False
+    redis_ok: bool = False
+    redis_checked_at: float = 0.0
+
+    async def check_redis(self) -> bool:
+        now = time.monotonic()
+        if now - self.redis_checked_at > 2.0:
+            self.redis_checked_at = now
+            self.redis_ok = await self.store.ping()
+        return self.redis_ok
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, state: ServerState, processor: ExternalProcessor) -> None:
+        self._state = state
+        self._processor = processor
+
+    async def GetStatus(  # noqa: N802 - the gRPC method name
+        self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Status:
+        s = self._state
+        cfg = s.config
+        redis_ok = await s.check_redis()
+        return admin_pb2.Status(
+            version=__version__,
+            config_version=cfg.version,
+            config_source=cfg.source,
+            uptime_seconds=time.monotonic() - s.started_at,
+            ready=s.serving and redis_ok,
+            redis_ok=redis_ok,
+            inflight_streams=self._processor.inflight,
+            providers=[
+                admin_pb2.Provider(
+                    name=p.name,
+                    api=p.api,
+                    prefix=p.prefix,
+                    base_url=p.base_url,
+                    credential_available=p.credential is None or s.gateway.credential(p.name) is not None,
+                )
+                for p in cfg.providers
+            ],
+            issuers=[i.issuer for i in cfg.issuers],
+        )
+
+
+def _admin_http(state: ServerState) -> object:
+    async def handle(req: Request) -> Response:
+        if req.method != "GET":
+            return Response.json(405, b'{"error":"method not allowed"}')
+        if req.path == "/healthz":
+            return Response.json(200, b'{"status":"ok"}')
+        if req.path == "/readyz":
+            ok = state.serving and await state.check_redis()
+            if ok:
+                return Response.json(200, b'{"status":"ready"}')
+            why = "shutting down" if not state.serving else "redis unreachable"
+            return Response.json(503, ('{"status":"not ready","reason":"%s"}' % why).encode())
+        if req.path == "/metrics":
+            body = generate_latest(state.metrics.registry)
+            return Response(200, [("content-type", CONTENT_TYPE_LATEST)], body)
+        return Response.json(404, b'{"error":"not found"}')
+
+    return handle
+
+
+def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
+    creds = CredentialStore(config.providers)
+    gateway = Gateway(router=Router(config.providers), credential=creds.get, all_credentials=creds.all_values)
+    return ServerState(
+        config=config,
+        gateway=gateway,
+        authenticator=Authenticator(config.issuers),
+        store=RedisStore(config.redis_url),
+        metrics=metrics or Metrics(),
+        started_at=time.monotonic(),
+    )
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    assert_upb_backend()
+    state = build_state(config)
+    await state.authenticator.preload()
+    if not await state.check_redis():
+        log.warning("redis at %s is not reachable yet; /readyz reports not ready until it is", _redact_url(config.redis_url))
+
+    processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+    grpc_server = grpc.aio.server(options=options)
+    ep_grpc.add_ExternalProcessorServicer_to_server(processor, grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    ext_addr = f"{config.ext_proc.address}:{config.ext_proc.port}"
+    if grpc_server.add_insecure_port(ext_addr) == 0:
+        raise OSError(f"cannot listen on {ext_addr} (ext_proc)")
+
+    admin_grpc = grpc.aio.server(options=options)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(state, processor), admin_grpc)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
+    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
+    if admin_grpc.add_insecure_port(admin_addr) == 0:
+        raise OSError(f"cannot listen on {admin_addr} (admin gRPC)")
+
+    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)  # type: ignore[arg-type]
+    await grpc_server.start()
+    await admin_grpc.start()
+    for svc in ("", EXT_PROC_SERVICE):
+        await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    state.serving = True
+    log.info(
+        "extproc %s serving: ext_proc on %s, admin gRPC on %s, admin HTTP on %s:%d (config %s, version %s)",
+        __version__,
+        ext_addr,
+        admin_addr,
+        config.admin.http.address,
+        config.admin.http.port,
+        config.source,
+        config.version,
+    )
+    if ready is not None:
+        ready.set()
+
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(sig: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("received %s: draining (grace %.0fs)", signal.Signals(sig).name, config.shutdown_grace_seconds)
+            stop.set()
+        else:
+            log.warning("second signal: stopping now")
+            grace_cut.set()
+
+    grace_cut = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    try:
+        await stop.wait()
+    finally:
+        state.serving = False
+        for svc in ("", EXT_PROC_SERVICE):
+            await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+        stopping = asyncio.create_task(grpc_server.stop(config.shutdown_grace_seconds))
+        cut = asyncio.create_task(grace_cut.wait())
+        await asyncio.wait({stopping, cut}, return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            await grpc_server.stop(0)
+            await stopping
+        cut.cancel()
+        await admin_grpc.stop(1)
+        http.close()
+        await state.store.close()
+        log.info("extproc stopped")
+
+
+def _redact_url(url: str) -> str:
+    """A Redis URL for logs: any password is removed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -1,0 +1,173 @@
+"""The gRPC ext_proc servicer: a thin adapter between Envoy's messages and ``RequestMachine``.
+
+All decisions are made by the machine; this module only converts protobufs to events and
+decisions back to protobufs, and fulfils the machine's I/O requests (identity verification).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from envoy.type.v3 import http_status_pb2
+
+from .identity import AuthError, Authenticator
+from .machine import Continue, Gateway, NeedIdentity, ProtocolError, Reply, RequestMachine
+from .metrics import Metrics
+
+__all__ = ["ExternalProcessor"]
+
+log = logging.getLogger("extproc.servicer")
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _headers(msg: ep.HttpHeaders) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in msg.headers.headers:
+        # Envoy sends raw_value; latin-1 keeps every byte round-trippable.
+        v = h.raw_value.decode("latin-1") if h.raw_value else h.value
+        k = h.key
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def _mutation(d: Continue) -> ep.HeaderMutation | None:
+    if not d.set_headers and not d.remove_headers:
+        return None
+    return ep.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")),
+                append_action=_OVERWRITE,
+            )
+            for k, v in d.set_headers
+        ],
+        remove_headers=list(d.remove_headers),
+    )
+
+
+def _common(d: Continue) -> ep.CommonResponse:
+    common = ep.CommonResponse()
+    mutation = _mutation(d)
+    if mutation is not None:
+        common.header_mutation.CopyFrom(mutation)
+    if d.body is not None:
+        if d.body:
+            common.body_mutation.body = d.body
+        else:
+            common.body_mutation.clear_body = True
+    return common
+
+
+def _immediate(r: Reply) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=r.status),  # type: ignore[arg-type]
+            headers=ep.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")),
+                        append_action=_OVERWRITE,
+                    )
+                    for k, v in r.headers
+                ]
+            ),
+            body=r.body,
+            details=f"extproc_{r.code}" if r.code else "extproc",
+        )
+    )
+
+
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
+    def __init__(
+        self,
+        gateway: Callable[[], Gateway],
+        authenticator: Callable[[], Authenticator],
+        metrics: Metrics,
+    ) -> None:
+        # Callables, so a configuration reload swaps what new streams see while streams in
+        # flight keep the objects they started with.
+        self._gateway = gateway
+        self._authenticator = authenticator
+        self._metrics = metrics
+        self.inflight = 0
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        m = self._metrics
+        machine = RequestMachine(self._gateway())
+        auth = self._authenticator()
+        self.inflight += 1
+        m.streams_inflight.inc()
+        outcome = "incomplete"
+        try:
+            async for req in request_iterator:
+                kind = req.WhichOneof("request")
+                t0 = time.perf_counter()
+                resp = await self._handle(machine, auth, req, kind)
+                m.message_seconds.labels(kind or "none").observe(time.perf_counter() - t0)
+                if resp is None:
+                    continue
+                yield resp
+                if resp.HasField("immediate_response"):
+                    outcome = machine.info.error_code or "refused"
+                    return
+            outcome = "ok" if machine.info.status is not None else "incomplete"
+        except ProtocolError as exc:
+            outcome = "protocol_error"
+            m.stream_errors.labels("protocol").inc()
+            log.warning("ext_proc protocol error for request %s: %s", machine.info.request_id, exc)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        finally:
+            self.inflight -= 1
+            m.streams_inflight.dec()
+            m.requests.labels(machine.info.provider or "-", outcome).inc()
+            if machine.info.secrets_scrubbed:
+                m.secrets_scrubbed.labels(machine.info.provider or "-").inc()
+
+    async def _handle(
+        self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest, kind: str | None
+    ) -> ep.ProcessingResponse | None:
+        if kind == "request_headers":
+            d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
+            if isinstance(d, NeedIdentity):
+                try:
+                    ident = await auth.authenticate(d.token)
+                    d = machine.on_identity(ident)
+                except AuthError as exc:
+                    self._metrics.auth_failures.labels(exc.code).inc()
+                    d = machine.on_identity(exc)
+            if isinstance(d, Reply):
+                return _immediate(d)
+            return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(d)))
+        if kind == "request_body":
+            body = req.request_body
+            d = machine.on_request_body(body.body, body.end_of_stream)
+            if isinstance(d, Reply):
+                return _immediate(d)
+            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))
+        if kind == "response_headers":
+            d = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
+            if isinstance(d, Reply):
+                return _immediate(d)
+            return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(d)))
+        if kind == "response_body":
+            body = req.response_body
+            d = machine.on_response_body(body.body, body.end_of_stream)
+            if isinstance(d, Reply):
+                return _immediate(d)
+            return ep.ProcessingResponse(response_body=ep.BodyResponse(response=_common(d)))
+        if kind == "request_trailers":
+            machine.on_request_trailers()
+            return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+        if kind == "response_trailers":
+            machine.on_response_trailers()
+            return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+        raise ProtocolError(f"unsupported ext_proc message {kind!r}")
