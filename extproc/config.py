@@ -486,9 +486,8 @@ def _provider(r: _Reader, value: Any, path: str) -> ProviderConfig:
     )
 
 
-_ASYMMETRIC_ALGS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
-)
+#: The asymmetric algorithms python-jose can verify (it has no RSASSA-PSS).
+_ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 
 
 def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
@@ -584,7 +583,9 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         cert = r.string(tm, "cert_file", "listeners.tls")
         key = r.string(tm, "key_file", "listeners.tls")
         if bool(cert) != bool(key):
-            raise r.error("listeners.tls", "set both 'cert_file' and 'key_file', or neither for a development certificate")
+            raise r.error(
+                "listeners.tls", "set both 'cert_file' and 'key_file', or neither for a development certificate"
+            )
         tls = TlsListenerConfig(
             address=r.string(tm, "address", "listeners.tls", default="127.0.0.1") or "127.0.0.1",
             port=r.integer(tm, "port", "listeners.tls", 10443, 0, 65535),
@@ -607,12 +608,12 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         ("listeners.envoy_admin", envoy_admin.port),
     ]
     seen: dict[int, str] = {}
-    for p, port in ports:
+    for where, port in ports:
         if port == 0:
             continue
         if port in seen:
-            raise r.error(f"{p}.port", f"port {port} is already used by {seen[port]}")
-        seen[port] = p
+            raise r.error(f"{where}.port", f"port {port} is already used by {seen[port]}")
+        seen[port] = where
 
     rm = r.mapping(top.get("redis"), "redis", {"url"})
     redis_url = r.string(rm, "url", "redis", default="redis://127.0.0.1:6379/0") or ""

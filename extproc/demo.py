@@ -72,9 +72,11 @@ class DemoModel:
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
-            return Response.json(400, b'{"error":{"message":"body must be a JSON object","type":"invalid_request_error"}}')
+            err = b'{"error":{"message":"body must be a JSON object","type":"invalid_request_error"}}'
+            return Response.json(400, err)
         text = _answer(_last_user_text(body.get("messages")))
-        model = body.get("model") if isinstance(body.get("model"), str) else MODEL
+        raw_model = body.get("model")
+        model = raw_model if isinstance(raw_model, str) else MODEL
         if req.path == "/v1/chat/completions":
             return self._openai(text, model, bool(body.get("stream")))
         return self._anthropic(text, model, bool(body.get("stream")))
@@ -135,7 +137,8 @@ class DemoModel:
                 yield ev("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                  "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}})
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-            yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            yield ev("message_delta", {"type": "message_delta",
+                                       "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                        "usage": {"output_tokens": len(words)}})
             yield ev("message_stop", {"type": "message_stop"})
 

@@ -42,7 +42,9 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def ensure_dev_tls(cert_file: str | Path, key_file: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> bool:
+def ensure_dev_tls(
+    cert_file: str | Path, key_file: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1")
+) -> bool:
     """Create a self-signed certificate for ``hosts`` unless both files exist. True if created."""
     cert_path, key_path = Path(cert_file), Path(key_file)
     if cert_path.exists() and key_path.exists():

@@ -228,7 +228,7 @@ def _ext_proc_filter(cfg: Config) -> HttpFilter:
     return HttpFilter(name="envoy.filters.http.ext_proc", typed_config=PbAny.pack(proc))
 
 
-def _hcm(cfg: Config, stat_prefix: str) -> Filter:
+def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
     vhost = VirtualHost(name="providers", domains=["*"], routes=[_route(cfg, p) for p in cfg.providers])
     access_log = []
     if cfg.envoy.access_log:
@@ -244,7 +244,7 @@ def _hcm(cfg: Config, stat_prefix: str) -> Filter:
         codec_type=HttpConnectionManagerCodecType.AUTO,
         route_config=RouteConfiguration(name="providers", virtual_hosts=[vhost]),
         http_filters=[
-            _ext_proc_filter(cfg),
+            *([_ext_proc_filter(cfg)] if ext_proc else []),
             HttpFilter(name="envoy.filters.http.router", typed_config=PbAny.pack(Router())),
         ],
         stream_idle_timeout=_seconds(cfg.envoy.stream_idle_timeout_seconds),
@@ -257,13 +257,14 @@ def _hcm(cfg: Config, stat_prefix: str) -> Filter:
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=PbAny.pack(hcm))
 
 
-def render_bootstrap(cfg: Config) -> Bootstrap:
+def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
+    """``ext_proc=False`` leaves the filter out: only the benchmark's Envoy-alone baseline uses it."""
     listeners = [
         Listener(
             name="http",
             address=_addr(cfg.listener.address, cfg.listener.port),
             per_connection_buffer_limit_bytes=cfg.envoy.max_request_bytes,
-            filter_chains=[FilterChain(filters=[_hcm(cfg, "http")])],
+            filter_chains=[FilterChain(filters=[_hcm(cfg, "http", ext_proc=ext_proc)])],
         )
     ]
     if cfg.tls is not None:
@@ -286,7 +287,7 @@ def render_bootstrap(cfg: Config) -> Bootstrap:
                 per_connection_buffer_limit_bytes=cfg.envoy.max_request_bytes,
                 filter_chains=[
                     FilterChain(
-                        filters=[_hcm(cfg, "https")],
+                        filters=[_hcm(cfg, "https", ext_proc=ext_proc)],
                         transport_socket=TransportSocket(
                             name="envoy.transport_sockets.tls", typed_config=PbAny.pack(tls)
                         ),
@@ -310,9 +311,9 @@ def render_bootstrap(cfg: Config) -> Bootstrap:
     )
 
 
-def render_envoy(cfg: Config) -> dict[str, Any]:
+def render_envoy(cfg: Config, *, ext_proc: bool = True) -> dict[str, Any]:
     """The bootstrap as a plain mapping in Envoy's JSON/YAML form."""
-    data: dict[str, Any] = render_bootstrap(cfg).to_dict()
+    data: dict[str, Any] = render_bootstrap(cfg, ext_proc=ext_proc).to_dict()
     return data
 
 

@@ -141,7 +141,7 @@ async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, resp: Respon
                 writer.write(conn.send(h11.Data(data=chunk)) or b"")
                 await writer.drain()
     elif resp.body:
-        writer.write(conn.send(h11.Data(data=resp.body)) or b"")  # type: ignore[arg-type]
+        writer.write(conn.send(h11.Data(data=resp.body)) or b"")
     writer.write(conn.send(h11.EndOfMessage()) or b"")
     await writer.drain()
 

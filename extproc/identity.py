@@ -39,7 +39,8 @@ log = logging.getLogger("extproc.identity")
 
 #: Algorithm families a key type may be used with; anything symmetric is absent on purpose.
 _ALGS_BY_KTY: dict[str, frozenset[str]] = {
-    "RSA": frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+    # python-jose verifies RSASSA-PKCS1-v1_5 and ECDSA; it has no RSASSA-PSS (PS*).
+    "RSA": frozenset({"RS256", "RS384", "RS512"}),
     "EC": frozenset({"ES256", "ES384", "ES512"}),
 }
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
@@ -178,18 +179,15 @@ class Authenticator:
                 key,
                 algorithms=[alg],
                 issuer=iss,
-                options={
-                    "verify_aud": False,  # checked below against a set of audiences
-                    "require_exp": True,
-                    "leeway": cfg.clock_skew_seconds,
-                },
+                # Time and audience are checked below, against this object's clock and a
+                # set of audiences; jose checks the signature and the issuer.
+                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
-        except ExpiredSignatureError:
-            raise AuthError("token_expired", "the token has expired") from None
-        except JWTClaimsError as exc:
+        except (ExpiredSignatureError, JWTClaimsError) as exc:
             raise AuthError("invalid_claims", f"the token's claims are not valid: {_safe(exc)}") from None
         except JWTError:
             raise AuthError("bad_signature", "the token's signature does not verify") from None
+        _check_times(claims, now, cfg.clock_skew_seconds)
         aud = claims.get("aud")
         auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
         if not auds & set(cfg.audiences):
@@ -274,9 +272,25 @@ def _parse_jwks(doc: Mapping[str, Any], cfg: IssuerConfig) -> dict[str, tuple[An
         except Exception:  # a broken key in the set must not take the others down
             log.warning("skipping an unusable key in the JWKS of %s", cfg.issuer)
             continue
-        kid = k.get("kid") if isinstance(k.get("kid"), str) else f"#{i}"
+        raw_kid = k.get("kid")
+        kid = raw_kid if isinstance(raw_kid, str) else f"#{i}"
         out[kid] = (key, algs)
     return out
+
+
+def _check_times(claims: Mapping[str, Any], now: float, skew: int) -> None:
+    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+    for name, value in (("exp", exp), ("nbf", nbf), ("iat", iat)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise AuthError("invalid_claims", f"the token's '{name}' claim is not a number")
+    if exp is None:
+        raise AuthError("invalid_claims", "the token has no expiry ('exp')")
+    if now > exp + skew:
+        raise AuthError("token_expired", "the token has expired")
+    if nbf is not None and nbf > now + skew:
+        raise AuthError("invalid_claims", "the token is not valid yet ('nbf')")
+    if iat is not None and iat > now + skew:
+        raise AuthError("invalid_claims", "the token was issued in the future ('iat')")
 
 
 def _identity(cfg: IssuerConfig, claims: Mapping[str, Any]) -> Identity:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -71,12 +73,12 @@ class ServerState:
         return self.redis_ok
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):
+class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(self, state: ServerState, processor: ExternalProcessor) -> None:
         self._state = state
         self._processor = processor
 
-    async def GetStatus(  # noqa: N802 - the gRPC method name
+    async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Status:
         s = self._state
@@ -104,7 +106,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
 
 
-def _admin_http(state: ServerState) -> object:
+def _admin_http(state: ServerState) -> Callable[[Request], Awaitable[Response]]:
     async def handle(req: Request) -> Response:
         if req.method != "GET":
             return Response.json(405, b'{"error":"method not allowed"}')
@@ -115,7 +117,7 @@ def _admin_http(state: ServerState) -> object:
             if ok:
                 return Response.json(200, b'{"status":"ready"}')
             why = "shutting down" if not state.serving else "redis unreachable"
-            return Response.json(503, ('{"status":"not ready","reason":"%s"}' % why).encode())
+            return Response.json(503, json.dumps({"status": "not ready", "reason": why}).encode())
         if req.path == "/metrics":
             body = generate_latest(state.metrics.registry)
             return Response(200, [("content-type", CONTENT_TYPE_LATEST)], body)
@@ -142,10 +144,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     state = build_state(config)
     await state.authenticator.preload()
     if not await state.check_redis():
-        log.warning("redis at %s is not reachable yet; /readyz reports not ready until it is", _redact_url(config.redis_url))
+        log.warning(
+            "redis at %s is not reachable yet; /readyz reports not ready until it is", _redact_url(config.redis_url)
+        )
 
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
     grpc_server = grpc.aio.server(options=options)
@@ -162,7 +166,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     if admin_grpc.add_insecure_port(admin_addr) == 0:
         raise OSError(f"cannot listen on {admin_addr} (admin gRPC)")
 
-    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)  # type: ignore[arg-type]
+    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)
     await grpc_server.start()
     await admin_grpc.start()
     for svc in ("", EXT_PROC_SERVICE):

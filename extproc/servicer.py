@@ -16,7 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 
-from .identity import AuthError, Authenticator
+from .identity import Authenticator, AuthError
 from .machine import Continue, Gateway, NeedIdentity, ProtocolError, Reply, RequestMachine
 from .metrics import Metrics
 
@@ -68,7 +68,7 @@ def _common(d: Continue) -> ep.CommonResponse:
 def _immediate(r: Reply) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=r.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=r.status),
             headers=ep.HeaderMutation(
                 set_headers=[
                     base_pb2.HeaderValueOption(
@@ -84,7 +84,7 @@ def _immediate(r: Reply) -> ep.ProcessingResponse:
     )
 
 
-class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
         gateway: Callable[[], Gateway],
@@ -98,7 +98,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         self._metrics = metrics
         self.inflight = 0
 
-    async def Process(  # noqa: N802 - the gRPC method name
+    async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
         m = self._metrics

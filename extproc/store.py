@@ -57,7 +57,9 @@ class RedisStore:
             v = await self.client.get(self.key(key))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
-        return bytes(v) if v is not None else None
+        if v is None:
+            return None
+        return v if isinstance(v, bytes) else str(v).encode()
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
         try:
@@ -80,7 +82,8 @@ class RedisStore:
 
     async def xadd(self, stream: str, fields: Mapping[str, bytes | str], *, maxlen: int | None = None) -> str:
         try:
-            rid = await self.client.xadd(self.key(stream), dict(fields), maxlen=maxlen, approximate=True)
+            data = {k: v for k, v in fields.items()}
+            rid = await self.client.xadd(self.key(stream), data, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         return rid.decode() if isinstance(rid, bytes) else str(rid)

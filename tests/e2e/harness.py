@@ -16,7 +16,15 @@ from typing import Any
 import yaml
 
 from extproc.devkeys import ensure_dev_issuer, ensure_dev_tls, mint_token
-from extproc.stack import Proc, envoy_binary, free_port, start_redis, validate_envoy_config, wait_http, wait_tcp
+from extproc.stack import (
+    Proc,
+    envoy_binary,
+    free_port,
+    start_redis,
+    validate_envoy_config,
+    wait_http,
+    wait_tcp,
+)
 from tests.fakes.oidc import FakeIssuer
 from tests.fakes.upstream import BackgroundLoop, FakeUpstream
 
@@ -82,7 +90,8 @@ class Stack:
             "identity": {"issuers": [
                 {"issuer": "https://extproc.local/dev", "audiences": ["extproc"],
                  "jwks_file": str(self.dev_jwks)},
-                {"issuer": self.issuer.issuer, "audiences": ["extproc"], "jwks_min_refresh_seconds": 0},  # discovery over HTTP
+                # discovery over HTTP; refresh on every unknown kid so rotation is testable
+                {"issuer": self.issuer.issuer, "audiences": ["extproc"], "jwks_min_refresh_seconds": 0},
             ]},
             "providers": [
                 {"name": "fake", "api": "openai", "base_url": f"{up}/v1", "prefix": "/fake",

@@ -1,0 +1,227 @@
+"""``make bench``: the gateway's overhead, measured as ratios against baselines in the same run.
+
+Scenarios, all with the same load against the same upstream (a second Envoy answering with a
+canned chat completion, so the upstream is never the bottleneck):
+
+  (a) envoy        Envoy alone routing to the upstream
+  (b) noop         Envoy + a do-nothing ext_proc server (same processing mode)
+  (c) auth         Envoy + extproc with authentication and credential injection
+  (d) policy20     (c) plus a 20-rule policy (when the policy engine is present)
+
+Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios (c)/(a) and
+(c)/(b), and the ext_proc process's resident memory; writes JSON to bench/results/.
+Only 127.0.0.1 is ever loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from extproc.config import load_config  # noqa: E402
+from extproc.devkeys import ensure_dev_issuer, mint_token  # noqa: E402
+from extproc.envoy_render import render_envoy  # noqa: E402
+from extproc.stack import Proc, envoy_binary, free_port, start_redis, wait_http, wait_tcp  # noqa: E402
+
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise our Q3 plan."}]})
+CANNED = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Here is a short summary."},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
+})
+
+
+def upstream_envoy(port: int, admin: int) -> dict[str, Any]:
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": [{
+            "name": "up", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                             ".HttpConnectionManager",
+                    "stat_prefix": "up",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": CANNED}},
+                        "response_headers_to_add": [{"header": {"key": "content-type",
+                                                                "value": "application/json"}}],
+                    }]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                },
+            }]}],
+        }]},
+    }
+
+
+def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: str,
+                   policy: Any = None) -> Path:
+    _, jwks = ensure_dev_issuer(work / "dev")
+    cfg: dict[str, Any] = {
+        "version": 1,
+        "listeners": {k: {"address": "127.0.0.1", "port": ports[k]}
+                      for k in ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")},
+        "redis": {"url": redis_url},
+        "identity": {"issuers": [{"issuer": "https://extproc.local/dev", "audiences": ["extproc"],
+                                  "jwks_file": str(jwks)}]},
+        "providers": [{"name": "openai", "api": "openai", "base_url": f"http://127.0.0.1:{upstream}/v1",
+                       "prefix": "/openai", "credential": {"env": "BENCH_PROVIDER_KEY"}}],
+        "envoy": {"access_log": False},
+    }
+    if policy is not None:
+        cfg["policy"] = policy
+    path = work / f"extproc-{'policy' if policy else 'auth'}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def load(port: int, token: str, concurrency: int, duration: float) -> dict[str, float]:
+    headers = [f"Authorization: Bearer {token}"]
+    wrk = shutil.which("wrk")
+    if wrk:
+        lua = Path(tempfile.mkstemp(suffix=".lua")[1])
+        lua.write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(BODY)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+            "done = function(summary, latency, requests)\n"
+            '  io.write(string.format("JSON {\\"requests\\":%d,\\"errors\\":%d,\\"rps\\":%f,\\"p50_ms\\":%f,'
+            '\\"p99_ms\\":%f}\\n", summary.requests, summary.errors.status + summary.errors.connect + '
+            "summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests / "
+            "(summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
+            "end\n")
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(lua),
+                              f"http://127.0.0.1:{port}/openai/chat/completions"],
+                             capture_output=True, text=True, check=True).stdout
+        line = next(line for line in out.splitlines() if line.startswith("JSON "))
+        return dict(json.loads(line[5:]))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "loadgen.py"), "--port", str(port), "--path",
+         "/openai/chat/completions", "--body", BODY, "--concurrency", str(concurrency),
+         "--duration", str(duration), *[a for h in headers for a in ("--header", h)]],
+        capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "datapath.json"))
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="extproc-bench-"))
+    procs: list[Proc] = []
+    results: dict[str, Any] = {"loadgen": "wrk" if shutil.which("wrk") else "python", "rows": {}}
+    env = {**os.environ, "BENCH_PROVIDER_KEY": "sk-bench-" + "x" * 32}
+    try:
+        redis_url = os.environ.get("REDIS_URL", "")
+        if not redis_url:
+            rport = free_port()
+            procs.append(start_redis(rport, work))
+            redis_url = f"redis://127.0.0.1:{rport}/0"
+        up_port, up_admin = free_port(), free_port()
+        (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
+        procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
+                                       "--base-id", "71", "--concurrency", "1"], work / "upstream.log").start())
+        wait_tcp("127.0.0.1", up_port, 20, procs[-1])
+
+        key, _ = ensure_dev_issuer(work / "dev")
+        token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
+        ports = {k: free_port() for k in ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")}
+        scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None)]
+        bench_policy = REPO / "examples" / "policy-bench.yaml"
+        if bench_policy.exists():
+            scenarios.append(("policy20", yaml.safe_load(bench_policy.read_text()).get("policy")))
+
+        for name, policy in scenarios:
+            cfg_path = gateway_config(work, ports, up_port, redis_url, policy)
+            cfg = load_config(cfg_path, env=env)
+            gw_yaml = work / f"gateway-{name}.yaml"
+            gw_yaml.write_text(yaml.safe_dump(render_envoy(cfg, ext_proc=name != "envoy")))
+            side: Proc | None = None
+            if name == "noop":
+                side = Proc("noop", [sys.executable, str(REPO / "bench" / "noop_extproc.py"), "--port",
+                                     str(ports["ext_proc"])], work / "noop.log").start()
+                wait_tcp("127.0.0.1", ports["ext_proc"], 20, side)
+            elif name != "envoy":
+                side = Proc("extproc", [sys.executable, "-m", "extproc", "--log-level", "warning", "serve",
+                                        "--config", str(cfg_path)], work / f"extproc-{name}.log", env=env,
+                            cwd=str(REPO)).start()
+                wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 30, side)
+            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error", "--base-id", "72",
+                                  "--concurrency", "1"], work / f"gateway-{name}.log").start()
+            try:
+                wait_http(f"http://127.0.0.1:{ports['envoy_admin']}/ready", 20, gw)
+                load(ports["http"], token, 4, 1.0)  # warm up (JWKS, token cache, connections)
+                row: dict[str, Any] = {}
+                for c in (1, 16):
+                    row[f"c{c}"] = load(ports["http"], token, c, args.duration)
+                if side is not None and side.popen is not None:
+                    row["rss_mb"] = round(rss_kb(side.popen.pid) / 1024, 1)
+                results["rows"][name] = row
+                print(f"  measured {name}", file=sys.stderr)
+            finally:
+                gw.stop()
+                if side is not None:
+                    side.stop()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+    rows = results["rows"]
+    print()
+    print(f"data path overhead (load generator: {results['loadgen']}, {args.duration:.0f}s per cell)")
+    print(f"{'scenario':<10} {'c1 rps':>9} {'c1 p50':>8} {'c1 p99':>8} {'c16 rps':>9} {'c16 p50':>8} "
+          f"{'c16 p99':>8} {'errors':>7} {'RSS MB':>7}")
+    for name, row in rows.items():
+        c1, c16 = row["c1"], row["c16"]
+        print(f"{name:<10} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f}ms {c1['p99_ms']:>7.2f}ms {c16['rps']:>9.0f} "
+              f"{c16['p50_ms']:>7.2f}ms {c16['p99_ms']:>7.2f}ms {c1['errors'] + c16['errors']:>7} "
+              f"{row.get('rss_mb', '-')!s:>7}")
+    ratios: dict[str, float] = {}
+    if {"envoy", "noop", "auth"} <= rows.keys():
+        a, b, c = rows["envoy"], rows["noop"], rows["auth"]
+        ratios = {
+            "auth/envoy c16 throughput": c["c16"]["rps"] / a["c16"]["rps"],
+            "auth/noop c16 throughput": c["c16"]["rps"] / b["c16"]["rps"],
+            "auth-noop c1 added p50 ms": c["c1"]["p50_ms"] - b["c1"]["p50_ms"],
+        }
+        if "policy20" in rows:
+            ratios["policy20/auth c16 throughput"] = rows["policy20"]["c16"]["rps"] / c["c16"]["rps"]
+        print()
+        for k, v in ratios.items():
+            print(f"  {k:<32} {v:6.3f}")
+        print("  targets: auth/noop c16 >= 0.9; added p50 at c1 <= 0.5 ms; policy20/auth >= 0.9")
+    results["ratios"] = ratios
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Request and token budgets in Redis, shared by every replica.
+
+Fixed windows: a budget's counters live in one hash per window, keyed by the window's
+start (``<prefix><charge key>:<window start>``), holding ``r`` (requests) and ``t``
+(tokens). One Lua script checks every budget that applies and, only if all have room,
+counts the request and its estimated prompt tokens in all of them: Redis runs scripts
+one at a time, so concurrent reservations from any number of replicas can never
+overshoot a limit. A fixed window can let up to twice a limit through across a window
+boundary; it is chosen over a sliding log because it is O(1) in memory and time per
+budget and its ``Retry-After`` is exact.
+
+Once the response reports real usage, :func:`charge_usage` adds the difference between
+actual and estimated tokens to the current window (never taking it below zero).
+
+When Redis cannot be reached, each budget's ``fail`` setting decides: any ``closed``
+budget refuses the request (the data path answers 503); if all are ``open`` the request
+proceeds and the outcome says budgets were not enforced.
+
+Every key of one call must live on one Redis node: use a single instance or Sentinel;
+Redis Cluster would need a hash tag in the key prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from extproc.policy.model import BudgetCharge
+
+__all__ = ["DEFAULT_PREFIX", "BudgetOutcome", "charge_usage", "check_and_reserve", "window_start"]
+
+DEFAULT_PREFIX = "extproc:"
+#: Keys outlive their window a little, so a late usage correction still finds them.
+_GRACE_SECONDS = 60
+
+_RESERVE = """
+local tokens = tonumber(ARGV[1])
+local n = #KEYS
+for i = 1, n do
+  local rl = tonumber(ARGV[3 * i - 1])
+  local tl = tonumber(ARGV[3 * i])
+  local used = redis.call('HMGET', KEYS[i], 'r', 't')
+  local r = tonumber(used[1]) or 0
+  local t = tonumber(used[2]) or 0
+  if rl >= 0 and r + 1 > rl then return {i, 1} end
+  if tl >= 0 and t + tokens > tl then return {i, 2} end
+end
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[i], 'r', 1)
+  redis.call('HINCRBY', KEYS[i], 't', tokens)
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3 * i + 1]))
+end
+return {0, 0}
+"""
+
+_CHARGE = """
+local delta = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local t = redis.call('HINCRBY', KEYS[i], 't', delta)
+  if t < 0 then redis.call('HSET', KEYS[i], 't', 0) end
+  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[i + 1])) end
+end
+return 0
+"""
+
+_SRC = {"reserve": _RESERVE, "charge": _CHARGE}
+# Redis names scripts by their SHA-1; it is an identifier here, not a security control.
+_SHA = {name: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest() for name, src in _SRC.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOutcome:
+    allowed: bool
+    #: 200 allowed, 429 a budget is exhausted, 503 Redis unreachable and a budget fails closed.
+    status: int = 200
+    #: The first budget that refused (exhausted, or unavailable and failing closed).
+    budget_id: str | None = None
+    #: ``requests`` or ``tokens``: which limit of ``budget_id`` was reached.
+    limit: str | None = None
+    #: Seconds until the window of ``budget_id`` resets (for ``Retry-After``).
+    retry_after: int | None = None
+    #: Redis could not be reached; with ``allowed`` this means budgets were not enforced.
+    unavailable: bool = False
+    #: Why Redis failed; an exception class name and message, no request data.
+    error: str | None = None
+
+
+def window_start(now: float, window_seconds: int) -> int:
+    return int(now // window_seconds) * window_seconds
+
+
+def _seconds_left(now: float, window_seconds: int) -> int:
+    return max(1, math.ceil(window_start(now, window_seconds) + window_seconds - now))
+
+
+def _unique(charges: Sequence[BudgetCharge]) -> list[BudgetCharge]:
+    # The same key twice would be checked once but counted twice.
+    return list({c.key: c for c in charges}.values())
+
+
+async def _run(client: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+    try:
+        return await client.evalsha(_SHA[name], len(keys), *keys, *args)
+    except NoScriptError:  # first use on this server, or after SCRIPT FLUSH / failover
+        return await client.eval(_SRC[name], len(keys), *keys, *args)
+
+
+async def check_and_reserve(
+    client: Redis,
+    charges: Sequence[BudgetCharge],
+    *,
+    prompt_tokens: int,
+    now: float,
+    prefix: str = DEFAULT_PREFIX,
+) -> BudgetOutcome:
+    """Count one request and ``prompt_tokens`` against every budget, or refuse without counting."""
+    charges = _unique(charges)
+    if not charges:
+        return BudgetOutcome(allowed=True)
+    keys: list[str] = []
+    args: list[Any] = [max(0, int(prompt_tokens))]
+    for c in charges:
+        keys.append(f"{prefix}{c.key}:{window_start(now, c.window_seconds)}")
+        args += [
+            -1 if c.requests_limit is None else c.requests_limit,
+            -1 if c.tokens_limit is None else c.tokens_limit,
+            _seconds_left(now, c.window_seconds) + _GRACE_SECONDS,
+        ]
+    try:
+        result = await _run(client, "reserve", keys, args)
+    except (TimeoutError, RedisError, OSError) as exc:
+        closed = next((c for c in charges if c.fail == "closed"), None)
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        if closed is not None:
+            return BudgetOutcome(allowed=False, status=503, budget_id=closed.budget_id, unavailable=True, error=error)
+        return BudgetOutcome(allowed=True, unavailable=True, error=error)
+    index, which = int(result[0]), int(result[1])
+    if index == 0:
+        return BudgetOutcome(allowed=True)
+    refused = charges[index - 1]
+    return BudgetOutcome(
+        allowed=False,
+        status=429,
+        budget_id=refused.budget_id,
+        limit="requests" if which == 1 else "tokens",
+        retry_after=_seconds_left(now, refused.window_seconds),
+    )
+
+
+async def charge_usage(
+    client: Redis,
+    charges: Sequence[BudgetCharge],
+    *,
+    actual_tokens: int,
+    estimated_tokens: int,
+    now: float,
+    prefix: str = DEFAULT_PREFIX,
+) -> bool:
+    """Correct token counters by ``actual - estimated``; False if Redis could not be reached.
+
+    The correction lands in the window containing ``now``. Pass the reservation's time
+    to correct the same window it was reserved in.
+    """
+    delta = int(actual_tokens) - int(estimated_tokens)
+    targets = [c for c in _unique(charges) if c.tokens_limit is not None]
+    if delta == 0 or not targets:
+        return True
+    keys = [f"{prefix}{c.key}:{window_start(now, c.window_seconds)}" for c in targets]
+    args: list[Any] = [delta] + [_seconds_left(now, c.window_seconds) + _GRACE_SECONDS for c in targets]
+    try:
+        await _run(client, "charge", keys, args)
+    except (TimeoutError, RedisError, OSError):
+        return False
+    return True

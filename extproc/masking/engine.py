@@ -1,0 +1,239 @@
+"""The matching engine: candidates per start position, resolved greedily left to right.
+
+Semantics (the contract the streaming masker's proof rests on):
+
+* For every detector and every byte position ``s`` there is at most one candidate: the
+  detector's preferred RE2 match starting at ``s`` among matches of at most
+  ``max_length`` bytes, accepted by its validator and not on the allow-list. It depends
+  only on ``LEFT_CONTEXT`` bytes before ``s`` and on the text up to
+  ``s + max_length + HOLD_MARGIN``. (RE2 evaluates ``\b`` at a window's edge against
+  the real neighbouring byte, so windows never invent matches.)
+* Candidates are sorted by (start, longest first, detector priority) and taken greedily,
+  skipping any that overlap an already taken one. That is causal: whether a candidate
+  is taken depends only on candidates that start earlier or at the same place.
+
+So a match is decided by a bounded window around it, and text can be scanned in pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import re2
+
+from extproc.masking.detectors import RIGHT_CONTEXT, Detector
+from extproc.masking.spans import Span
+
+__all__ = ["HOLD_MARGIN", "Engine", "compile_pattern"]
+
+#: A candidate is final once ``max_length + HOLD_MARGIN`` characters follow its start: the
+#: window holds ``max_length + 1`` bytes (one more, so a validator can trim an over-long
+#: greedy match) and validators read ``RIGHT_CONTEXT`` bytes past its end.
+HOLD_MARGIN = RIGHT_CONTEXT + 1
+
+_OPTIONS = re2.Options()
+_OPTIONS.max_mem = 64 << 20
+
+
+def compile_pattern(pattern: str, *, case_insensitive: bool = False) -> Any:
+    """Compile with RE2; raises ``re2.error`` with RE2's own message when it cannot."""
+    options = re2.Options()
+    options.max_mem = _OPTIONS.max_mem
+    options.case_sensitive = not case_insensitive
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    detector: Detector
+    regex: Any
+    alphabet: str | None
+    prefix_regex: Any  # full header regex for prefix detectors (PEM), else None
+
+
+class Engine:
+    """Immutable, shareable: all per-stream state lives in the caller."""
+
+    __slots__ = ("_allow", "_compiled", "allow_list", "max_length")
+
+    def __init__(self, detectors: Sequence[Detector], allow_list: frozenset[str] = frozenset()) -> None:
+        compiled = []
+        for det in detectors:
+            alphabet = det.alphabet
+            if alphabet is not None and det.case_insensitive:
+                alphabet = "".join(sorted(set(alphabet.lower() + alphabet.upper())))
+            prefix_regex = None
+            if det.prefix is not None:
+                prefix_regex = compile_pattern(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+            compiled.append(
+                _Compiled(det, compile_pattern(det.pattern, case_insensitive=det.case_insensitive),
+                          alphabet, prefix_regex)
+            )
+        self._compiled: tuple[_Compiled, ...] = tuple(compiled)
+        self._allow = allow_list
+        self.allow_list = allow_list
+        self.max_length: int = max((d.max_length for d in detectors), default=0)
+
+    # -- matching --------------------------------------------------------------------
+
+    def find(self, text: str, lo: int = 0, hi: int | None = None) -> list[Span]:
+        """Taken matches that start in ``[lo, hi)``; ``text`` beyond ``hi`` is right context.
+
+        Callers must guarantee no taken match before ``lo`` reaches past ``lo``.
+        """
+        if hi is None:
+            hi = len(text)
+        if hi <= lo or not self._compiled:
+            return []
+        data = text.encode("utf-8", "surrogatepass")
+        is_ascii = len(data) == len(text)
+        if is_ascii:
+            blo, bhi = lo, hi
+        else:
+            blo = len(text[:lo].encode("utf-8", "surrogatepass"))
+            bhi = blo + len(text[lo:hi].encode("utf-8", "surrogatepass"))
+        candidates: list[tuple[int, int, int, str]] = []
+        for priority, comp in enumerate(self._compiled):
+            det = comp.detector
+            if det.triggers and not any(t in data for t in det.triggers):
+                continue
+            self._scan_one(comp, priority, data, blo, bhi, candidates)
+        if not candidates:
+            return []
+        candidates.sort()
+        taken: list[tuple[int, int, str]] = []
+        last_end = blo
+        for start, neg_end, _prio, entity in candidates:
+            if start >= last_end:
+                taken.append((start, -neg_end, entity))
+                last_end = -neg_end
+        if is_ascii:
+            return [Span(s, e, ent) for s, e, ent in taken]
+        return _to_char_spans(data, taken)
+
+    def _scan_one(
+        self,
+        comp: _Compiled,
+        priority: int,
+        data: bytes,
+        blo: int,
+        bhi: int,
+        out: list[tuple[int, int, int, str]],
+    ) -> None:
+        det = comp.detector
+        regex = comp.regex
+        limit = det.max_length
+        size = len(data)
+        pos = blo
+        while pos < bhi:
+            m = regex.search(data, pos)
+            if m is None:
+                return
+            start, end = m.span()
+            if start >= bhi:
+                return
+            if end - start > limit:
+                # Re-match inside the window the engine promises (limit + 1 bytes, so a
+                # validator can still trim it), so the answer does not depend on how much
+                # text follows.
+                w = regex.match(data, start, min(size, start + limit + 1))
+                end = w.end() if w is not None else -1
+            if end > start and det.validate is not None:
+                end = det.validate(data, start, end) or -1
+            if end - start > limit:
+                end = -1
+            if end > start and self._allow and _decode(data[start:end]) in self._allow:
+                end = -1
+            if end > start:
+                out.append((start, -end, priority, det.entity))
+            pos = start + 1
+
+    # -- streaming support -----------------------------------------------------------
+
+    def undetermined_start(self, text: str, lo: int) -> int:
+        """Smallest position >= lo where a match could still start or change with more text.
+
+        Everything before it is decided: no candidate that starts there depends on
+        characters not yet in ``text``.
+        """
+        n = len(text)
+        result = n
+        for comp in self._compiled:
+            det = comp.detector
+            floor = max(lo, n - det.max_length - HOLD_MARGIN)
+            if floor >= result:
+                continue
+            if comp.alphabet is not None:
+                start = _alphabet_hold(text, n, comp.alphabet, floor)
+            elif det.prefix is not None:
+                start = self._prefix_hold(comp, text, n, floor)
+            else:
+                start = floor
+            result = min(result, start)
+        return max(result, lo)
+
+    def _prefix_hold(self, comp: _Compiled, text: str, n: int, floor: int) -> int:
+        prefix = comp.detector.prefix
+        assert prefix is not None
+        start = n
+        # The tail may be the beginning of the marker ("...-----BEG").
+        for k in range(min(len(prefix) - 1, n), 0, -1):
+            if text.endswith(prefix[:k]):
+                start = n - k
+                break
+        i = text.find(prefix, floor)
+        while i != -1 and i < start:
+            if _prefix_open(comp, text, i, n):
+                return max(i, floor)
+            i = text.find(prefix, i + 1)
+        return max(start, floor)
+
+
+def _prefix_open(comp: _Compiled, text: str, i: int, n: int) -> bool:
+    """Could a block starting at ``i`` still become (or change) a match?"""
+    tail = text[i:]
+    if comp.prefix_regex.match(tail) is None:
+        # Header not (yet) a private-key header: open only while it is still incomplete.
+        rest = tail[len("-----BEGIN ") :]
+        if "-----" in rest or "\n" in rest or "\r" in rest or len(rest) > 64:
+            return False
+        return all(ch.isupper() or ch.isdigit() or ch in " -" for ch in rest)
+    m = comp.regex.match(tail)
+    # Complete and followed by enough context: decided.
+    return m is None or i + m.end() + RIGHT_CONTEXT > n
+
+
+def _alphabet_hold(text: str, n: int, alphabet: str, floor: int) -> int:
+    # Only a run of alphabet characters touching the unknown future (or ending within
+    # RIGHT_CONTEXT of it) can still become or change a match.
+    if n == 0:
+        return n
+    if text[n - 1] in alphabet:
+        end = n
+    elif n >= 2 and text[n - 2] in alphabet:
+        end = n - 1
+    else:
+        return n
+    seg = text[max(0, floor - 1) : end]
+    run = len(seg) - len(seg.rstrip(alphabet))
+    return max(end - run, floor)
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def _to_char_spans(data: bytes, taken: list[tuple[int, int, str]]) -> list[Span]:
+    offsets = sorted({o for s, e, _ in taken for o in (s, e)})
+    mapping: dict[int, int] = {}
+    chars = 0
+    prev = 0
+    for off in offsets:
+        chars += len(data[prev:off].decode("utf-8", "surrogatepass"))
+        prev = off
+        mapping[off] = chars
+    return [Span(mapping[s], mapping[e], ent) for s, e, ent in taken]
+

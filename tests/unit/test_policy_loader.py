@@ -1,0 +1,223 @@
+"""Validation of the policy section: precise errors, and the schema in sync with the loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from extproc.config import ConfigError
+from extproc.policy import Policy, schema_path
+from extproc.policy import loader as L
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _err(raw: Any, **kw: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as exc:
+        Policy.from_config(raw, **kw)
+    return exc.value
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "fragment"),
+    [
+        ([], "policy", "must be a mapping"),
+        ({"mode": "audit"}, "policy.mode", "enforce, shadow"),
+        ({"rulez": []}, "policy.rulez", "did you mean 'rules'"),
+        ({"rules": {}}, "policy.rules", "must be a list"),
+        ({"rules": [{"action": "block"}]}, "policy.rules[0]", "missing required key 'id'"),
+        ({"rules": [{"id": "a"}]}, "policy.rules[0]", "missing required key 'action'"),
+        ({"rules": [{"id": "a b", "action": "block"}]}, "policy.rules[0].id", "letters, digits"),
+        (
+            {"rules": [{"id": "a", "action": "deny"}]},
+            "policy.rules[0].action",
+            "allow, mask, require_approval, block",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block"}, {"id": "a", "action": "allow"}]},
+            "policy.rules[1].id",
+            "already used by policy.rules[0]",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "match": {"users": []}}]},
+            "policy.rules[0].match.users",
+            "must not be empty",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "match": {"groups": [1]}}]},
+            "policy.rules[0].match.groups[0]",
+            "non-empty string",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "match": {"operations": ["chatt"]}}]},
+            "policy.rules[0].match.operations[0]",
+            "must be one of",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "match": {"content": {}}}]},
+            "policy.rules[0].match.content",
+            "at least one of",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "match": {"content": {"regex": ["(a)\\1"]}}}]},
+            "policy.rules[0].match.content.regex[0]",
+            "backreferences",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "match": {"content": {"keywords": ["  "]}}}]},
+            "policy.rules[0].match.content.keywords[0]",
+            "non-space",
+        ),
+        ({"rules": [{"id": "a", "action": "mask"}]}, "policy.rules[0].match", "needs 'content'"),
+        (
+            {"rules": [{"id": "a", "action": "allow", "message": "hi"}]},
+            "policy.rules[0].message",
+            "only shown",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "masking": {}}]},
+            "policy.rules[0].masking",
+            "only applies",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "id": "a",
+                        "action": "mask",
+                        "match": {"content": {"keywords": ["x"]}},
+                        "masking": {"replacement": "{value}"},
+                    }
+                ]
+            },
+            "policy.rules[0].masking.replacement",
+            "{rule}",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "unless": {"content": {"keywords": ["x"]}}}]},
+            "policy.rules[0].unless.content",
+            "not content",
+        ),
+        (
+            {"rules": [{"id": "a", "action": "block", "unless": {}}]},
+            "policy.rules[0].unless",
+            "must not be empty",
+        ),
+        ({"budgets": [{"id": "b"}]}, "policy.budgets[0]", "needs a limit"),
+        ({"budgets": [{"id": "b", "requests": 0}]}, "policy.budgets[0].requests", "between 1"),
+        ({"budgets": [{"id": "b", "requests": True}]}, "policy.budgets[0].requests", "integer"),
+        ({"budgets": [{"id": "b", "requests": 1, "per": "team"}]}, "policy.budgets[0].per", "user, group"),
+        (
+            {"budgets": [{"id": "b", "requests": 1, "fail": "maybe"}]},
+            "policy.budgets[0].fail",
+            "closed, open",
+        ),
+        (
+            {"budgets": [{"id": "b", "requests": 1, "match": {"content": {"keywords": ["x"]}}}]},
+            "policy.budgets[0].match.content",
+            "not content",
+        ),
+        (
+            {"budgets": [{"id": "b", "requests": 1}, {"id": "b", "tokens": 1}]},
+            "policy.budgets[1].id",
+            "already",
+        ),
+    ],
+)
+def test_errors_name_the_key_path_and_the_problem(raw: Any, path: str, fragment: str) -> None:
+    err = _err(raw)
+    assert err.path == path
+    assert fragment in err.message
+
+
+def test_errors_carry_file_and_nearest_line() -> None:
+    lines = {"policy": 10, "policy.rules": 11, "policy.rules[0]": 12, "policy.rules[0].match": 14}
+    err = _err({"rules": [{"id": "a", "action": "mask", "match": {}}]}, file="x.yaml", lines=lines)
+    assert (err.file, err.line) == ("x.yaml", 14)
+    assert str(err).startswith("x.yaml:14: policy.rules[0].match: ")
+    err = _err({"rules": [{"id": "a"}]}, file="x.yaml", lines=lines)
+    assert err.line == 12  # a missing key is reported on its mapping's line
+
+
+def test_none_is_an_empty_policy_and_versions_are_stable() -> None:
+    p = Policy.from_config(None)
+    assert p.rules == () and p.budgets == ()
+    a = Policy.from_config({"rules": [{"id": "x", "action": "block"}], "mode": "enforce"})
+    b = Policy.from_config({"mode": "enforce", "rules": [{"action": "block", "id": "x"}]})
+    c = Policy.from_config({"rules": [{"id": "y", "action": "block"}]})
+    assert a.version == b.version != c.version
+    assert len(a.version) == 16
+
+
+def test_string_shorthand_for_lists() -> None:
+    p = Policy.from_config({"rules": [{"id": "a", "action": "block", "match": {"users": "alice"}}]})
+    assert p.rules[0].selector.users is not None and p.rules[0].selector.users.patterns == ("alice",)
+
+
+def test_global_shadow_mode_is_the_default_of_every_rule() -> None:
+    p = Policy.from_config(
+        {
+            "mode": "shadow",
+            "rules": [{"id": "a", "action": "block"}, {"id": "b", "action": "block", "mode": "enforce"}],
+        }
+    )
+    assert [r.mode for r in p.rules] == ["shadow", "enforce"]
+
+
+# -- schema ------------------------------------------------------------------------
+
+
+def _schema() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(Path(schema_path()).read_text())
+    return data
+
+
+def test_schema_is_draft_2020_12_and_keys_match_the_loader() -> None:
+    s = _schema()
+    assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    d = s["$defs"]
+    assert set(s["properties"]) == L.POLICY_KEYS
+    assert set(d["rule"]["properties"]) == L.RULE_KEYS
+    assert set(d["match"]["properties"]) == L.MATCH_KEYS
+    assert set(d["selector"]["properties"]) == L.SELECTOR_KEYS
+    assert set(d["content"]["properties"]) == L.CONTENT_KEYS
+    assert set(d["budget"]["properties"]) == L.BUDGET_KEYS
+    assert set(d["rule"]["properties"]["masking"]["properties"]) == L.MASKING_KEYS
+    from extproc.apis import OPERATIONS
+    from extproc.policy.model import ACTIONS, BUDGET_SCOPES
+
+    assert tuple(d["operation"]["enum"]) == OPERATIONS
+    assert set(d["rule"]["properties"]["action"]["enum"]) == set(ACTIONS)
+    assert set(d["budget"]["properties"]["per"]["enum"]) == set(BUDGET_SCOPES)
+    for obj in (s, d["rule"], d["match"], d["selector"], d["content"], d["budget"]):
+        assert obj["additionalProperties"] is False
+
+
+EXAMPLES = ["policy-demo.yaml", "policy-bench.yaml"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_conform_to_the_schema(name: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")  # present in the dev environment, not a dependency
+    policy = yaml.safe_load((ROOT / "examples" / name).read_text())["policy"]
+    jsonschema.Draft202012Validator.check_schema(_schema())
+    jsonschema.Draft202012Validator(_schema()).validate(policy)
+
+
+def test_schema_rejects_what_the_loader_rejects() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    v = jsonschema.Draft202012Validator(_schema())
+    bads: list[dict[str, Any]] = [
+        {"rulez": []},
+        {"rules": [{"id": "a", "action": "deny"}]},
+        {"budgets": [{"id": "b"}]},
+        {"rules": [{"id": "a", "action": "block", "match": {"content": {"regexp": ["x"]}}}]},
+    ]
+    for bad in bads:
+        assert not v.is_valid(bad)
+        with pytest.raises(ConfigError):
+            Policy.from_config(bad)
