@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from .identity import AuthError, Authenticator, Identity, bearer_token
+from .identity import Authenticator, AuthError, Identity, bearer_token
 
 __all__ = ["authenticate_rpc", "require_member"]
 
