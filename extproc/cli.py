@@ -56,13 +56,10 @@ def _load(path: str) -> Config:
 
 
 def _validate_extensions(cfg: Config) -> None:
-    """Sections owned by later modules (policy, ...) are validated by them when present."""
-    if cfg.raw.get("policy") is not None:
-        try:
-            from .policy import Policy
-        except ImportError:  # pragma: no cover - the policy package ships with extproc
-            raise ConfigError("this build has no policy engine", path="policy", file=cfg.source) from None
-        Policy.from_config(cfg.raw["policy"], file=cfg.source, lines=cfg.lines)
+    """Sections owned by later modules (policy, masking, ...) are validated by them."""
+    from .runtime import validate_sections
+
+    validate_sections(cfg)
 
 
 # -- commands -------------------------------------------------------------------

@@ -3,11 +3,13 @@
 One ``RequestMachine`` lives for one HTTP request (one ext_proc ``Process`` stream). The
 servicer feeds it events in the order Envoy sends them and turns each returned decision into
 a ``ProcessingResponse``. Where the machine needs something only I/O can provide (a verified
-identity), it returns a ``Need*`` request; the servicer fulfils it and calls back.
+identity, a budget reservation in Redis), it returns a ``Need*`` request; the servicer
+fulfils it and calls back. Work that must happen but need not hold the request (charging
+actual token usage) is left in ``effects`` for the servicer to run.
 
 Phases::
 
-    START --request headers--> (AUTH) --identity--> REQUEST --body--> FORWARDED
+    START --request headers--> AUTH --identity--> REQUEST --body--> (BUDGET) --> FORWARDED
           --response headers--> RESPONSE --body ... end--> DONE
     any phase --Reply--> DONE (an immediate response; nothing more is forwarded)
 """
@@ -15,23 +17,36 @@ Phases::
 from __future__ import annotations
 
 import enum
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import ProviderConfig
 from .errors import error_body
 from .identity import AuthError, Identity, bearer_token
+from .masking import MaskingProfile
+from .masking.responses import BodyMasker, BodyTooLarge, UnmaskableContent, body_masker_for
+from .policy import Policy
+from .policy.model import BudgetCharge, PolicyRequest
+from .policy.model import Decision as PolicyDecision
 from .scrub import LiteralScrubber, scrub_text
+from .sse import SseError
+from .usage import Usage, UsageTracker
 
 __all__ = [
+    "ChargeUsage",
     "Continue",
     "Decision",
     "Gateway",
+    "NeedBudget",
     "NeedIdentity",
     "ProtocolError",
     "Reply",
     "RequestMachine",
+    "ResponseMasking",
     "Router",
 ]
 
@@ -40,7 +55,7 @@ CALLER_AUTH_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
 
 
 # ---------------------------------------------------------------------------
-# decisions
+# decisions, requests for I/O, effects
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,36 @@ class NeedIdentity:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class NeedBudget:
+    """The servicer must reserve against ``charges`` and call ``on_budget`` with the outcome."""
+
+    charges: tuple[BudgetCharge, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetResult:
+    """What the machine needs to know of a reservation (mirrors ``budgets.BudgetOutcome``)."""
+
+    allowed: bool
+    status: int = 200
+    budget_id: str | None = None
+    limit: str | None = None
+    retry_after: int | None = None
+    unavailable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeUsage:
+    """Effect: correct token budgets with the provider-reported usage."""
+
+    charges: tuple[BudgetCharge, ...]
+    actual_tokens: int
+    estimated_tokens: int
+    reserved_at: float
+
+
 Decision = Continue | Reply
 
 
@@ -81,6 +126,7 @@ class Phase(enum.Enum):
     START = "start"
     AUTH = "auth"
     REQUEST = "request"
+    BUDGET = "budget"
     FORWARDED = "forwarded"
     RESPONSE = "response"
     DONE = "done"
@@ -105,14 +151,58 @@ class Router:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseMasking:
+    """Where model answers are masked, and with what."""
+
+    profile: MaskingProfile | None = None
+    #: Provider names whose answers are masked; None means every provider.
+    providers: frozenset[str] | None = None
+    #: Callers in these groups get unmasked answers (e.g. a PII-cleared team).
+    exempt_groups: frozenset[str] = frozenset()
+    max_buffer_bytes: int = 1 << 20
+    #: Binary answers on a masked route: ``block`` (502) or ``allow``.
+    on_unmaskable: str = "block"
+
+    def applies(self, provider: str, identity: Identity | None) -> bool:
+        if self.profile is None:
+            return False
+        if self.providers is not None and provider not in self.providers:
+            return False
+        return not (identity is not None and self.exempt_groups & set(identity.groups))
+
+
+_EMPTY_PROFILE = MaskingProfile([])
+
+
+class _LiteralProfiles:
+    """Caches ``profile.with_literals(credentials)``: compiling detectors per request is waste."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, tuple[str, ...]], MaskingProfile] = {}
+
+    def get(self, profile: MaskingProfile | None, literals: Sequence[str]) -> MaskingProfile:
+        base = profile or _EMPTY_PROFILE
+        key = (id(base), tuple(sorted(literals)))
+        got = self._cache.get(key)
+        if got is None:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            got = self._cache[key] = base.with_literals(literals)
+        return got
+
+
+@dataclass(frozen=True, slots=True)
 class Gateway:
-    """What every request machine shares: routes and where credentials come from."""
+    """What every request machine shares: routes, credentials, policy, masking."""
 
     router: Router
     credential: Callable[[str], str | None]
     #: Every credential the gateway knows; scrubbed from every response.
     all_credentials: Callable[[], Sequence[str]]
+    policy: Policy = field(default_factory=Policy.empty)
+    masking: ResponseMasking = field(default_factory=ResponseMasking)
     clock: Callable[[], float] = time.time
+    literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
 
 
 # ---------------------------------------------------------------------------
@@ -121,7 +211,7 @@ class Gateway:
 
 @dataclass(slots=True)
 class RequestInfo:
-    """What the machine learned about the request; read by metrics and (later) recording."""
+    """What the machine learned about the request; read by metrics, logs and recording."""
 
     request_id: str = "-"
     method: str = ""
@@ -134,7 +224,12 @@ class RequestInfo:
     response_bytes: int = 0
     #: Injected credentials found and replaced in the response (headers and body).
     secrets_scrubbed: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
+    decision: PolicyDecision | None = None
+    policy_seconds: float = 0.0
+    budget: BudgetResult | None = None
+    #: Entities masked in the response (type -> count; never values).
+    response_masked: Counter[str] = field(default_factory=Counter)
+    usage: Usage | None = None
 
 
 class RequestMachine:
@@ -142,10 +237,15 @@ class RequestMachine:
         self._gw = gateway
         self.phase = Phase.START
         self.info = RequestInfo(started_at=gateway.clock())
+        self.effects: list[ChargeUsage] = []
         self._provider: ProviderConfig | None = None
         self._scrubber: LiteralScrubber | None = None
-        self._credential: str | None = None
+        self._masker: BodyMasker | None = None
+        self._usage: UsageTracker | None = None
         self._request_eos = False
+        self._headers: Mapping[str, str] = {}
+        self._pending_body: Continue | None = None
+        self._reserved_at = 0.0
 
     # -- request side --------------------------------------------------------
 
@@ -155,6 +255,7 @@ class RequestMachine:
         info.request_id = headers.get("x-request-id") or "-"
         info.method = headers.get(":method", "")
         info.path = headers.get(":path", "")
+        self._headers = headers
         self._request_eos = end_of_stream
         provider = self._gw.router.match(info.path)
         if provider is None:
@@ -165,26 +266,40 @@ class RequestMachine:
             return self._forward()
         token = bearer_token(headers.get("authorization"), headers.get("x-api-key"))
         if token is None:
-            return self._reply(
-                401, "missing_token", "missing bearer token: send 'Authorization: Bearer <JWT>'"
-            )
+            return self._reply(401, "missing_token", "missing bearer token: send 'Authorization: Bearer <JWT>'")
         self.phase = Phase.AUTH
         return NeedIdentity(token)
 
-    def on_identity(self, result: Identity | AuthError) -> Decision:
+    def on_identity(self, result: Identity | AuthError) -> Decision | NeedBudget:
         self._expect(Phase.AUTH, "an identity")
         if isinstance(result, AuthError):
             return self._reply(result.status, result.code, result.message)
         self.info.identity = result
-        return self._forward()
+        forward = self._forward()
+        if isinstance(forward, Reply) or not self._request_eos:
+            return forward  # a body follows: policy runs on it
+        return self._decide(None, forward)
 
-    def on_request_body(self, body: bytes, end_of_stream: bool) -> Decision:
-        if self.phase is Phase.DONE:
-            raise ProtocolError("request body after the request was answered")
+    def on_request_body(self, body: bytes, end_of_stream: bool) -> Decision | NeedBudget:
         self._expect(Phase.REQUEST, "a request body")
-        if end_of_stream:
-            self.phase = Phase.FORWARDED
-        return Continue()
+        if not end_of_stream:
+            # BUFFERED mode sends the whole body at once; a partial one means a config drift.
+            raise ProtocolError("request body arrived in pieces; the request body mode must be BUFFERED")
+        return self._decide(body, Continue())
+
+    def on_budget(self, outcome: BudgetResult) -> Decision:
+        self._expect(Phase.BUDGET, "a budget outcome")
+        self.info.budget = outcome
+        if not outcome.allowed:
+            if outcome.status == 429:
+                msg = f"budget '{outcome.budget_id}' is exhausted ({outcome.limit}); retry after {outcome.retry_after}s"
+                extra = (("retry-after", str(outcome.retry_after or 1)),)
+                return self._reply(429, "budget_exceeded", msg, extra_headers=extra, budget_id=outcome.budget_id)
+            return self._reply(503, "budget_unavailable",
+                               f"budget '{outcome.budget_id}' cannot be checked right now and fails closed")
+        self.phase = Phase.FORWARDED
+        assert self._pending_body is not None
+        return self._pending_body
 
     def on_request_trailers(self) -> Decision:
         self._expect(Phase.REQUEST, "request trailers")
@@ -211,19 +326,38 @@ class RequestMachine:
             if clean != value:
                 set_headers.append((name, clean))
                 self.info.secrets_scrubbed += 1
+        if not end_of_stream:
+            ctype = headers.get("content-type", "")
+            refused = self._setup_masking(ctype, secrets)
+            if refused is not None:
+                return refused
+            d = self.info.decision
+            if d is not None and d.budgets:
+                self._usage = UsageTracker(ctype)
         # Body chunks may change length (scrubbing, masking), so the upstream's length is void.
         remove = ("content-length",) if not end_of_stream and "content-length" in headers else ()
+        if end_of_stream:
+            self._finish_response()
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
     def on_response_body(self, body: bytes, end_of_stream: bool) -> Decision:
         self._expect(Phase.RESPONSE, "a response body")
         scrubber = self._scrubber
         assert scrubber is not None
+        if self._usage is not None:
+            self._usage.feed(body)
+        out = body
+        if self._masker is not None:
+            try:
+                out = self._masker.finish(body) if end_of_stream else self._masker.feed(body)
+            except (BodyTooLarge, SseError) as exc:
+                # Nothing unmasked may pass: end the response instead (Envoy resets it).
+                return self._reply(502, "unmaskable_response", f"the answer could not be masked: {exc}")
         before = scrubber.replaced
-        out = scrubber.feed(body)
+        out = scrubber.feed(out)
         if end_of_stream:
             out += scrubber.flush()
-            self.phase = Phase.DONE
+            self._finish_response()
         self.info.response_bytes += len(out)
         self.info.secrets_scrubbed += scrubber.replaced - before
         if out is body:
@@ -232,9 +366,9 @@ class RequestMachine:
 
     def on_response_trailers(self) -> Decision:
         self._expect(Phase.RESPONSE, "response trailers")
-        self.phase = Phase.DONE
-        # Trailers end the body without an end_of_stream chunk; what is held is a strict
-        # prefix of a secret and too short to matter, but it is dropped, never leaked.
+        # Trailers end the body without an end_of_stream chunk; what a masker still holds is
+        # dropped, never leaked.
+        self._finish_response()
         return Continue()
 
     # -- helpers --------------------------------------------------------------
@@ -252,24 +386,125 @@ class RequestMachine:
                     "credential_unavailable",
                     f"the gateway has no credential for provider '{p.name}' ({p.credential.describe()})",
                 )
-            self._credential = secret
             set_headers.append((p.auth_header, p.auth_scheme + secret))
         setting = {k for k, _ in set_headers}
         remove = tuple(h for h in CALLER_AUTH_HEADERS if h not in setting)
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
-    def _reply(self, status: int, code: str, message: str) -> Reply:
+    def _decide(self, body: bytes | None, forward: Continue) -> Decision | NeedBudget:
+        """Policy on the whole request; ``forward`` is what to send when it passes."""
+        p, ident = self._provider, self.info.identity
+        assert p is not None
+        path = self.info.path.split("?", 1)[0][len(p.prefix):] or "/"
+        req = PolicyRequest(
+            user=ident.user if ident else "",
+            groups=ident.groups if ident else (),
+            issuer=ident.issuer if ident else "",
+            workload=ident.workload if ident else None,
+            provider=p.name,
+            api=p.api,
+            method=self.info.method,
+            path=path,
+            content_type=self._headers.get("content-type", ""),
+            body=body,
+        )
+        t0 = time.perf_counter()
+        d = self._gw.policy.evaluate(req)
+        self.info.policy_seconds = time.perf_counter() - t0
+        self.info.decision = d
+        if d.action == "block":
+            code = "policy_blocked" if d.status != 400 else "unreadable_body"
+            if d.status >= 500:
+                code = "policy_error"
+            return self._reply(d.status, code, d.message, rule_id=d.rule_id)
+        if d.action == "require_approval":
+            # Until the approval hold is wired in, an approval rule fails closed.
+            return self._reply(403, "approval_required",
+                               d.message or "this request needs a human approval before it can be sent",
+                               rule_id=d.rule_id)
+        new_body = d.body
+        if body is not None and d.stream and p.api == "openai" and any(c.tokens_limit for c in d.budgets):
+            new_body = _with_stream_usage(new_body if new_body is not None else body)
+        if new_body is not None:
+            forward = Continue(
+                set_headers=(*forward.set_headers, ("content-length", str(len(new_body)))),
+                remove_headers=forward.remove_headers,
+                body=new_body,
+            )
+        if d.budgets:
+            self.phase = Phase.BUDGET
+            self._pending_body = forward
+            self._reserved_at = self._gw.clock()
+            return NeedBudget(d.budgets, d.prompt_tokens)
+        self.phase = Phase.FORWARDED
+        return forward
+
+    def _setup_masking(self, content_type: str, secrets: Sequence[str]) -> Reply | None:
+        p = self._provider
+        assert p is not None
+        m = self._gw.masking
+        api = p.api if p.api in ("openai", "anthropic") else "generic"
+        pii = m.applies(p.name, self.info.identity)
+        is_sse = content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+        if not pii and not (is_sse and secrets):
+            return None  # the byte scrubber alone guards the credential in contiguous bodies
+        profile = self._gw.literal_profiles.get(m.profile if pii else None, secrets)
+        try:
+            self._masker = body_masker_for(content_type or "application/octet-stream", api, profile,
+                                           max_buffer=m.max_buffer_bytes)
+        except UnmaskableContent:
+            if pii and m.on_unmaskable == "block":
+                return self._reply(502, "unmaskable_response",
+                                   f"the answer's content type cannot be masked: {content_type or 'none'}")
+        return None
+
+    def _finish_response(self) -> None:
+        self.phase = Phase.DONE
+        if self._masker is not None:
+            self.info.response_masked.update(self._masker.counts)
+        d = self.info.decision
+        if self._usage is not None and d is not None:
+            usage = self._usage.finish()
+            self.info.usage = usage
+            if usage is not None and any(c.tokens_limit for c in d.budgets):
+                self.effects.append(ChargeUsage(d.budgets, usage.total, d.prompt_tokens, self._reserved_at))
+
+    def _reply(self, status: int, code: str, message: str, *, rule_id: str | None = None,
+               budget_id: str | None = None, extra_headers: tuple[tuple[str, str], ...] = ()) -> Reply:
         self.phase = Phase.DONE
         self.info.status = status
         self.info.error_code = code
         rid = self.info.request_id
-        headers: list[tuple[str, str]] = [("content-type", "application/json"), ("x-extproc-error", code)]
+        headers: list[tuple[str, str]] = [("content-type", "application/json"), ("x-extproc-error", code),
+                                          *extra_headers]
         if rid != "-":
             headers.append(("x-request-id", rid))
         if status == 401:
             headers.append(("www-authenticate", 'Bearer realm="extproc"'))
-        return Reply(status=status, body=error_body(status, code, message, rid), headers=tuple(headers), code=code)
+        extra: dict[str, Any] = {}
+        if rule_id:
+            extra["rule_id"] = rule_id
+            headers.append(("x-extproc-rule", rule_id))
+        if budget_id:
+            extra["budget_id"] = budget_id
+        return Reply(status=status, body=error_body(status, code, message, rid, **extra), headers=tuple(headers),
+                     code=code)
 
     def _expect(self, phase: Phase, what: str) -> None:
         if self.phase is not phase:
             raise ProtocolError(f"unexpected {what} in phase {self.phase.value}")
+
+
+def _with_stream_usage(body: bytes) -> bytes:
+    """Ask OpenAI to report usage in the final stream chunk, so token budgets are charged."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(doc, dict):
+        return body
+    opts = doc.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        return body
+    doc["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

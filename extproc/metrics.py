@@ -33,6 +33,26 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.policy_decisions = Counter(
+            "extproc_policy_decisions_total", "Policy outcomes by action, deciding rule and mode.",
+            ["action", "rule", "mode"], registry=r,
+        )
+        self.policy_shadow_matches = Counter(
+            "extproc_policy_shadow_matches_total", "Shadow-mode rule matches (what would have been enforced).",
+            ["action", "rule"], registry=r,
+        )
+        self.policy_seconds = Histogram(
+            "extproc_policy_evaluation_seconds", "Time to evaluate the policy on one request.",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05), registry=r,
+        )
+        self.masked = Counter(
+            "extproc_masked_entities_total", "Values masked, by direction and entity type.",
+            ["direction", "entity"], registry=r,
+        )
+        self.budget_refusals = Counter(
+            "extproc_budget_refusals_total", "Requests refused by a budget, by budget and status.",
+            ["budget", "status"], registry=r,
+        )
         self.message_seconds = Histogram(
             "extproc_message_seconds",
             "Time to decide one ext_proc message, by message kind.",

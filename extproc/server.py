@@ -29,8 +29,9 @@ from .config import Config
 from .credentials import CredentialStore
 from .httpserver import Request, Response, serve_http
 from .identity import Authenticator
-from .machine import Gateway, Router
+from .machine import Gateway
 from .metrics import Metrics
+from .runtime import build_gateway
 from .servicer import ExternalProcessor
 from .store import RedisStore
 
@@ -128,7 +129,7 @@ def _admin_http(state: ServerState) -> Callable[[Request], Awaitable[Response]]:
 
 def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
     creds = CredentialStore(config.providers)
-    gateway = Gateway(router=Router(config.providers), credential=creds.get, all_credentials=creds.all_values)
+    gateway = build_gateway(config, creds)
     return ServerState(
         config=config,
         gateway=gateway,
@@ -148,7 +149,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             "redis at %s is not reachable yet; /readyz reports not ready until it is", _redact_url(config.redis_url)
         )
 
-    processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics)
+    processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 

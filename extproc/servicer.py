@@ -6,6 +6,7 @@ decisions back to protobufs, and fulfils the machine's I/O requests (identity ve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,9 +17,21 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 
+from . import budgets
 from .identity import Authenticator, AuthError
-from .machine import Continue, Gateway, NeedIdentity, ProtocolError, Reply, RequestMachine
+from .machine import (
+    BudgetResult,
+    ChargeUsage,
+    Continue,
+    Gateway,
+    NeedBudget,
+    NeedIdentity,
+    ProtocolError,
+    Reply,
+    RequestMachine,
+)
 from .metrics import Metrics
+from .store import RedisStore
 
 __all__ = ["ExternalProcessor"]
 
@@ -90,12 +103,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         gateway: Callable[[], Gateway],
         authenticator: Callable[[], Authenticator],
         metrics: Metrics,
+        store: RedisStore,
     ) -> None:
         # Callables, so a configuration reload swaps what new streams see while streams in
         # flight keep the objects they started with.
         self._gateway = gateway
         self._authenticator = authenticator
         self._metrics = metrics
+        self._store = store
+        self._background: set[asyncio.Task[None]] = set()
         self.inflight = 0
 
     async def Process(
@@ -128,13 +144,57 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             self.inflight -= 1
             m.streams_inflight.dec()
-            m.requests.labels(machine.info.provider or "-", outcome).inc()
-            if machine.info.secrets_scrubbed:
-                m.secrets_scrubbed.labels(machine.info.provider or "-").inc()
+            self._account(machine, outcome)
+            self._run_effects(machine)
+
+    def _account(self, machine: RequestMachine, outcome: str) -> None:
+        m, info = self._metrics, machine.info
+        provider = info.provider or "-"
+        m.requests.labels(provider, outcome).inc()
+        if info.secrets_scrubbed:
+            m.secrets_scrubbed.labels(provider).inc()
+        d = info.decision
+        if d is not None:
+            m.policy_seconds.observe(info.policy_seconds)
+            m.policy_decisions.labels(d.action, d.rule_id or "-", d.mode).inc()
+            for rm in d.matches:
+                if rm.mode == "shadow":
+                    m.policy_shadow_matches.labels(rm.action, rm.rule_id).inc()
+            for entity, n in d.mask_counts.items():
+                m.masked.labels("request", entity).inc(n)
+        for entity, n in info.response_masked.items():
+            m.masked.labels("response", entity).inc(n)
+        if info.budget is not None and not info.budget.allowed:
+            m.budget_refusals.labels(info.budget.budget_id or "-", str(info.budget.status)).inc()
+
+    def _run_effects(self, machine: RequestMachine) -> None:
+        for eff in machine.effects:
+            if isinstance(eff, ChargeUsage):
+                task = asyncio.create_task(self._charge(eff))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        machine.effects.clear()
+
+    async def _charge(self, eff: ChargeUsage) -> None:
+        ok = await budgets.charge_usage(self._store.client, eff.charges, actual_tokens=eff.actual_tokens,
+                                        estimated_tokens=eff.estimated_tokens, now=eff.reserved_at)
+        if not ok:
+            self._metrics.stream_errors.labels("usage_charge").inc()
+
+    async def _budget(self, machine: RequestMachine, need: NeedBudget) -> Continue | Reply:
+        out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
+                                              now=time.time())
+        if out.unavailable and out.allowed:
+            log.warning("budgets not enforced for request %s: redis unavailable (%s)", machine.info.request_id,
+                        out.error)
+        return machine.on_budget(BudgetResult(allowed=out.allowed, status=out.status, budget_id=out.budget_id,
+                                              limit=out.limit, retry_after=out.retry_after,
+                                              unavailable=out.unavailable))
 
     async def _handle(
         self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest, kind: str | None
     ) -> ep.ProcessingResponse | None:
+        d: Continue | Reply | NeedIdentity | NeedBudget
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
             if isinstance(d, NeedIdentity):
@@ -144,12 +204,18 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 except AuthError as exc:
                     self._metrics.auth_failures.labels(exc.code).inc()
                     d = machine.on_identity(exc)
+            if isinstance(d, NeedBudget):
+                d = await self._budget(machine, d)
+            assert not isinstance(d, NeedIdentity)
             if isinstance(d, Reply):
                 return _immediate(d)
             return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(d)))
         if kind == "request_body":
             body = req.request_body
             d = machine.on_request_body(body.body, body.end_of_stream)
+            if isinstance(d, NeedBudget):
+                d = await self._budget(machine, d)
+            assert not isinstance(d, NeedIdentity)
             if isinstance(d, Reply):
                 return _immediate(d)
             return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))

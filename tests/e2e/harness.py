@@ -30,6 +30,26 @@ from tests.fakes.upstream import BackgroundLoop, FakeUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: The policy every e2e stack runs: one rule per behaviour under test; content rules only
+#: match phrases the data-path tests never send.
+POLICY: dict[str, Any] = {
+    "rules": [
+        {"id": "no-project-falcon", "match": {"content": {"keywords": ["project falcon"]}}, "action": "block",
+         "message": "Project Falcon is confidential."},
+        {"id": "mask-contact-data", "match": {"content": {"detectors": ["EMAIL", "PHONE"]}}, "action": "mask"},
+        {"id": "trial-internal-only", "match": {"content": {"keywords": ["internal only"]}}, "action": "block",
+         "mode": "shadow", "message": "Internal-only documents may not be sent."},
+        {"id": "contractors-no-salaries", "match": {"groups": ["contractors"], "content": {"keywords": ["salary"]}},
+         "action": "block", "message": "Contractors may not ask about salaries."},
+        {"id": "deal-approval", "match": {"content": {"keywords": ["term sheet"]}}, "action": "require_approval",
+         "message": "Deal documents need approval."},
+    ],
+    "budgets": [
+        {"id": "burst", "match": {"users": ["budget-*"]}, "per": "user", "requests": 3, "window_seconds": 60},
+        {"id": "tokens", "match": {"users": ["token-*"]}, "per": "user", "tokens": 60, "window_seconds": 60},
+    ],
+}
+
 
 @dataclass
 class Stack:
@@ -40,26 +60,35 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     extra_config: dict[str, Any] = field(default_factory=dict)
+    #: Another stack whose Redis, fake upstream, issuer and keys this one shares (a second replica).
+    parent: Stack | None = None
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs = self.workdir / "logs"
-        self.bg = BackgroundLoop()
-        self.upstream = FakeUpstream()
-        self.bg.run(self.upstream.start())
-        self.issuer = FakeIssuer()
-        self.bg.run(self.issuer.start())
-        if os.environ.get("REDIS_URL"):
-            self.redis_url = os.environ["REDIS_URL"]
+        if self.parent is not None:
+            par = self.parent
+            self.bg, self.upstream, self.issuer = par.bg, par.upstream, par.issuer
+            self.redis_url, self.dev_key, self.dev_jwks = par.redis_url, par.dev_key, par.dev_jwks
+            self.credential, self.anthropic_credential = par.credential, par.anthropic_credential
+            self.cred_file = par.cred_file
         else:
-            port = free_port()
-            self.procs["redis"] = start_redis(port, self.logs)
-            self.redis_url = f"redis://127.0.0.1:{port}/0"
-        key, jwks = ensure_dev_issuer(self.workdir / "dev")
-        self.dev_key = key.read_text()
-        self.dev_jwks = jwks
-        self.cred_file = self.workdir / "anthropic.key"
-        self.cred_file.write_text(self.anthropic_credential + "\n")
+            self.bg = BackgroundLoop()
+            self.upstream = FakeUpstream()
+            self.bg.run(self.upstream.start())
+            self.issuer = FakeIssuer()
+            self.bg.run(self.issuer.start())
+            if os.environ.get("REDIS_URL"):
+                self.redis_url = os.environ["REDIS_URL"]
+            else:
+                port = free_port()
+                self.procs["redis"] = start_redis(port, self.logs)
+                self.redis_url = f"redis://127.0.0.1:{port}/0"
+            key, jwks = ensure_dev_issuer(self.workdir / "dev")
+            self.dev_key = key.read_text()
+            self.dev_jwks = jwks
+            self.cred_file = self.workdir / "anthropic.key"
+            self.cred_file.write_text(self.anthropic_credential + "\n")
         for name in ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin"):
             self.ports[name] = free_port()
         self.config_path = self.workdir / "extproc.yaml"
@@ -100,7 +129,13 @@ class Stack:
                  "credential": {"file": str(self.cred_file)}},
                 {"name": "nokey", "api": "openai", "base_url": f"{up}/v1", "prefix": "/nokey",
                  "credential": {"env": "EXTPROC_TEST_UNSET_KEY"}},
+                {"name": "masked", "api": "openai", "base_url": f"{up}/v1", "prefix": "/masked",
+                 "credential": {"env": "FAKE_PROVIDER_KEY"}},
+                {"name": "maskedanthropic", "api": "anthropic", "base_url": up, "prefix": "/masked-anthropic",
+                 "credential": {"file": str(self.cred_file)}},
             ],
+            "policy": POLICY,
+            "masking": {"responses": {"providers": ["masked", "maskedanthropic"], "exempt_groups": ["pii-cleared"]}},
             "envoy": {"message_timeout_ms": 5000, "max_request_bytes": 1024 * 1024},
             "shutdown_grace_seconds": 10,
         }
@@ -154,4 +189,5 @@ class Stack:
         for name in ("envoy", "extproc", "redis"):
             if name in self.procs:
                 self.procs[name].stop()
-        self.bg.stop()
+        if self.parent is None:
+            self.bg.stop()

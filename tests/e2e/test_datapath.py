@@ -287,7 +287,7 @@ def test_grpc_health_and_admin_endpoints(stack: Stack) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports['admin_grpc']}") as ch:
         st = admin_pb2_grpc.AdminStub(ch).GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
     assert st.ready and st.redis_ok
-    assert {p.name for p in st.providers} == {"fake", "fakeanthropic", "nokey"}
+    assert {"fake", "fakeanthropic", "nokey"} <= {p.name for p in st.providers}
     assert {p.name: p.credential_available for p in st.providers}["nokey"] is False
 
 

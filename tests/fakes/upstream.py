@@ -9,6 +9,7 @@ Headers it understands:
                               an `x-upstream-saw` header (like a provider's "invalid key" error)
   x-fake-chunk: N             split the body into N-byte chunks
   x-fake-delay-ms: N          sleep N ms before each chunk / event
+  x-fake-usage: N             report N total tokens (prompt 5 + completion N-5) in the usage
 Every request is recorded in `requests`.
 """
 
@@ -48,7 +49,37 @@ class BackgroundLoop:
         self.thread.join(5)
 
 
-def _sse_openai(texts: list[str]) -> list[bytes]:
+def _sse_responses(texts: list[str]) -> list[bytes]:
+    seq = iter(range(1000))
+
+    def ev(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {json.dumps({'type': name, 'sequence_number': next(seq), **data})}\n\n".encode()
+
+    resp = {"id": "resp_fake", "object": "response", "created_at": 1, "status": "in_progress", "model": "fake-model",
+            "output": []}
+    item = {"id": "msg_fake", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    out = [ev("response.created", {"response": resp}),
+           ev("response.output_item.added", {"output_index": 0, "item": item}),
+           ev("response.content_part.added", {"item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                                              "part": {"type": "output_text", "text": "", "annotations": []}})]
+    for t in texts:
+        out.append(ev("response.output_text.delta", {"item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                                                     "delta": t}))
+    whole = "".join(texts)
+    part = {"type": "output_text", "text": whole, "annotations": []}
+    done_item = {**item, "status": "completed", "content": [part]}
+    out += [ev("response.output_text.done", {"item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                                             "text": whole}),
+            ev("response.content_part.done", {"item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                                              "part": part}),
+            ev("response.output_item.done", {"output_index": 0, "item": done_item}),
+            ev("response.completed", {"response": {**resp, "status": "completed", "output": [done_item],
+                                                   "usage": {"input_tokens": 5, "output_tokens": len(texts),
+                                                             "total_tokens": 5 + len(texts)}}})]
+    return out
+
+
+def _sse_openai(texts: list[str], usage_total: int | None = None) -> list[bytes]:
     out = []
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
     out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -56,9 +87,10 @@ def _sse_openai(texts: list[str]) -> list[bytes]:
     for t in texts:
         out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {"content": t},
                                                                "finish_reason": None}]}).encode() + b"\n\n")
+    total = usage_total if usage_total is not None else 5 + len(texts)
     out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                                       "usage": {"prompt_tokens": 5, "completion_tokens": len(texts),
-                                                 "total_tokens": 5 + len(texts)}}).encode() + b"\n\n")
+                                       "usage": {"prompt_tokens": 5, "completion_tokens": total - 5,
+                                                 "total_tokens": total}}).encode() + b"\n\n")
     out.append(b"data: [DONE]\n\n")
     return out
 
@@ -122,7 +154,10 @@ class FakeUpstream:
             pieces = [h.get("x-fake-body", "").encode()]
         elif mode == "sse":
             ctype = "text/event-stream"
-            pieces = _sse_openai(texts)
+            pieces = _sse_openai(texts, int(h["x-fake-usage"]) if "x-fake-usage" in h else None)
+        elif mode == "responses-sse":
+            ctype = "text/event-stream"
+            pieces = _sse_responses(texts)
         elif mode == "anthropic-sse":
             ctype = "text/event-stream"
             pieces = _sse_anthropic(texts)

@@ -1,0 +1,111 @@
+"""Builds the shared, immutable ``Gateway`` from a loaded configuration.
+
+The base configuration (listeners, providers, identity) is parsed by ``config.py``; the
+sections owned by later capabilities (``policy``, ``masking``) are parsed here by their own
+modules, with errors located in the same file. A hot reload builds a new ``Gateway`` and
+swaps it in whole; requests in flight keep the one they started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Config, ConfigError
+from .credentials import CredentialStore
+from .machine import Gateway, ResponseMasking, Router
+from .masking import MaskingProfile
+from .policy import Policy
+
+__all__ = ["build_gateway", "response_masking", "validate_sections"]
+
+_RESPONSE_KEYS = {"enabled", "providers", "exempt_groups", "max_buffer_bytes", "on_unmaskable"}
+
+
+def _profile_config(raw: Any) -> Mapping[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError("must be a mapping", path="masking")
+    return {k: v for k, v in raw.items() if k != "responses"}
+
+
+def response_masking(cfg: Config) -> ResponseMasking:
+    raw = cfg.raw.get("masking")
+    if raw is None:
+        return ResponseMasking()
+    err = _located(cfg)
+    profile_cfg = _profile_config(raw)
+    try:
+        profile = MaskingProfile.from_config(profile_cfg, path="masking")
+    except ConfigError as exc:
+        raise err(exc.path or "masking", exc.message) from None
+    resp = raw.get("responses") or {}
+    if not isinstance(resp, Mapping):
+        raise err("masking.responses", "must be a mapping")
+    for key in resp:
+        if key not in _RESPONSE_KEYS:
+            raise err(f"masking.responses.{key}", f"unknown key; allowed: {', '.join(sorted(_RESPONSE_KEYS))}")
+    enabled = resp.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise err("masking.responses.enabled", "must be true or false")
+    providers = resp.get("providers")
+    names = {p.name for p in cfg.providers}
+    if providers is not None:
+        if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
+            raise err("masking.responses.providers", "must be a list of provider names")
+        for i, p in enumerate(providers):
+            if p not in names:
+                raise err(f"masking.responses.providers[{i}]", f"unknown provider {p!r}")
+    exempt = resp.get("exempt_groups", [])
+    if not isinstance(exempt, list) or not all(isinstance(g, str) for g in exempt):
+        raise err("masking.responses.exempt_groups", "must be a list of group names")
+    max_buffer = resp.get("max_buffer_bytes", 1 << 20)
+    if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or not 1024 <= max_buffer <= 64 << 20:
+        raise err("masking.responses.max_buffer_bytes", "must be an integer between 1024 and 67108864")
+    on_unmaskable = resp.get("on_unmaskable", "block")
+    if on_unmaskable not in ("block", "allow"):
+        raise err("masking.responses.on_unmaskable", "must be 'block' or 'allow'")
+    return ResponseMasking(
+        profile=profile if enabled else None,
+        providers=frozenset(providers) if providers is not None else None,
+        exempt_groups=frozenset(exempt),
+        max_buffer_bytes=max_buffer,
+        on_unmaskable=on_unmaskable,
+    )
+
+
+def policy(cfg: Config) -> Policy:
+    raw = cfg.raw.get("policy")
+    if raw is None:
+        return Policy.empty()
+    return Policy.from_config(raw, file=cfg.source, lines=cfg.lines,
+                              masking_config=_profile_config(cfg.raw.get("masking")))
+
+
+def validate_sections(cfg: Config) -> None:
+    """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
+    policy(cfg)
+    response_masking(cfg)
+
+
+def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
+    return Gateway(
+        router=Router(cfg.providers),
+        credential=creds.get,
+        all_credentials=creds.all_values,
+        policy=policy(cfg),
+        masking=response_masking(cfg),
+    )
+
+
+def _located(cfg: Config) -> Any:
+    def make(path: str, message: str) -> ConfigError:
+        line = cfg.lines.get(path)
+        probe = path
+        while line is None and ("." in probe or "[" in probe):
+            probe = probe.rsplit(".", 1)[0] if "." in probe else probe.rsplit("[", 1)[0]
+            line = cfg.lines.get(probe)
+        return ConfigError(message, path=path, file=cfg.source, line=line)
+
+    return make
