@@ -53,6 +53,10 @@ class Metrics:
             "extproc_budget_refusals_total", "Requests refused by a budget, by budget and status.",
             ["budget", "status"], registry=r,
         )
+        self.config_reloads = Counter(
+            "extproc_config_reloads_total", "Configuration reloads by result (applied, rejected).", ["result"],
+            registry=r,
+        )
         self.message_seconds = Histogram(
             "extproc_message_seconds",
             "Time to decide one ext_proc message, by message kind.",

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -25,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
 from .api.admin.v1 import admin_pb2, admin_pb2_grpc
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
 from .httpserver import Request, Response, serve_http
 from .identity import Authenticator
@@ -57,6 +58,7 @@ def assert_upb_backend() -> None:
 @dataclass
 class ServerState:
     config: Config
+    credentials: CredentialStore
     gateway: Gateway
     authenticator: Authenticator
     store: RedisStore
@@ -132,12 +134,66 @@ def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
     gateway = build_gateway(config, creds)
     return ServerState(
         config=config,
+        credentials=creds,
         gateway=gateway,
         authenticator=Authenticator(config.issuers),
         store=RedisStore(config.redis_url),
         metrics=metrics or Metrics(),
         started_at=time.monotonic(),
     )
+
+
+class Reloader:
+    """Hot reload of the governed sections (policy, masking) on SIGHUP or when the file changes.
+
+    A new ``Gateway`` is built and validated completely before it is swapped in; an invalid
+    file is rejected with a log line and the old one keeps serving. Streams in flight hold the
+    ``Gateway`` they started with, so they finish under the policy they began under. Changes
+    to listeners, providers, identity or Redis need a restart (Envoy's config derives from
+    them) and are reported, not applied.
+    """
+
+    RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
+
+    def __init__(self, state: ServerState, interval: float = 1.0) -> None:
+        self._state = state
+        self._interval = interval
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._state.config.source)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            stamp = self._file_stamp()
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                self.reload("file change")
+
+    def reload(self, why: str = "request") -> bool:
+        s = self._state
+        try:
+            new = load_config(s.config.source)
+            gateway = build_gateway(new, s.credentials)
+        except ConfigError as exc:
+            log.error("configuration reload (%s) rejected, the previous one keeps serving: %s", why, exc)
+            s.metrics.config_reloads.labels("rejected").inc()
+            return False
+        changed = [k for k in self.RESTART_KEYS if new.raw.get(k) != s.config.raw.get(k)]
+        if changed:
+            log.warning("configuration reload (%s): changes to %s need a restart and were not applied",
+                        why, ", ".join(changed))
+        s.gateway = gateway
+        s.config = replace(s.config, raw={**s.config.raw, **{k: new.raw.get(k) for k in ("policy", "masking")}},
+                           version=new.version)
+        s.metrics.config_reloads.labels("applied").inc()
+        log.info("configuration reloaded (%s): policy version %s", why, gateway.policy.version)
+        return True
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
@@ -204,10 +260,15 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
+    reloader = Reloader(state)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    watcher = asyncio.create_task(reloader.watch())
 
     try:
         await stop.wait()
     finally:
+        watcher.cancel()
         state.serving = False
         for svc in ("", EXT_PROC_SERVICE):
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)

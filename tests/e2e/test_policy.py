@@ -177,3 +177,48 @@ def test_streamed_usage_is_charged_to_the_token_budget(fresh_upstream: Stack, re
             break
         time.sleep(0.1)
     assert status == 429
+
+
+def test_hot_reload_swaps_policy_and_rejects_an_invalid_one(fresh_upstream: Stack, replica: Stack) -> None:
+    import signal
+    import time
+
+    import yaml
+
+    s = replica
+    original = s.config_path.read_text()
+    cfg = yaml.safe_load(original)
+    cfg["policy"]["rules"].insert(0, {"id": "no-kittens", "match": {"content": {"keywords": ["kitten"]}},
+                                      "action": "block", "message": "No kittens."})
+
+    def blocked() -> bool:
+        try:
+            oai(s, s.token()).chat.completions.create(model="m", messages=ask("a kitten picture"))  # type: ignore[arg-type]
+        except openai.PermissionDeniedError:
+            return True
+        return False
+
+    def wait_for(want: bool) -> bool:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            if blocked() == want:
+                return True
+            time.sleep(0.2)
+        return False
+
+    try:
+        assert not blocked()
+        s.config_path.write_text(yaml.safe_dump(cfg))  # picked up by the file watcher
+        assert wait_for(True)
+        bad = yaml.safe_load(original)
+        bad["policy"]["rules"][0]["action"] = "explode"
+        s.config_path.write_text(yaml.safe_dump(bad))
+        time.sleep(2.5)
+        assert blocked()  # the invalid file was refused: the kitten rule still serves
+        log = s.procs["extproc"].output()
+        assert "reload (file change) rejected" in log and "policy.rules[0].action" in log
+        s.config_path.write_text(original)
+        s.procs["extproc"].signal(signal.SIGHUP)
+        assert wait_for(False)
+    finally:
+        s.config_path.write_text(original)

@@ -147,3 +147,91 @@ def test_router_longest_prefix() -> None:
     assert r.match("/openai/v1/x?y=1").name == "openai"  # type: ignore[union-attr]
     assert r.match("/openai") is not None and r.match("/open").name == "open"  # type: ignore[union-attr]
     assert r.match("/opena") is None
+
+
+# -- policy, budgets, masking -----------------------------------------------------------
+
+from extproc.machine import BudgetResult, ChargeUsage, NeedBudget, ResponseMasking  # noqa: E402
+from extproc.masking import default_profile  # noqa: E402
+from extproc.policy import Policy  # noqa: E402
+
+POLICY = Policy.from_config({
+    "rules": [
+        {"id": "no-falcon", "match": {"content": {"keywords": ["falcon"]}}, "action": "block", "message": "no"},
+        {"id": "mask-email", "match": {"content": {"detectors": ["EMAIL"]}}, "action": "mask"},
+    ],
+    "budgets": [{"id": "t", "per": "user", "tokens": 100, "window_seconds": 60}],
+})
+
+
+def governed(masking: ResponseMasking | None = None) -> Gateway:
+    g = gateway()
+    return Gateway(router=g.router, credential=g.credential, all_credentials=g.all_credentials, policy=POLICY,
+                   masking=masking or ResponseMasking(), clock=lambda: 0.0)
+
+
+def to_body(gw: Gateway, body: dict[str, object]) -> tuple[RequestMachine, object]:
+    m = RequestMachine(gw)
+    m.on_request_headers(headers("/openai/chat/completions", authorization="Bearer a.b.c"), False)
+    m.on_identity(ALICE)
+    return m, m.on_request_body(json.dumps(body).encode(), True)
+
+
+def test_policy_block_at_body() -> None:
+    m, d = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "Falcon status"}]})
+    assert isinstance(d, Reply) and d.status == 403 and json.loads(d.body)["error"]["rule_id"] == "no-falcon"
+    assert m.info.decision is not None and m.info.decision.rule_id == "no-falcon"
+
+
+def test_policy_mask_then_budget_then_forward_with_new_length() -> None:
+    m, need = to_body(governed(), {"model": "x", "stream": True,
+                                   "messages": [{"role": "user", "content": "mail a@b.example now"}]})
+    assert isinstance(need, NeedBudget) and need.charges[0].tokens_limit == 100
+    d = m.on_budget(BudgetResult(allowed=True))
+    assert isinstance(d, Continue) and d.body is not None
+    sent = json.loads(d.body)
+    assert sent["messages"][0]["content"] == "mail [EMAIL] now"
+    assert sent["stream_options"] == {"include_usage": True}  # token budget: ask for streamed usage
+    assert ("content-length", str(len(d.body))) in d.set_headers
+
+
+def test_budget_refusal_and_unavailable() -> None:
+    m, _ = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+    r = m.on_budget(BudgetResult(allowed=False, status=429, budget_id="t", limit="tokens", retry_after=7))
+    assert isinstance(r, Reply) and r.status == 429 and ("retry-after", "7") in r.headers
+    m2, _ = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+    r2 = m2.on_budget(BudgetResult(allowed=False, status=503, budget_id="t", unavailable=True))
+    assert isinstance(r2, Reply) and r2.status == 503 and r2.code == "budget_unavailable"
+
+
+def test_usage_from_the_response_becomes_a_charge_effect() -> None:
+    m, need = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+    assert isinstance(need, NeedBudget)
+    m.on_budget(BudgetResult(allowed=True))
+    m.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    m.on_response_body(b'{"choices":[],"usage":{"prompt_tokens":3,', False)
+    m.on_response_body(b'"completion_tokens":40,"total_tokens":43}}', True)
+    assert m.effects == [ChargeUsage(need.charges, 43, need.prompt_tokens, 0.0)]
+
+
+def test_response_masking_of_split_sse_and_unmaskable_content() -> None:
+    gw = governed(ResponseMasking(profile=default_profile()))
+    m, need = to_body(gw, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+    m.on_budget(BudgetResult(allowed=True))
+    m.on_response_headers({":status": "200", "content-type": "text/event-stream"}, False)
+    ev = 'data: {{"choices":[{{"index":0,"delta":{{"content":"{}"}}}}]}}\n\n'
+    out = b""
+    for part in ("write bob@exa", "mple.com ok"):
+        c = m.on_response_body(ev.format(part).encode(), False)
+        out += c.body if c.body is not None else ev.format(part).encode()
+    c = m.on_response_body(b"data: [DONE]\n\n", True)
+    out += c.body if c.body is not None else b"data: [DONE]\n\n"
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+                   for line in out.decode().splitlines() if line.startswith("data: {"))
+    assert text == "write [EMAIL] ok"
+    assert m.info.response_masked["EMAIL"] == 1
+
+    m2, _ = to_body(gw, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+    m2.on_budget(BudgetResult(allowed=True))
+    r = m2.on_response_headers({":status": "200", "content-type": "image/png"}, False)
+    assert isinstance(r, Reply) and r.status == 502 and r.code == "unmaskable_response"
