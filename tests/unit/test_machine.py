@@ -216,7 +216,7 @@ def test_usage_from_the_response_becomes_a_charge_effect() -> None:
 
 def test_response_masking_of_split_sse_and_unmaskable_content() -> None:
     gw = governed(ResponseMasking(profile=default_profile()))
-    m, need = to_body(gw, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+    m, _ = to_body(gw, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
     m.on_budget(BudgetResult(allowed=True))
     m.on_response_headers({":status": "200", "content-type": "text/event-stream"}, False)
     ev = 'data: {{"choices":[{{"index":0,"delta":{{"content":"{}"}}}}]}}\n\n'
