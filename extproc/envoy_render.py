@@ -319,7 +319,7 @@ def render_envoy(cfg: Config, *, ext_proc: bool = True) -> dict[str, Any]:
 
 def dump_yaml(cfg: Config) -> str:
     header = (
-        f"# Rendered by `extproc envoy render` from {cfg.source} (config version {cfg.version}).\n"
+        f"# Rendered by `extproc envoy render` from {cfg.source}.\n"
         "# Do not edit: change the extproc configuration and render again.\n"
     )
     return header + yaml.safe_dump(render_envoy(cfg), sort_keys=False, default_flow_style=False)

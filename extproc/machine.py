@@ -32,7 +32,7 @@ from .masking.responses import BodyMasker, BodyTooLarge, UnmaskableContent, body
 from .policy import Policy
 from .policy.model import BudgetCharge, PolicyRequest
 from .policy.model import Decision as PolicyDecision
-from .scrub import LiteralScrubber, scrub_text
+from .scrub import LiteralScrubber
 from .sse import SseError
 from .usage import Usage, UsageTracker
 
@@ -66,6 +66,8 @@ class Continue:
     remove_headers: tuple[str, ...] = ()
     #: Replacement body for this message (``b""`` clears it); ``None`` leaves it unchanged.
     body: bytes | None = None
+    #: Tell Envoy not to send the request body at all (nothing governs it): one round trip less.
+    skip_request_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +202,8 @@ class Gateway:
     #: Every credential the gateway knows; scrubbed from every response.
     all_credentials: Callable[[], Sequence[str]]
     policy: Policy = field(default_factory=Policy.empty)
+    #: False when no policy is configured: request bodies are then not even sent to us.
+    governed: bool = False
     masking: ResponseMasking = field(default_factory=ResponseMasking)
     clock: Callable[[], float] = time.time
     literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
@@ -249,7 +253,9 @@ class RequestMachine:
 
     # -- request side --------------------------------------------------------
 
-    def on_request_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Decision | NeedIdentity:
+    def on_request_headers(
+        self, headers: Mapping[str, str], end_of_stream: bool
+    ) -> Decision | NeedIdentity | NeedBudget:
         self._expect(Phase.START, "request headers")
         info = self.info
         info.request_id = headers.get("x-request-id") or "-"
@@ -263,7 +269,7 @@ class RequestMachine:
         self._provider = provider
         info.provider = provider.name
         if not provider.authenticate:
-            return self._forward()
+            return self._admitted()
         token = bearer_token(headers.get("authorization"), headers.get("x-api-key"))
         if token is None:
             return self._reply(401, "missing_token", "missing bearer token: send 'Authorization: Bearer <JWT>'")
@@ -275,12 +281,25 @@ class RequestMachine:
         if isinstance(result, AuthError):
             return self._reply(result.status, result.code, result.message)
         self.info.identity = result
+        return self._admitted()
+
+    def _admitted(self) -> Decision | NeedBudget:
+        """The caller may use this route: inject the credential, then policy (if any)."""
         forward = self._forward()
-        if isinstance(forward, Reply) or not self._request_eos:
+        if isinstance(forward, Reply):
+            return forward
+        if not self._gw.governed:
+            self.phase = Phase.FORWARDED
+            if self._request_eos:
+                return forward
+            return Continue(forward.set_headers, forward.remove_headers, skip_request_body=True)
+        if not self._request_eos:
             return forward  # a body follows: policy runs on it
         return self._decide(None, forward)
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Decision | NeedBudget:
+        if self.phase is Phase.FORWARDED and not self._gw.governed and not self._request_eos:
+            return Continue()  # we asked Envoy to skip it; nothing governs it if it comes anyway
         self._expect(Phase.REQUEST, "a request body")
         if not end_of_stream:
             # BUFFERED mode sends the whole body at once; a partial one means a config drift.
@@ -317,12 +336,12 @@ class RequestMachine:
         except ValueError:
             self.info.status = 0
         secrets = self._gw.all_credentials()
-        self._scrubber = LiteralScrubber(secrets)
+        self._scrubber = scrubber = LiteralScrubber(secrets)
         set_headers: list[tuple[str, str]] = []
         for name, value in headers.items():
             if name.startswith(":"):
                 continue
-            clean = scrub_text(value, secrets)
+            clean = scrubber.scrub_text(value)
             if clean != value:
                 set_headers.append((name, clean))
                 self.info.secrets_scrubbed += 1
@@ -356,7 +375,9 @@ class RequestMachine:
         before = scrubber.replaced
         out = scrubber.feed(out)
         if end_of_stream:
-            out += scrubber.flush()
+            held = scrubber.flush()
+            if held:
+                out += held
             self._finish_response()
         self.info.response_bytes += len(out)
         self.info.secrets_scrubbed += scrubber.replaced - before

@@ -95,6 +95,7 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         credential=creds.get,
         all_credentials=creds.all_values,
         policy=policy(cfg),
+        governed=cfg.raw.get("policy") is not None,
         masking=response_masking(cfg),
     )
 

@@ -42,6 +42,15 @@ class LiteralScrubber:
         #: How many secrets were replaced so far (for metrics; never which).
         self.replaced = 0
 
+    def scrub_text(self, value: str) -> str:
+        """A complete string (a header value): every secret replaced; counted."""
+        for s in self._secrets:
+            text = s.decode("utf-8", "replace")
+            if text in value:
+                self.replaced += value.count(text)
+                value = value.replace(text, REDACTED.decode())
+        return value
+
     @property
     def active(self) -> bool:
         return bool(self._secrets)

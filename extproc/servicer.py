@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as epf
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
@@ -65,6 +66,17 @@ def _mutation(d: Continue) -> ep.HeaderMutation | None:
     )
 
 
+#: Everything as configured, minus the request body (see ``Continue.skip_request_body``).
+_SKIP_REQUEST_BODY = epf.ProcessingMode(
+    request_header_mode=epf.ProcessingMode.SEND,
+    response_header_mode=epf.ProcessingMode.SEND,
+    request_body_mode=epf.ProcessingMode.NONE,
+    response_body_mode=epf.ProcessingMode.STREAMED,
+    request_trailer_mode=epf.ProcessingMode.SKIP,
+    response_trailer_mode=epf.ProcessingMode.SKIP,
+)
+
+
 def _common(d: Continue) -> ep.CommonResponse:
     common = ep.CommonResponse()
     mutation = _mutation(d)
@@ -112,6 +124,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._metrics = metrics
         self._store = store
         self._background: set[asyncio.Task[None]] = set()
+        # Labelled children looked up once: a label look-up per message is measurable.
+        self._message_seconds = {
+            kind: metrics.message_seconds.labels(kind)
+            for kind in ("request_headers", "request_body", "response_headers", "response_body",
+                         "request_trailers", "response_trailers")
+        }
         self.inflight = 0
 
     async def Process(
@@ -128,7 +146,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 kind = req.WhichOneof("request")
                 t0 = time.perf_counter()
                 resp = await self._handle(machine, auth, req, kind)
-                m.message_seconds.labels(kind or "none").observe(time.perf_counter() - t0)
+                hist = self._message_seconds.get(kind or "")
+                if hist is not None:
+                    hist.observe(time.perf_counter() - t0)
                 if resp is None:
                     continue
                 yield resp
@@ -209,7 +229,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             assert not isinstance(d, NeedIdentity)
             if isinstance(d, Reply):
                 return _immediate(d)
-            return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(d)))
+            resp = ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(d)))
+            if d.skip_request_body:
+                resp.mode_override.CopyFrom(_SKIP_REQUEST_BODY)
+            return resp
         if kind == "request_body":
             body = req.request_body
             d = machine.on_request_body(body.body, body.end_of_stream)

@@ -140,7 +140,7 @@ class Stack:
             "shutdown_grace_seconds": 10,
         }
         cfg.update(self.extra_config)
-        return cfg
+        return {k: v for k, v in cfg.items() if v is not None}
 
     def render_envoy(self) -> None:
         from extproc.config import load_config

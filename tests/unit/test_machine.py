@@ -58,6 +58,8 @@ def authed(path: str = "/openai/chat/completions", eos: bool = False, **h: str) 
 
 def test_injects_credential_and_strips_caller_auth() -> None:
     m, d = authed(**{"x-api-key": "caller"})
+    assert d.skip_request_body  # no policy: Envoy need not send the body at all
+    assert m.phase is Phase.FORWARDED
     assert ("authorization", f"Bearer {KEY}") in d.set_headers
     assert "x-api-key" in d.remove_headers and "authorization" not in d.remove_headers
     assert m.info.identity == ALICE and m.info.provider == "openai"
@@ -167,7 +169,7 @@ POLICY = Policy.from_config({
 def governed(masking: ResponseMasking | None = None) -> Gateway:
     g = gateway()
     return Gateway(router=g.router, credential=g.credential, all_credentials=g.all_credentials, policy=POLICY,
-                   masking=masking or ResponseMasking(), clock=lambda: 0.0)
+                   governed=True, masking=masking or ResponseMasking(), clock=lambda: 0.0)
 
 
 def to_body(gw: Gateway, body: dict[str, object]) -> tuple[RequestMachine, object]:
