@@ -59,7 +59,7 @@ class Identity:
     issuer: str
     subject: str
     expires_at: float
-    #: For Kubernetes service-account tokens: ``namespace/serviceaccount``.
+    #: For Kubernetes service-account tokens: ``system:serviceaccount:<namespace>:<name>``.
     workload: str | None = None
 
 
@@ -306,10 +306,10 @@ def _identity(cfg: IssuerConfig, claims: Mapping[str, Any]) -> Identity:
     else:
         groups = ()
     workload = None
-    # Kubernetes projected service-account tokens: sub = system:serviceaccount:<ns>:<name>
+    # Kubernetes projected service-account tokens: sub = system:serviceaccount:<ns>:<name>;
+    # policy matches it with globs such as "system:serviceaccount:ci:*".
     if isinstance(sub, str) and fnmatch.fnmatchcase(sub, "system:serviceaccount:*:*"):
-        _, _, ns, name = sub.split(":", 3)
-        workload = f"{ns}/{name}"
+        workload = sub
     exp = claims.get("exp")
     return Identity(
         user=user,

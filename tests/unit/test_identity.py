@@ -154,7 +154,7 @@ def test_kubernetes_service_account_token() -> None:
     tok = k.token(subject="system:serviceaccount:team-a:agent",
                   extra={"kubernetes.io": {"namespace": "team-a"}}, audience=["extproc", "other"])
     ident = run(auth(k).authenticate(tok))
-    assert ident.workload == "team-a/agent"
+    assert ident.workload == "system:serviceaccount:team-a:agent"
     assert ident.user == "system:serviceaccount:team-a:agent"
 
 
