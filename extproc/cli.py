@@ -182,7 +182,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 #: Subcommand groups contributed by other modules: each takes the subparsers object.
-REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.inject.server"]
+REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals_cli", "extproc.inject.server"]
 
 
 def build_parser() -> argparse.ArgumentParser:

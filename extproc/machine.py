@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .approvals import ApprovalSettings, Binding, content_digest
 from .config import ProviderConfig
 from .errors import error_body
 from .identity import AuthError, Identity, bearer_token
@@ -37,10 +38,12 @@ from .sse import SseError
 from .usage import Usage, UsageTracker
 
 __all__ = [
+    "ApprovalResult",
     "ChargeUsage",
     "Continue",
     "Decision",
     "Gateway",
+    "NeedApproval",
     "NeedBudget",
     "NeedIdentity",
     "ProtocolError",
@@ -96,6 +99,28 @@ class NeedBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedApproval:
+    """The servicer must hold the request until a human decides (or the hold runs out) and
+    call ``on_approval``. ``binding`` is what a grant must match exactly."""
+
+    binding: Binding
+    hold_seconds: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalResult:
+    """How a hold ended: approved | denied | pending (hold ran out) | expired | abandoned |
+    no_approvers | unavailable."""
+
+    state: str
+    approval_id: str | None = None
+    reason: str = ""
+    #: For ``approved``: whether it was an existing grant (no hold happened).
+    granted_before: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetResult:
     """What the machine needs to know of a reservation (mirrors ``budgets.BudgetOutcome``)."""
 
@@ -128,6 +153,7 @@ class Phase(enum.Enum):
     START = "start"
     AUTH = "auth"
     REQUEST = "request"
+    HOLD = "hold"
     BUDGET = "budget"
     FORWARDED = "forwarded"
     RESPONSE = "response"
@@ -204,6 +230,8 @@ class Gateway:
     policy: Policy = field(default_factory=Policy.empty)
     #: False when no policy is configured: request bodies are then not even sent to us.
     governed: bool = False
+    #: None when approvals are not configured: ``require_approval`` then fails closed.
+    approvals: ApprovalSettings | None = None
     masking: ResponseMasking = field(default_factory=ResponseMasking)
     clock: Callable[[], float] = time.time
     literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
@@ -234,6 +262,7 @@ class RequestInfo:
     #: Entities masked in the response (type -> count; never values).
     response_masked: Counter[str] = field(default_factory=Counter)
     usage: Usage | None = None
+    approval: ApprovalResult | None = None
 
 
 class RequestMachine:
@@ -249,13 +278,14 @@ class RequestMachine:
         self._request_eos = False
         self._headers: Mapping[str, str] = {}
         self._pending_body: Continue | None = None
+        self._raw_body: bytes | None = None
         self._reserved_at = 0.0
 
     # -- request side --------------------------------------------------------
 
     def on_request_headers(
         self, headers: Mapping[str, str], end_of_stream: bool
-    ) -> Decision | NeedIdentity | NeedBudget:
+    ) -> Decision | NeedIdentity | NeedBudget | NeedApproval:
         self._expect(Phase.START, "request headers")
         info = self.info
         info.request_id = headers.get("x-request-id") or "-"
@@ -276,14 +306,14 @@ class RequestMachine:
         self.phase = Phase.AUTH
         return NeedIdentity(token)
 
-    def on_identity(self, result: Identity | AuthError) -> Decision | NeedBudget:
+    def on_identity(self, result: Identity | AuthError) -> Decision | NeedBudget | NeedApproval:
         self._expect(Phase.AUTH, "an identity")
         if isinstance(result, AuthError):
             return self._reply(result.status, result.code, result.message)
         self.info.identity = result
         return self._admitted()
 
-    def _admitted(self) -> Decision | NeedBudget:
+    def _admitted(self) -> Decision | NeedBudget | NeedApproval:
         """The caller may use this route: inject the credential, then policy (if any)."""
         forward = self._forward()
         if isinstance(forward, Reply):
@@ -297,7 +327,7 @@ class RequestMachine:
             return forward  # a body follows: policy runs on it
         return self._decide(None, forward)
 
-    def on_request_body(self, body: bytes, end_of_stream: bool) -> Decision | NeedBudget:
+    def on_request_body(self, body: bytes, end_of_stream: bool) -> Decision | NeedBudget | NeedApproval:
         if self.phase is Phase.FORWARDED and not self._gw.governed and not self._request_eos:
             return Continue()  # we asked Envoy to skip it; nothing governs it if it comes anyway
         self._expect(Phase.REQUEST, "a request body")
@@ -412,7 +442,7 @@ class RequestMachine:
         remove = tuple(h for h in CALLER_AUTH_HEADERS if h not in setting)
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
-    def _decide(self, body: bytes | None, forward: Continue) -> Decision | NeedBudget:
+    def _decide(self, body: bytes | None, forward: Continue) -> Decision | NeedBudget | NeedApproval:
         """Policy on the whole request; ``forward`` is what to send when it passes."""
         p, ident = self._provider, self.info.identity
         assert p is not None
@@ -429,6 +459,7 @@ class RequestMachine:
             content_type=self._headers.get("content-type", ""),
             body=body,
         )
+        self._raw_body = body
         t0 = time.perf_counter()
         d = self._gw.policy.evaluate(req)
         self.info.policy_seconds = time.perf_counter() - t0
@@ -439,10 +470,57 @@ class RequestMachine:
                 code = "policy_error"
             return self._reply(d.status, code, d.message, rule_id=d.rule_id)
         if d.action == "require_approval":
-            # Until the approval hold is wired in, an approval rule fails closed.
-            return self._reply(403, "approval_required",
-                               d.message or "this request needs a human approval before it can be sent",
-                               rule_id=d.rule_id)
+            settings = self._gw.approvals
+            if settings is None:
+                return self._reply(403, "approval_unavailable",
+                                   (d.message or "this request needs a human approval")
+                                   + "; approvals are not configured on this gateway, so it cannot be sent",
+                                   rule_id=d.rule_id)
+            self.phase = Phase.HOLD
+            self._pending_body = forward
+            binding = Binding(
+                user=ident.user if ident else "",
+                issuer=ident.issuer if ident else "",
+                provider=p.name,
+                route=path,
+                content_digest=content_digest(body, api=p.api),
+                policy_version=self._gw.policy.version,
+                rule_id=d.rule_id or "",
+            )
+            return NeedApproval(binding, settings.hold_seconds, d.message)
+        return self._proceed(d, forward)
+
+    def on_approval(self, result: ApprovalResult) -> Decision | NeedBudget | NeedApproval:
+        self._expect(Phase.HOLD, "an approval outcome")
+        self.info.approval = result
+        d = self.info.decision
+        assert d is not None and self._pending_body is not None
+        rid, aid = d.rule_id, result.approval_id
+        if result.state == "approved":
+            return self._proceed(d, self._pending_body)
+        if result.state == "denied":
+            why = f": {result.reason}" if result.reason else ""
+            return self._reply(403, "approval_denied", f"approval {aid} was denied{why}", rule_id=rid,
+                               approval_id=aid)
+        if result.state == "pending":
+            return self._reply(
+                403, "approval_pending",
+                f"{d.message or 'this request needs approval'}. Approval {aid} is pending; ask an approver to run "
+                f"`extproc approvals approve {aid}`, then send the same request again.",
+                rule_id=rid, approval_id=aid)
+        if result.state == "no_approvers":
+            return self._reply(403, "approval_unavailable", result.reason or "nobody may approve this request",
+                               rule_id=rid)
+        if result.state == "unavailable":
+            return self._reply(503, "approval_unavailable", "approvals cannot be reached right now; nothing was sent",
+                               rule_id=rid, approval_id=aid)
+        return self._reply(403, f"approval_{result.state}", f"approval {aid} is {result.state}; nothing was sent",
+                           rule_id=rid, approval_id=aid)
+
+    def _proceed(self, d: PolicyDecision, forward: Continue) -> Decision | NeedBudget | NeedApproval:
+        """After policy (and any approval): rewritten body, usage reporting, budgets."""
+        p, body = self._provider, self._raw_body
+        assert p is not None
         new_body = d.body
         if body is not None and d.stream and p.api == "openai" and any(c.tokens_limit for c in d.budgets):
             new_body = _with_stream_usage(new_body if new_body is not None else body)
@@ -491,7 +569,8 @@ class RequestMachine:
                 self.effects.append(ChargeUsage(d.budgets, usage.total, d.prompt_tokens, self._reserved_at))
 
     def _reply(self, status: int, code: str, message: str, *, rule_id: str | None = None,
-               budget_id: str | None = None, extra_headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+               budget_id: str | None = None, approval_id: str | None = None,
+               extra_headers: tuple[tuple[str, str], ...] = ()) -> Reply:
         self.phase = Phase.DONE
         self.info.status = status
         self.info.error_code = code
@@ -508,6 +587,9 @@ class RequestMachine:
             headers.append(("x-extproc-rule", rule_id))
         if budget_id:
             extra["budget_id"] = budget_id
+        if approval_id:
+            extra["approval_id"] = approval_id
+            headers.append(("x-extproc-approval", approval_id))
         return Reply(status=status, body=error_body(status, code, message, rid, **extra), headers=tuple(headers),
                      code=code)
 

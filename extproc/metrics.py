@@ -57,6 +57,10 @@ class Metrics:
             "extproc_config_reloads_total", "Configuration reloads by result (applied, rejected).", ["result"],
             registry=r,
         )
+        self.approvals = Counter(
+            "extproc_approval_holds_total", "Requests that needed approval, by how the hold ended.", ["state"],
+            registry=r,
+        )
         self.message_seconds = Histogram(
             "extproc_message_seconds",
             "Time to decide one ext_proc message, by message kind.",

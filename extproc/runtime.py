@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .approvals import ApprovalSettings
 from .config import Config, ConfigError
 from .credentials import CredentialStore
 from .machine import Gateway, ResponseMasking, Router
 from .masking import MaskingProfile
 from .policy import Policy
 
-__all__ = ["build_gateway", "response_masking", "validate_sections"]
+__all__ = ["HOLD_MARGIN", "approvals", "build_gateway", "response_masking", "validate_sections"]
+
+#: Seconds a held request's message timeout is extended beyond the hold itself.
+HOLD_MARGIN = 5
 
 _RESPONSE_KEYS = {"enabled", "providers", "exempt_groups", "max_buffer_bytes", "on_unmaskable"}
 
@@ -83,10 +87,26 @@ def policy(cfg: Config) -> Policy:
                               masking_config=_profile_config(cfg.raw.get("masking")))
 
 
+def approvals(cfg: Config) -> ApprovalSettings | None:
+    raw = cfg.raw.get("approvals")
+    if raw is None:
+        return None
+    settings = ApprovalSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
+    limit = cfg.envoy.max_message_timeout_seconds
+    if settings.hold_seconds + HOLD_MARGIN > limit:
+        raise _located(cfg)(
+            "approvals.hold_seconds",
+            f"a hold of {settings.hold_seconds}s needs envoy.max_message_timeout_seconds >= "
+            f"{settings.hold_seconds + HOLD_MARGIN} (it is {limit}): Envoy would cut the held request",
+        )
+    return settings
+
+
 def validate_sections(cfg: Config) -> None:
     """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
     policy(cfg)
     response_masking(cfg)
+    approvals(cfg)
 
 
 def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
@@ -96,6 +116,7 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         all_credentials=creds.all_values,
         policy=policy(cfg),
         governed=cfg.raw.get("policy") is not None,
+        approvals=approvals(cfg),
         masking=response_masking(cfg),
     )
 

@@ -24,14 +24,18 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__
+from . import __version__, approvals_api
 from .api.admin.v1 import admin_pb2, admin_pb2_grpc
+from .approvals import make_owner_id
+from .approvals_store import ApprovalStore, ApprovalWaiter
 from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
+from .hold import ApprovalGate
 from .httpserver import Request, Response, serve_http
 from .identity import Authenticator
 from .machine import Gateway
 from .metrics import Metrics
+from .notify import Notifier
 from .runtime import build_gateway
 from .servicer import ExternalProcessor
 from .store import RedisStore
@@ -154,6 +158,7 @@ class Reloader:
     """
 
     RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
+    RELOADED_KEYS = ("policy", "masking", "approvals")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
         self._state = state
@@ -189,7 +194,7 @@ class Reloader:
             log.warning("configuration reload (%s): changes to %s need a restart and were not applied",
                         why, ", ".join(changed))
         s.gateway = gateway
-        s.config = replace(s.config, raw={**s.config.raw, **{k: new.raw.get(k) for k in ("policy", "masking")}},
+        s.config = replace(s.config, raw={**s.config.raw, **{k: new.raw.get(k) for k in self.RELOADED_KEYS}},
                            version=new.version)
         s.metrics.config_reloads.labels("applied").inc()
         log.info("configuration reloaded (%s): policy version %s", why, gateway.policy.version)
@@ -205,7 +210,21 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             "redis at %s is not reachable yet; /readyz reports not ready until it is", _redact_url(config.redis_url)
         )
 
-    processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store)
+    gate: ApprovalGate | None = None
+    waiter: ApprovalWaiter | None = None
+    notifier: Notifier | None = None
+    maintain: asyncio.Task[None] | None = None
+    if state.gateway.approvals is not None:
+        settings = state.gateway.approvals
+        notifier = Notifier(settings.webhooks)
+        waiter = ApprovalWaiter(state.store.client)
+        await waiter.start()
+        owner = make_owner_id()
+        approval_store = ApprovalStore(state.store.client, notifier=notifier)
+        gate = ApprovalGate(approval_store, waiter, owner)
+        maintain = asyncio.create_task(approval_store.maintain(owner))
+    processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
+                                  approvals=gate)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
@@ -218,6 +237,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 
     admin_grpc = grpc.aio.server(options=options)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(state, processor), admin_grpc)
+    if waiter is not None and state.gateway.approvals is not None:
+        approvals_api.add_to_server(admin_grpc, redis=state.store.client, authenticator=state.authenticator,
+                                    settings=state.gateway.approvals, waiter=waiter, notifier=notifier)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
     admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
     if admin_grpc.add_insecure_port(admin_addr) == 0:
@@ -280,6 +302,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await stopping
         cut.cancel()
         await admin_grpc.stop(1)
+        if maintain is not None:
+            maintain.cancel()
+        if waiter is not None:
+            await waiter.close()
+        if notifier is not None:
+            await notifier.close()
         http.close()
         await state.store.close()
         log.info("extproc stopped")

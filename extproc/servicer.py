@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -17,14 +18,18 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as epf
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2
 
 from . import budgets
+from .hold import ApprovalGate
 from .identity import Authenticator, AuthError
 from .machine import (
+    ApprovalResult,
     BudgetResult,
     ChargeUsage,
     Continue,
     Gateway,
+    NeedApproval,
     NeedBudget,
     NeedIdentity,
     ProtocolError,
@@ -32,6 +37,7 @@ from .machine import (
     RequestMachine,
 )
 from .metrics import Metrics
+from .runtime import HOLD_MARGIN
 from .store import RedisStore
 
 __all__ = ["ExternalProcessor"]
@@ -109,6 +115,14 @@ def _immediate(r: Reply) -> ep.ProcessingResponse:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A request-side message whose answer waits for a human: see ``ExternalProcessor._hold``."""
+
+    kind: str
+    need: NeedApproval
+
+
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -116,6 +130,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         authenticator: Callable[[], Authenticator],
         metrics: Metrics,
         store: RedisStore,
+        approvals: ApprovalGate | None = None,
     ) -> None:
         # Callables, so a configuration reload swaps what new streams see while streams in
         # flight keep the objects they started with.
@@ -123,6 +138,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._authenticator = authenticator
         self._metrics = metrics
         self._store = store
+        self._approvals = approvals
         self._background: set[asyncio.Task[None]] = set()
         # Labelled children looked up once: a label look-up per message is measurable.
         self._message_seconds = {
@@ -136,7 +152,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
         m = self._metrics
-        machine = RequestMachine(self._gateway())
+        gateway = self._gateway()
+        machine = RequestMachine(gateway)
         auth = self._authenticator()
         self.inflight += 1
         m.streams_inflight.inc()
@@ -146,11 +163,16 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 kind = req.WhichOneof("request")
                 t0 = time.perf_counter()
                 resp = await self._handle(machine, auth, req, kind)
+                if isinstance(resp, _Held):
+                    # Envoy waits message_timeout for an answer; extend it (once per
+                    # processing state, at most max_message_timeout) before holding.
+                    yield ep.ProcessingResponse(
+                        override_message_timeout=duration_pb2.Duration(seconds=resp.need.hold_seconds + HOLD_MARGIN)
+                    )
+                    resp = await self._hold(machine, gateway, resp)
                 hist = self._message_seconds.get(kind or "")
                 if hist is not None:
                     hist.observe(time.perf_counter() - t0)
-                if resp is None:
-                    continue
                 yield resp
                 if resp.HasField("immediate_response"):
                     outcome = machine.info.error_code or "refused"
@@ -186,6 +208,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             m.masked.labels("response", entity).inc(n)
         if info.budget is not None and not info.budget.allowed:
             m.budget_refusals.labels(info.budget.budget_id or "-", str(info.budget.status)).inc()
+        if info.approval is not None:
+            m.approvals.labels(info.approval.state).inc()
 
     def _run_effects(self, machine: RequestMachine) -> None:
         for eff in machine.effects:
@@ -211,10 +235,34 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                                               limit=out.limit, retry_after=out.retry_after,
                                               unavailable=out.unavailable))
 
+    async def _hold(self, machine: RequestMachine, gateway: Gateway, held: _Held) -> ep.ProcessingResponse:
+        gate, settings, ident = self._approvals, gateway.approvals, machine.info.identity
+        if gate is None or settings is None or ident is None:
+            result = ApprovalResult("unavailable")
+        else:
+            result = await gate.hold(held.need, ident, settings)
+        d = machine.on_approval(result)
+        if isinstance(d, NeedBudget):
+            d = await self._budget(machine, d)
+        return self._request_response(held.kind, d)
+
+    @staticmethod
+    def _request_response(kind: str, d: Continue | Reply | NeedIdentity | NeedBudget | NeedApproval
+                          ) -> ep.ProcessingResponse:
+        assert isinstance(d, Continue | Reply)
+        if isinstance(d, Reply):
+            return _immediate(d)
+        if kind == "request_headers":
+            resp = ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(d)))
+            if d.skip_request_body:
+                resp.mode_override.CopyFrom(_SKIP_REQUEST_BODY)
+            return resp
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))
+
     async def _handle(
         self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest, kind: str | None
-    ) -> ep.ProcessingResponse | None:
-        d: Continue | Reply | NeedIdentity | NeedBudget
+    ) -> ep.ProcessingResponse | _Held:
+        d: Continue | Reply | NeedIdentity | NeedBudget | NeedApproval
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
             if isinstance(d, NeedIdentity):
@@ -224,39 +272,29 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 except AuthError as exc:
                     self._metrics.auth_failures.labels(exc.code).inc()
                     d = machine.on_identity(exc)
-            if isinstance(d, NeedBudget):
-                d = await self._budget(machine, d)
-            assert not isinstance(d, NeedIdentity)
-            if isinstance(d, Reply):
-                return _immediate(d)
-            resp = ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(d)))
-            if d.skip_request_body:
-                resp.mode_override.CopyFrom(_SKIP_REQUEST_BODY)
-            return resp
-        if kind == "request_body":
-            body = req.request_body
-            d = machine.on_request_body(body.body, body.end_of_stream)
-            if isinstance(d, NeedBudget):
-                d = await self._budget(machine, d)
-            assert not isinstance(d, NeedIdentity)
-            if isinstance(d, Reply):
-                return _immediate(d)
-            return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))
-        if kind == "response_headers":
+        elif kind == "request_body":
+            d = machine.on_request_body(req.request_body.body, req.request_body.end_of_stream)
+        elif kind == "response_headers":
             d = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
             if isinstance(d, Reply):
                 return _immediate(d)
             return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(d)))
-        if kind == "response_body":
-            body = req.response_body
-            d = machine.on_response_body(body.body, body.end_of_stream)
+        elif kind == "response_body":
+            d = machine.on_response_body(req.response_body.body, req.response_body.end_of_stream)
             if isinstance(d, Reply):
                 return _immediate(d)
             return ep.ProcessingResponse(response_body=ep.BodyResponse(response=_common(d)))
-        if kind == "request_trailers":
+        elif kind == "request_trailers":
             machine.on_request_trailers()
             return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
-        if kind == "response_trailers":
+        elif kind == "response_trailers":
             machine.on_response_trailers()
             return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
-        raise ProtocolError(f"unsupported ext_proc message {kind!r}")
+        else:
+            raise ProtocolError(f"unsupported ext_proc message {kind!r}")
+        # request side: identity done; approvals hold, budgets reserve
+        if isinstance(d, NeedApproval):
+            return _Held(kind, d)
+        if isinstance(d, NeedBudget):
+            d = await self._budget(machine, d)
+        return self._request_response(kind, d)

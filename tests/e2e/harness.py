@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,8 @@ class Stack:
                  "credential": {"file": str(self.cred_file)}},
             ],
             "policy": POLICY,
+            "approvals": {"hold_seconds": 4, "ttl_seconds": 300, "grant": "once",
+                          "rules": {"deal-approval": {"groups": ["legal"]}}},
             "masking": {"responses": {"providers": ["masked", "maskedanthropic"], "exempt_groups": ["pii-cleared"]}},
             "envoy": {"message_timeout_ms": 5000, "max_request_bytes": 1024 * 1024},
             "shutdown_grace_seconds": 10,
@@ -175,6 +178,15 @@ class Stack:
 
     def token(self, sub: str = "alice", groups: tuple[str, ...] = ("engineering",), **kw: Any) -> str:
         return mint_token(self.dev_key, subject=sub, groups=groups, **kw)
+
+    def cli(self, *args: str, token: str | None = None, admin: Stack | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real `extproc` command line, as another process, against this stack's admin API."""
+        target = admin or self
+        env = {**self.env, "EXTPROC_ADMIN": f"127.0.0.1:{target.ports['admin_grpc']}"}
+        if token is not None:
+            env["EXTPROC_TOKEN"] = token
+        return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, env=env,
+                              cwd=str(REPO), timeout=60, check=False)
 
     def logs_text(self) -> str:
         parts = []
