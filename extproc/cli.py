@@ -182,7 +182,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 #: Subcommand groups contributed by other modules: each takes the subparsers object.
-REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals_cli", "extproc.inject.server"]
+REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals_cli", "extproc.sessions_cli",
+                         "extproc.inject.server"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo_model)
 
     st = sub.add_parser("status", help="ask a running server for its status over the admin gRPC API")
-    st.add_argument("--admin", default="127.0.0.1:50052", help="admin gRPC address (default: 127.0.0.1:50052)")
+    st.add_argument("--admin", default=os.environ.get("EXTPROC_ADMIN", "127.0.0.1:50052"),
+                    help="admin gRPC address (default: $EXTPROC_ADMIN or 127.0.0.1:50052)")
     st.add_argument("--config", "-c", help="take the admin address from this configuration file")
     st.set_defaults(func=cmd_status)
 

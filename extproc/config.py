@@ -30,7 +30,6 @@ __all__ = [
     "IssuerConfig",
     "ListenerConfig",
     "ProviderConfig",
-    "RecordingConfig",
     "load_config",
     "parse_config",
 ]
@@ -155,11 +154,6 @@ class EnvoyTuning:
     upstream_ca_file: str
     access_log: bool
     concurrency: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RecordingConfig:
-    enabled: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from .masking.responses import BodyMasker, BodyTooLarge, UnmaskableContent, body
 from .policy import Policy
 from .policy.model import BudgetCharge, PolicyRequest
 from .policy.model import Decision as PolicyDecision
+from .recording import InteractionRecorder, RecordingSettings
 from .scrub import LiteralScrubber
 from .sse import SseError
 from .usage import Usage, UsageTracker
@@ -46,11 +47,14 @@ __all__ = [
     "NeedApproval",
     "NeedBudget",
     "NeedIdentity",
+    "NeedRecordStart",
     "ProtocolError",
+    "RecordEntries",
     "Reply",
     "RequestMachine",
     "ResponseMasking",
     "Router",
+    "Step",
 ]
 
 #: Headers a caller may use to present its own identity; never forwarded upstream.
@@ -133,6 +137,24 @@ class BudgetResult:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedRecordStart:
+    """The servicer must durably write ``entry`` before anything is forwarded, then call
+    ``on_record_start`` (False when the store refused it: the request fails closed)."""
+
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEntries:
+    """Effect: append these entries (a start already written, or both of a refusal) and log."""
+
+    start: dict[str, Any] | None
+    complete: dict[str, Any]
+    #: True when ``start`` still has to be written (a refused interaction).
+    write_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChargeUsage:
     """Effect: correct token budgets with the provider-reported usage."""
 
@@ -143,6 +165,8 @@ class ChargeUsage:
 
 
 Decision = Continue | Reply
+#: What a request-side event returns: a decision, or a request for I/O.
+Step = Continue | Reply | NeedIdentity | NeedBudget | NeedApproval | NeedRecordStart
 
 
 class ProtocolError(Exception):
@@ -155,6 +179,7 @@ class Phase(enum.Enum):
     REQUEST = "request"
     HOLD = "hold"
     BUDGET = "budget"
+    RECORD = "record"
     FORWARDED = "forwarded"
     RESPONSE = "response"
     DONE = "done"
@@ -232,6 +257,8 @@ class Gateway:
     governed: bool = False
     #: None when approvals are not configured: ``require_approval`` then fails closed.
     approvals: ApprovalSettings | None = None
+    #: None when interactions are not recorded.
+    recording: RecordingSettings | None = None
     masking: ResponseMasking = field(default_factory=ResponseMasking)
     clock: Callable[[], float] = time.time
     literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
@@ -270,7 +297,7 @@ class RequestMachine:
         self._gw = gateway
         self.phase = Phase.START
         self.info = RequestInfo(started_at=gateway.clock())
-        self.effects: list[ChargeUsage] = []
+        self.effects: list[ChargeUsage | RecordEntries] = []
         self._provider: ProviderConfig | None = None
         self._scrubber: LiteralScrubber | None = None
         self._masker: BodyMasker | None = None
@@ -279,13 +306,16 @@ class RequestMachine:
         self._headers: Mapping[str, str] = {}
         self._pending_body: Continue | None = None
         self._raw_body: bytes | None = None
+        self._token: str | None = None
+        self._rec: InteractionRecorder | None = None
+        self._start_entry: dict[str, Any] | None = None
         self._reserved_at = 0.0
 
     # -- request side --------------------------------------------------------
 
     def on_request_headers(
         self, headers: Mapping[str, str], end_of_stream: bool
-    ) -> Decision | NeedIdentity | NeedBudget | NeedApproval:
+    ) -> Step:
         self._expect(Phase.START, "request headers")
         info = self.info
         info.request_id = headers.get("x-request-id") or "-"
@@ -304,39 +334,59 @@ class RequestMachine:
         if token is None:
             return self._reply(401, "missing_token", "missing bearer token: send 'Authorization: Bearer <JWT>'")
         self.phase = Phase.AUTH
+        self._token = token
         return NeedIdentity(token)
 
-    def on_identity(self, result: Identity | AuthError) -> Decision | NeedBudget | NeedApproval:
+    def on_identity(self, result: Identity | AuthError) -> Step:
         self._expect(Phase.AUTH, "an identity")
         if isinstance(result, AuthError):
             return self._reply(result.status, result.code, result.message)
         self.info.identity = result
         return self._admitted()
 
-    def _admitted(self) -> Decision | NeedBudget | NeedApproval:
+    def _admitted(self) -> Step:
         """The caller may use this route: inject the credential, then policy (if any)."""
+        self._start_recording()
         forward = self._forward()
         if isinstance(forward, Reply):
             return forward
-        if not self._gw.governed:
+        if not self._gw.governed and self._rec is None:
             self.phase = Phase.FORWARDED
             if self._request_eos:
                 return forward
             return Continue(forward.set_headers, forward.remove_headers, skip_request_body=True)
+        if not self._gw.governed:  # recorded but not governed: the body is needed for the record
+            if not self._request_eos:
+                return forward
+            return self._release(forward)
         if not self._request_eos:
             return forward  # a body follows: policy runs on it
         return self._decide(None, forward)
 
-    def on_request_body(self, body: bytes, end_of_stream: bool) -> Decision | NeedBudget | NeedApproval:
+    def on_request_body(self, body: bytes, end_of_stream: bool) -> Step:
         if self.phase is Phase.FORWARDED and not self._gw.governed and not self._request_eos:
             return Continue()  # we asked Envoy to skip it; nothing governs it if it comes anyway
         self._expect(Phase.REQUEST, "a request body")
         if not end_of_stream:
             # BUFFERED mode sends the whole body at once; a partial one means a config drift.
             raise ProtocolError("request body arrived in pieces; the request body mode must be BUFFERED")
+        if not self._gw.governed:
+            self._raw_body = body
+            return self._release(Continue())
         return self._decide(body, Continue())
 
-    def on_budget(self, outcome: BudgetResult) -> Decision:
+    def on_record_start(self, written: bool) -> Decision:
+        self._expect(Phase.RECORD, "a recording outcome")
+        if not written:
+            self._start_entry = None  # nothing is forwarded: no interaction to complete
+            return self._reply(503, "recording_unavailable",
+                               "the interaction cannot be recorded right now and recording is required; "
+                               "nothing was sent")
+        self.phase = Phase.FORWARDED
+        assert self._pending_body is not None
+        return self._pending_body
+
+    def on_budget(self, outcome: BudgetResult) -> Step:
         self._expect(Phase.BUDGET, "a budget outcome")
         self.info.budget = outcome
         if not outcome.allowed:
@@ -346,9 +396,8 @@ class RequestMachine:
                 return self._reply(429, "budget_exceeded", msg, extra_headers=extra, budget_id=outcome.budget_id)
             return self._reply(503, "budget_unavailable",
                                f"budget '{outcome.budget_id}' cannot be checked right now and fails closed")
-        self.phase = Phase.FORWARDED
         assert self._pending_body is not None
-        return self._pending_body
+        return self._release(self._pending_body)
 
     def on_request_trailers(self) -> Decision:
         self._expect(Phase.REQUEST, "request trailers")
@@ -375,13 +424,15 @@ class RequestMachine:
             if clean != value:
                 set_headers.append((name, clean))
                 self.info.secrets_scrubbed += 1
+        ctype = headers.get("content-type", "")
+        if self._rec is not None:
+            self._rec.response_headers(self.info.status or 0, now=self._gw.clock(), content_type=ctype)
         if not end_of_stream:
-            ctype = headers.get("content-type", "")
             refused = self._setup_masking(ctype, secrets)
             if refused is not None:
                 return refused
             d = self.info.decision
-            if d is not None and d.budgets:
+            if (d is not None and d.budgets) or self._rec is not None:
                 self._usage = UsageTracker(ctype)
         # Body chunks may change length (scrubbing, masking), so the upstream's length is void.
         remove = ("content-length",) if not end_of_stream and "content-length" in headers else ()
@@ -408,9 +459,12 @@ class RequestMachine:
             held = scrubber.flush()
             if held:
                 out += held
-            self._finish_response()
         self.info.response_bytes += len(out)
         self.info.secrets_scrubbed += scrubber.replaced - before
+        if self._rec is not None:
+            self._rec.response_chunk(out, self._gw.clock())
+        if end_of_stream:
+            self._finish_response()
         if out is body:
             return Continue()
         return Continue(body=out)
@@ -442,7 +496,7 @@ class RequestMachine:
         remove = tuple(h for h in CALLER_AUTH_HEADERS if h not in setting)
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
-    def _decide(self, body: bytes | None, forward: Continue) -> Decision | NeedBudget | NeedApproval:
+    def _decide(self, body: bytes | None, forward: Continue) -> Step:
         """Policy on the whole request; ``forward`` is what to send when it passes."""
         p, ident = self._provider, self.info.identity
         assert p is not None
@@ -490,7 +544,7 @@ class RequestMachine:
             return NeedApproval(binding, settings.hold_seconds, d.message)
         return self._proceed(d, forward)
 
-    def on_approval(self, result: ApprovalResult) -> Decision | NeedBudget | NeedApproval:
+    def on_approval(self, result: ApprovalResult) -> Step:
         self._expect(Phase.HOLD, "an approval outcome")
         self.info.approval = result
         d = self.info.decision
@@ -517,7 +571,7 @@ class RequestMachine:
         return self._reply(403, f"approval_{result.state}", f"approval {aid} is {result.state}; nothing was sent",
                            rule_id=rid, approval_id=aid)
 
-    def _proceed(self, d: PolicyDecision, forward: Continue) -> Decision | NeedBudget | NeedApproval:
+    def _proceed(self, d: PolicyDecision, forward: Continue) -> Step:
         """After policy (and any approval): rewritten body, usage reporting, budgets."""
         p, body = self._provider, self._raw_body
         assert p is not None
@@ -535,8 +589,34 @@ class RequestMachine:
             self._pending_body = forward
             self._reserved_at = self._gw.clock()
             return NeedBudget(d.budgets, d.prompt_tokens)
-        self.phase = Phase.FORWARDED
-        return forward
+        return self._release(forward)
+
+    def _release(self, forward: Continue) -> Step:
+        """The request may leave: first (when recording) the start of its record is written."""
+        if self._rec is None:
+            self.phase = Phase.FORWARDED
+            return forward
+        d = self.info.decision
+        body = forward.body if forward.body is not None else self._raw_body
+        self._start_entry = self._rec.forwarded(
+            body, decision=d, approval_id=self.info.approval.approval_id if self.info.approval else None,
+            model=d.model if d else None, operation=d.operation if d else None, now=self._gw.clock(),
+        )
+        self.phase = Phase.RECORD
+        self._pending_body = forward
+        return NeedRecordStart(self._start_entry)
+
+    def _start_recording(self) -> None:
+        settings, p = self._gw.recording, self._provider
+        if settings is None or p is None:
+            return
+        now = self._gw.clock()
+        self._rec = rec = InteractionRecorder(settings, now=now, secrets=(*self._gw.all_credentials(), self._token))
+        rec.request(
+            request_id=self.info.request_id, method=self.info.method, path=self.info.path.split("?", 1)[0],
+            provider=p.name, route=self.info.path.split("?", 1)[0][len(p.prefix):] or "/",
+            caller=self.info.identity, session_header=self._headers.get(settings.session_header),
+        )
 
     def _setup_masking(self, content_type: str, secrets: Sequence[str]) -> Reply | None:
         p = self._provider
@@ -562,15 +642,23 @@ class RequestMachine:
         if self._masker is not None:
             self.info.response_masked.update(self._masker.counts)
         d = self.info.decision
-        if self._usage is not None and d is not None:
+        if self._usage is not None:
             usage = self._usage.finish()
             self.info.usage = usage
-            if usage is not None and any(c.tokens_limit for c in d.budgets):
+            if usage is not None and d is not None and any(c.tokens_limit for c in d.budgets):
                 self.effects.append(ChargeUsage(d.budgets, usage.total, d.prompt_tokens, self._reserved_at))
+        self._complete_record()
+
+    def _complete_record(self, error: str | None = None) -> None:
+        if self._rec is not None and self._start_entry is not None:
+            complete = self._rec.complete(self.info.usage, now=self._gw.clock(), error=error)
+            self.effects.append(RecordEntries(self._start_entry, complete))
+            self._start_entry = None
 
     def _reply(self, status: int, code: str, message: str, *, rule_id: str | None = None,
                budget_id: str | None = None, approval_id: str | None = None,
                extra_headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        was = self.phase
         self.phase = Phase.DONE
         self.info.status = status
         self.info.error_code = code
@@ -590,8 +678,24 @@ class RequestMachine:
         if approval_id:
             extra["approval_id"] = approval_id
             headers.append(("x-extproc-approval", approval_id))
-        return Reply(status=status, body=error_body(status, code, message, rid, **extra), headers=tuple(headers),
-                     code=code)
+        body = error_body(status, code, message, rid, **extra)
+        self._record_refusal(was, status, code, body, approval_id)
+        return Reply(status=status, body=body, headers=tuple(headers), code=code)
+
+    def _record_refusal(self, was: Phase, status: int, code: str, reply: bytes, approval_id: str | None) -> None:
+        rec = self._rec
+        if rec is None:
+            return  # before admission (no route, no identity): an unknown caller is not recorded
+        if self._start_entry is not None:
+            self._complete_record(error=code)  # forwarded, then cut off (e.g. an unmaskable answer)
+            return
+        if was in (Phase.RESPONSE, Phase.DONE):
+            return
+        d = self.info.decision
+        start, complete = rec.refused(status, code, body=self._raw_body, reply=reply, decision=d,
+                                      approval_id=approval_id, model=d.model if d else None,
+                                      operation=d.operation if d else None, now=self._gw.clock())
+        self.effects.append(RecordEntries(start, complete, write_start=True))
 
     def _expect(self, phase: Phase, what: str) -> None:
         if self.phase is not phase:

@@ -61,6 +61,10 @@ class Metrics:
             "extproc_approval_holds_total", "Requests that needed approval, by how the hold ended.", ["state"],
             registry=r,
         )
+        self.records = Gauge(
+            "extproc_records", "Session records since start: written, spooled, failed, flushed, spool_pending.",
+            ["kind"], registry=r,
+        )
         self.message_seconds = Histogram(
             "extproc_message_seconds",
             "Time to decide one ext_proc message, by message kind.",

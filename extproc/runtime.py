@@ -17,6 +17,7 @@ from .credentials import CredentialStore
 from .machine import Gateway, ResponseMasking, Router
 from .masking import MaskingProfile
 from .policy import Policy
+from .recording import RecordingSettings
 
 __all__ = ["HOLD_MARGIN", "approvals", "build_gateway", "response_masking", "validate_sections"]
 
@@ -102,11 +103,20 @@ def approvals(cfg: Config) -> ApprovalSettings | None:
     return settings
 
 
+def recording(cfg: Config) -> RecordingSettings | None:
+    raw = cfg.raw.get("recording")
+    if raw is None:
+        return None
+    settings = RecordingSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
+    return settings if settings.enabled else None
+
+
 def validate_sections(cfg: Config) -> None:
     """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
     policy(cfg)
     response_masking(cfg)
     approvals(cfg)
+    recording(cfg)
 
 
 def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
@@ -117,6 +127,7 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         policy=policy(cfg),
         governed=cfg.raw.get("policy") is not None,
         approvals=approvals(cfg),
+        recording=recording(cfg),
         masking=response_masking(cfg),
     )
 

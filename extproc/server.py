@@ -24,7 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__, approvals_api
+from . import __version__, approvals_api, sessions_api
 from .api.admin.v1 import admin_pb2, admin_pb2_grpc
 from .approvals import make_owner_id
 from .approvals_store import ApprovalStore, ApprovalWaiter
@@ -36,6 +36,7 @@ from .identity import Authenticator
 from .machine import Gateway
 from .metrics import Metrics
 from .notify import Notifier
+from .records_store import RecordsStore
 from .runtime import build_gateway
 from .servicer import ExternalProcessor
 from .store import RedisStore
@@ -158,7 +159,7 @@ class Reloader:
     """
 
     RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
-    RELOADED_KEYS = ("policy", "masking", "approvals")
+    RELOADED_KEYS = ("policy", "masking", "approvals", "recording")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
         self._state = state
@@ -201,6 +202,15 @@ class Reloader:
         return True
 
 
+async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: float = 2.0) -> None:
+    """Flush the spool, apply retention, and export the store's counters."""
+    while True:
+        await records.maintain(time.time())
+        for name, value in records.counters().items():
+            metrics.records.labels(name).set(value)
+        await asyncio.sleep(interval)
+
+
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
     state = build_state(config)
@@ -223,8 +233,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         approval_store = ApprovalStore(state.store.client, notifier=notifier)
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
+    records: RecordsStore | None = None
+    records_task: asyncio.Task[None] | None = None
+    if state.gateway.recording is not None:
+        records = RecordsStore(state.store.client, state.gateway.recording)
+        records_task = asyncio.create_task(_maintain_records(records, state.metrics))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
-                                  approvals=gate)
+                                  approvals=gate, records=records)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
@@ -237,6 +252,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 
     admin_grpc = grpc.aio.server(options=options)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(state, processor), admin_grpc)
+    if records is not None:
+        sessions_api.add_to_server(
+            admin_grpc, store=records, authenticator=lambda: state.authenticator,
+            settings=lambda: state.gateway.recording or records.settings,
+        )
     if waiter is not None and state.gateway.approvals is not None:
         approvals_api.add_to_server(admin_grpc, redis=state.store.client, authenticator=state.authenticator,
                                     settings=state.gateway.approvals, waiter=waiter, notifier=notifier)
@@ -304,6 +324,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
+        if records_task is not None:
+            records_task.cancel()
+        if records is not None:
+            with contextlib.suppress(Exception):
+                await records.maintain(time.time())  # flush what was spooled while we can
         if waiter is not None:
             await waiter.close()
         if notifier is not None:

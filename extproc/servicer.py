@@ -7,6 +7,7 @@ decisions back to protobufs, and fulfils the machine's I/O requests (identity ve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,17 +33,24 @@ from .machine import (
     NeedApproval,
     NeedBudget,
     NeedIdentity,
+    NeedRecordStart,
     ProtocolError,
+    RecordEntries,
     Reply,
     RequestMachine,
+    Step,
 )
 from .metrics import Metrics
+from .recording import interaction_log_line
+from .records_store import RecordingUnavailable, RecordsStore
 from .runtime import HOLD_MARGIN
 from .store import RedisStore
 
 __all__ = ["ExternalProcessor"]
 
 log = logging.getLogger("extproc.servicer")
+#: One JSON line per recorded interaction (no bodies): for log shippers.
+interaction_log = logging.getLogger("extproc.interactions")
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -131,6 +139,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         metrics: Metrics,
         store: RedisStore,
         approvals: ApprovalGate | None = None,
+        records: RecordsStore | None = None,
     ) -> None:
         # Callables, so a configuration reload swaps what new streams see while streams in
         # flight keep the objects they started with.
@@ -139,6 +148,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._metrics = metrics
         self._store = store
         self._approvals = approvals
+        self._records = records
         self._background: set[asyncio.Task[None]] = set()
         # Labelled children looked up once: a label look-up per message is measurable.
         self._message_seconds = {
@@ -213,11 +223,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def _run_effects(self, machine: RequestMachine) -> None:
         for eff in machine.effects:
-            if isinstance(eff, ChargeUsage):
-                task = asyncio.create_task(self._charge(eff))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            coro = self._charge(eff) if isinstance(eff, ChargeUsage) else self._record(eff)
+            task = asyncio.create_task(coro)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         machine.effects.clear()
+
+    async def _record(self, eff: RecordEntries) -> None:
+        if self._records is None:
+            return
+        if eff.write_start and eff.start is not None:
+            try:
+                await self._records.append_start(eff.start)
+            except RecordingUnavailable:
+                self._metrics.stream_errors.labels("recording").inc()
+        await self._records.append_complete(eff.complete)
+        interaction_log.info(json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str))
 
     async def _charge(self, eff: ChargeUsage) -> None:
         ok = await budgets.charge_usage(self._store.client, eff.charges, actual_tokens=eff.actual_tokens,
@@ -225,15 +246,34 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if not ok:
             self._metrics.stream_errors.labels("usage_charge").inc()
 
-    async def _budget(self, machine: RequestMachine, need: NeedBudget) -> Continue | Reply:
+    async def _reserve(self, machine: RequestMachine, need: NeedBudget) -> BudgetResult:
         out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
                                               now=time.time())
         if out.unavailable and out.allowed:
             log.warning("budgets not enforced for request %s: redis unavailable (%s)", machine.info.request_id,
                         out.error)
-        return machine.on_budget(BudgetResult(allowed=out.allowed, status=out.status, budget_id=out.budget_id,
-                                              limit=out.limit, retry_after=out.retry_after,
-                                              unavailable=out.unavailable))
+        return BudgetResult(allowed=out.allowed, status=out.status, budget_id=out.budget_id, limit=out.limit,
+                            retry_after=out.retry_after, unavailable=out.unavailable)
+
+    async def _record_start(self, need: NeedRecordStart) -> bool:
+        if self._records is None:
+            return False
+        try:
+            await self._records.append_start(need.entry)
+        except RecordingUnavailable:
+            self._metrics.stream_errors.labels("recording").inc()
+            return False
+        return True
+
+    async def _resolve(self, machine: RequestMachine, d: Step) -> Step:
+        """Fulfil the machine's I/O requests until it decides (approval holds excepted)."""
+        while True:
+            if isinstance(d, NeedBudget):
+                d = machine.on_budget(await self._reserve(machine, d))
+            elif isinstance(d, NeedRecordStart):
+                d = machine.on_record_start(await self._record_start(d))
+            else:
+                return d
 
     async def _hold(self, machine: RequestMachine, gateway: Gateway, held: _Held) -> ep.ProcessingResponse:
         gate, settings, ident = self._approvals, gateway.approvals, machine.info.identity
@@ -241,14 +281,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             result = ApprovalResult("unavailable")
         else:
             result = await gate.hold(held.need, ident, settings)
-        d = machine.on_approval(result)
-        if isinstance(d, NeedBudget):
-            d = await self._budget(machine, d)
+        d = await self._resolve(machine, machine.on_approval(result))
         return self._request_response(held.kind, d)
 
     @staticmethod
-    def _request_response(kind: str, d: Continue | Reply | NeedIdentity | NeedBudget | NeedApproval
-                          ) -> ep.ProcessingResponse:
+    def _request_response(kind: str, d: Step) -> ep.ProcessingResponse:
         assert isinstance(d, Continue | Reply)
         if isinstance(d, Reply):
             return _immediate(d)
@@ -262,7 +299,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
     async def _handle(
         self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest, kind: str | None
     ) -> ep.ProcessingResponse | _Held:
-        d: Continue | Reply | NeedIdentity | NeedBudget | NeedApproval
+        d: Step
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
             if isinstance(d, NeedIdentity):
@@ -292,9 +329,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
         else:
             raise ProtocolError(f"unsupported ext_proc message {kind!r}")
-        # request side: identity done; approvals hold, budgets reserve
+        # request side: identity done; an approval hold waits in Process, the rest resolves here
         if isinstance(d, NeedApproval):
             return _Held(kind, d)
-        if isinstance(d, NeedBudget):
-            d = await self._budget(machine, d)
-        return self._request_response(kind, d)
+        return self._request_response(kind, await self._resolve(machine, d))

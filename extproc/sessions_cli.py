@@ -310,7 +310,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ssub = s.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--admin", default="127.0.0.1:50052", help="admin gRPC address (default: 127.0.0.1:50052)")
+        p.add_argument("--admin", default=os.environ.get("EXTPROC_ADMIN", "127.0.0.1:50052"),
+                       help="admin gRPC address (default: $EXTPROC_ADMIN or 127.0.0.1:50052)")
         p.add_argument("--token", help="an auditor's bearer token (default: $EXTPROC_TOKEN)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default: 30)")
 

@@ -63,6 +63,8 @@ class Stack:
     extra_config: dict[str, Any] = field(default_factory=dict)
     #: Another stack whose Redis, fake upstream, issuer and keys this one shares (a second replica).
     parent: Stack | None = None
+    #: Start a Redis of its own even with a parent or REDIS_URL (for tests that stop or tamper with it).
+    own_redis: bool = False
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,10 @@ class Stack:
             self.redis_url, self.dev_key, self.dev_jwks = par.redis_url, par.dev_key, par.dev_jwks
             self.credential, self.anthropic_credential = par.credential, par.anthropic_credential
             self.cred_file = par.cred_file
+            if self.own_redis:
+                self.redis_port = free_port()
+                self.procs["redis"] = start_redis(self.redis_port, self.logs)
+                self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         else:
             self.bg = BackgroundLoop()
             self.upstream = FakeUpstream()
@@ -139,6 +145,8 @@ class Stack:
             "approvals": {"hold_seconds": 4, "ttl_seconds": 300, "grant": "once",
                           "rules": {"deal-approval": {"groups": ["legal"]}}},
             "masking": {"responses": {"providers": ["masked", "maskedanthropic"], "exempt_groups": ["pii-cleared"]}},
+            "recording": {"mode": "required", "auditors": {"groups": ["auditors"]},
+                          "spool": {"path": str(self.workdir / "spool.jsonl"), "max_bytes": 1 << 20}},
             "envoy": {"message_timeout_ms": 5000, "max_request_bytes": 1024 * 1024},
             "shutdown_grace_seconds": 10,
         }
@@ -196,6 +204,10 @@ class Stack:
 
     def all_log_bytes(self) -> bytes:
         return b"".join(p.log_path.read_bytes() for p in self.procs.values() if p.log_path.exists())
+
+    def restart_redis(self) -> None:
+        """Start this stack's own Redis again on the same port (after a test stopped it)."""
+        self.procs["redis"] = start_redis(self.redis_port, self.logs)
 
     def stop(self) -> None:
         for name in ("envoy", "extproc", "redis"):

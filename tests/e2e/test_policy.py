@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -73,8 +74,13 @@ def test_shadow_rule_lets_the_request_through_and_says_shadow(fresh_upstream: St
     out = oai(s, s.token()).chat.completions.create(model="m", messages=ask("This memo is INTERNAL ONLY."))  # type: ignore[arg-type]
     assert out.choices[0].message.content
     assert len(s.upstream.requests) == 1
-    after = metrics(s)
     line = 'extproc_policy_decisions_total{action="allow",mode="shadow",rule="-"}'
+    after = metrics(s)
+    for _ in range(40):  # counted when the ext_proc stream closes, just after the answer
+        if line in after:
+            break
+        time.sleep(0.05)
+        after = metrics(s)
     assert line in after
     shadow = 'extproc_policy_shadow_matches_total{action="block",rule="trial-internal-only"}'
     assert shadow in after and (shadow not in before or _value(after, shadow) > _value(before, shadow))

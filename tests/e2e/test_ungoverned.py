@@ -1,4 +1,4 @@
-"""Without a policy the gateway still authenticates, injects and scrubs, and tells Envoy not to
+"""Without a policy (or recording) the gateway still authenticates, injects and scrubs, and tells Envoy not to
 send request bodies at all (one round trip less); the body still reaches the upstream intact."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def plain(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("plain"), parent=stack, extra_config={"policy": None, "masking": None})
+    s = Stack(tmp_path_factory.mktemp("plain"), parent=stack, extra_config={"policy": None, "masking": None, "recording": None})
     try:
         s.start()
     except Exception:
