@@ -251,7 +251,8 @@ def test_redis_down_required_fails_closed_and_best_effort_loses_nothing(rec: Sta
 
         with urllib.request.urlopen(f"http://127.0.0.1:{s.ports['admin']}/metrics", timeout=5) as resp:
             metrics = resp.read().decode()
-        spooled = next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith('extproc_records{kind="spooled"}'))
+        prefix = 'extproc_records{kind="spooled"}'
+        spooled = next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(prefix))
         assert spooled >= 10  # start and complete of each of the five
     finally:
         s.config_path.write_text(original)

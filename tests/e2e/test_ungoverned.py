@@ -16,7 +16,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def plain(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("plain"), parent=stack, extra_config={"policy": None, "masking": None, "recording": None})
+    off = {"policy": None, "masking": None, "recording": None}
+    s = Stack(tmp_path_factory.mktemp("plain"), parent=stack, extra_config=off)
     try:
         s.start()
     except Exception:
