@@ -62,15 +62,13 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def load_policy(file: str) -> tuple[Config, Policy]:
+    from extproc.runtime import policy as runtime_policy
+
     cfg = load_config(file)
-    masking = cfg.raw.get("masking")
-    policy = Policy.from_config(
-        cfg.raw.get("policy"),
-        file=cfg.source,
-        lines=getattr(cfg, "lines", None),
-        masking_config=masking if isinstance(masking, Mapping) else None,
-    )
-    return cfg, policy
+    # The same construction the server uses (masking detectors, an absent section).
+    if cfg.raw.get("policy") is None:
+        return cfg, Policy.from_config(None, file=cfg.source, lines=cfg.lines)
+    return cfg, runtime_policy(cfg)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
