@@ -107,9 +107,12 @@ def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: 
         "envoy": {"access_log": False},
         "masking": {"responses": {"providers": ["masked"]}},
     }
-    if policy is not None:
+    if policy == "recording":
+        cfg["recording"] = {"mode": "required", "spool": {"path": str(work / "spool.jsonl")}}
+    elif policy is not None:
         cfg["policy"] = policy
-    path = work / f"extproc-{len(policy.get('rules', [])) if policy is not None else 'auth'}.yaml"
+    tag = "recording" if policy == "recording" else len(policy.get("rules", [])) if policy is not None else "auth"
+    path = work / f"extproc-{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -179,7 +182,7 @@ def main() -> int:
         # policy0: a policy section without rules, so request bodies reach ext_proc: the cost of
         # the extra round trip alone, against which the 20 rules are measured.
         scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None),
-                                            ("policy0", {"rules": []})]
+                                            ("policy0", {"rules": []}), ("recorded", "recording")]
         bench_policy = REPO / "examples" / "policy-bench.yaml"
         if bench_policy.exists():
             pol = yaml.safe_load(bench_policy.read_text()).get("policy")
@@ -250,13 +253,16 @@ def main() -> int:
             "auth/noop c16 throughput": c["c16"]["rps"] / b["c16"]["rps"],
             "auth-noop c1 added p50 ms": c["c1"]["p50_ms"] - b["c1"]["p50_ms"],
         }
+        if "recorded" in rows:
+            ratios["recorded/auth c16 throughput"] = rows["recorded"]["c16"]["rps"] / c["c16"]["rps"]
+            ratios["recorded/policy0 c16 throughput"] = rows["recorded"]["c16"]["rps"] / rows["policy0"]["c16"]["rps"]
         if "policy20" in rows:
             ratios["policy20/auth c16 throughput"] = rows["policy20"]["c16"]["rps"] / c["c16"]["rps"]
             ratios["policy20/policy0 c16 throughput"] = rows["policy20"]["c16"]["rps"] / rows["policy0"]["c16"]["rps"]
         print()
         for k, v in ratios.items():
             print(f"  {k:<32} {v:6.3f}")
-        print("  targets: auth/noop c16 >= 0.9; added p50 at c1 <= 0.5 ms; policy20/auth >= 0.9")
+        print("  targets: auth/noop c16 >= 0.9; added p50 at c1 <= 0.5 ms; policy20/auth >= 0.9; recorded/auth >= 0.85")
         print("  (auth alone needs no request body; policy0 shows what the body round trip itself costs)")
     sse = results.get("sse")
     if sse:
@@ -287,6 +293,15 @@ def main() -> int:
     results["inject"] = inj
     print()
     print(f"sidecar injection: {json.dumps(inj)}  (target p99 < 5 ms)")
+
+    from bench.approvals import bench_approvals
+
+    appr = bench_approvals()
+    results["approvals"] = appr
+    print()
+    print(f"approvals: approve -> upstream p50 {appr['approve_to_upstream_p50_ms']} ms, "
+          f"p99 {appr['approve_to_upstream_p99_ms']} ms (target p99 < 50 ms); unrelated request p50 "
+          f"{appr['idle_p50_ms']} ms idle vs {appr['with_50_held_p50_ms']} ms with 50 requests held")
 
     results["ratios"] = ratios
     out = Path(args.out)

@@ -611,7 +611,12 @@ class RequestMachine:
         if settings is None or p is None:
             return
         now = self._gw.clock()
-        self._rec = rec = InteractionRecorder(settings, now=now, secrets=(*self._gw.all_credentials(), self._token))
+        # The profile with the credentials is cached (compiling detectors per request costs more
+        # than the rest of the record). The caller's token is a verified JWT, which the JWT
+        # detector masks; only a profile without that detector needs it as a literal.
+        profile = self._gw.literal_profiles.get(settings.masking, self._gw.all_credentials())
+        extra = (self._token,) if self._token and "JWT" not in profile.entities else ()
+        self._rec = rec = InteractionRecorder(settings, profile, now=now, secrets=extra)
         rec.request(
             request_id=self.info.request_id, method=self.info.method, path=self.info.path.split("?", 1)[0],
             provider=p.name, route=self.info.path.split("?", 1)[0][len(p.prefix):] or "/",

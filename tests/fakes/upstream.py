@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: time.perf_counter() at arrival (benchmarks measure hold release latency with it)
+    at: float = 0.0
 
 
 class BackgroundLoop:
@@ -132,7 +135,7 @@ class FakeUpstream:
             self._server.close()
 
     async def handle(self, req: Request) -> Response:
-        self.requests.append(Seen(req.method, req.target, dict(req.headers), req.body))
+        self.requests.append(Seen(req.method, req.target, dict(req.headers), req.body, time.perf_counter()))
         h = req.headers
         status = int(h.get("x-fake-status", "200"))
         mode = h.get("x-fake-mode", "chat")
