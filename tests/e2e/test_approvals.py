@@ -68,6 +68,17 @@ def test_held_until_approved_by_the_cli_then_forwarded_once(fresh_upstream: Stac
     assert out.choices[0].message.content
     assert len(s.upstream.requests) == 1
     assert json.loads(s.upstream.requests[0].body)["messages"][0]["content"] == DEAL
+    # The record of the interaction carries the approval reference.
+    rid = s.upstream.requests[0].headers["x-request-id"]
+    auditor = s.token("audrey", groups=("auditors",))
+    deadline = time.monotonic() + 5
+    while True:
+        shown = s.cli("sessions", "show", rid, "--json", token=auditor)
+        if (shown.returncode == 0 and json.loads(shown.stdout).get("complete")) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    record = json.loads(shown.stdout)
+    assert record["approval_id"] == aid and record["decision"]["action"] == "require_approval"
 
 
 def test_deny_returns_403_with_the_reason(fresh_upstream: Stack, pool: concurrent.futures.ThreadPoolExecutor) -> None:
