@@ -186,16 +186,22 @@ def _provider_cluster(cfg: Config, p: ProviderConfig) -> Cluster:
     )
 
 
-def _route(cfg: Config, p: ProviderConfig) -> Route:
+def _routes(cfg: Config, p: ProviderConfig) -> list[Route]:
+    """``<prefix>/x`` goes to ``<base path>/x``; ``<prefix>`` itself to the base path (an MCP
+    server is one URL, and clients are given the gateway prefix as that URL)."""
+    return [_route(cfg, p, exact=False), _route(cfg, p, exact=True)]
+
+
+def _route(cfg: Config, p: ProviderConfig, *, exact: bool) -> Route:
     _, host, port, base_path = p.upstream
     default_port = 443 if p.base_url.startswith("https:") else 80
     authority = host if port == default_port else f"{host}:{port}"
     return Route(
-        name=p.name,
-        match=RouteMatch(prefix=p.prefix + "/"),
+        name=p.name if not exact else f"{p.name}-exact",
+        match=RouteMatch(path=p.prefix) if exact else RouteMatch(prefix=p.prefix + "/"),
         route=RouteAction(
             cluster=p.cluster_name,
-            prefix_rewrite=base_path + "/",
+            prefix_rewrite=(base_path or "/") if exact else base_path + "/",
             host_rewrite_literal=authority,
             # 0 disables the route timeout: an SSE answer may stream for many minutes. The
             # idle timeout still ends a stream on which nothing moves.
@@ -229,7 +235,7 @@ def _ext_proc_filter(cfg: Config) -> HttpFilter:
 
 
 def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
-    vhost = VirtualHost(name="providers", domains=["*"], routes=[_route(cfg, p) for p in cfg.providers])
+    vhost = VirtualHost(name="providers", domains=["*"], routes=[r for p in cfg.providers for r in _routes(cfg, p)])
     access_log = []
     if cfg.envoy.access_log:
         from envoy_data_plane.envoy.config.core.v3 import SubstitutionFormatString

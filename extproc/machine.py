@@ -22,8 +22,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from . import mcp
 from .approvals import ApprovalSettings, Binding, content_digest
 from .config import ProviderConfig
 from .errors import error_body
@@ -36,6 +37,7 @@ from .policy.model import Decision as PolicyDecision
 from .recording import InteractionRecorder, RecordingSettings
 from .scrub import LiteralScrubber
 from .sse import SseError
+from .tool_policy import ToolCallGuard, ToolDecision, ToolPolicy, ToolRequest, argument_digest, mask_arguments
 from .usage import Usage, UsageTracker
 
 __all__ = [
@@ -85,6 +87,13 @@ class Reply:
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     code: str = ""
+
+
+class Stage(Protocol):
+    """A response-body transformer: tool guard, ``tools/list`` filter, masker (in that order)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self, chunk: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +268,10 @@ class Gateway:
     approvals: ApprovalSettings | None = None
     #: None when interactions are not recorded.
     recording: RecordingSettings | None = None
+    #: Tool calls on MCP routes and in model answers.
+    tools: ToolPolicy = field(default_factory=ToolPolicy.empty)
+    #: What to do with a forbidden tool call in a model's answer: ``remove`` it or ``error``.
+    model_tool_calls: str = "remove"
     masking: ResponseMasking = field(default_factory=ResponseMasking)
     clock: Callable[[], float] = time.time
     literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
@@ -290,6 +303,11 @@ class RequestInfo:
     response_masked: Counter[str] = field(default_factory=Counter)
     usage: Usage | None = None
     approval: ApprovalResult | None = None
+    #: Tool-call decisions (MCP requests and model answers), for metrics and the record.
+    tool_decisions: list[ToolDecision] = field(default_factory=list)
+    #: Tools removed from ``tools/list`` answers, and pinned tools whose definition changed.
+    tools_hidden: list[str] = field(default_factory=list)
+    pin_mismatches: list[str] = field(default_factory=list)
 
 
 class RequestMachine:
@@ -309,6 +327,11 @@ class RequestMachine:
         self._token: str | None = None
         self._rec: InteractionRecorder | None = None
         self._start_entry: dict[str, Any] | None = None
+        self._stages: list[Stage] = []
+        self._mcp_parsed: mcp.Parsed | None = None
+        self._mcp_held_index = -1
+        self._mcp_list_ids: list[str | int] = []
+        self._mask_results = False
         self._reserved_at = 0.0
 
     # -- request side --------------------------------------------------------
@@ -350,12 +373,13 @@ class RequestMachine:
         forward = self._forward()
         if isinstance(forward, Reply):
             return forward
-        if not self._gw.governed and self._rec is None:
+        is_mcp = self._provider is not None and self._provider.api == "mcp"
+        if not self._gw.governed and self._rec is None and not is_mcp:
             self.phase = Phase.FORWARDED
             if self._request_eos:
                 return forward
             return Continue(forward.set_headers, forward.remove_headers, skip_request_body=True)
-        if not self._gw.governed:  # recorded but not governed: the body is needed for the record
+        if not self._gw.governed and not is_mcp:  # recorded only: the body is needed for the record
             if not self._request_eos:
                 return forward
             return self._release(forward)
@@ -370,6 +394,9 @@ class RequestMachine:
         if not end_of_stream:
             # BUFFERED mode sends the whole body at once; a partial one means a config drift.
             raise ProtocolError("request body arrived in pieces; the request body mode must be BUFFERED")
+        p = self._provider
+        if p is not None and p.api == "mcp":
+            return self._decide_mcp(body, Continue())
         if not self._gw.governed:
             self._raw_body = body
             return self._release(Continue())
@@ -428,7 +455,7 @@ class RequestMachine:
         if self._rec is not None:
             self._rec.response_headers(self.info.status or 0, now=self._gw.clock(), content_type=ctype)
         if not end_of_stream:
-            refused = self._setup_masking(ctype, secrets)
+            refused = self._setup_tools(ctype) or self._setup_masking(ctype, secrets)
             if refused is not None:
                 return refused
             d = self.info.decision
@@ -447,12 +474,12 @@ class RequestMachine:
         if self._usage is not None:
             self._usage.feed(body)
         out = body
-        if self._masker is not None:
-            try:
-                out = self._masker.finish(body) if end_of_stream else self._masker.feed(body)
-            except (BodyTooLarge, SseError) as exc:
-                # Nothing unmasked may pass: end the response instead (Envoy resets it).
-                return self._reply(502, "unmaskable_response", f"the answer could not be masked: {exc}")
+        try:
+            for stage in self._stages:
+                out = stage.finish(out) if end_of_stream else stage.feed(out)
+        except (BodyTooLarge, SseError) as exc:
+            # Nothing unchecked may pass: end the response instead (Envoy resets it).
+            return self._reply(502, "unmaskable_response", f"the answer could not be checked: {exc}")
         before = scrubber.replaced
         out = scrubber.feed(out)
         if end_of_stream:
@@ -552,6 +579,13 @@ class RequestMachine:
         rid, aid = d.rule_id, result.approval_id
         if result.state == "approved":
             return self._proceed(d, self._pending_body)
+        if self._mcp_parsed is not None:
+            states = {"denied": f"denied{': ' + result.reason if result.reason else ''}",
+                      "pending": f"pending: ask an approver to run `extproc approvals approve {aid}`, then retry"}
+            refusal = mcp.Refusal(f"tool call needs approval {aid}: {states.get(result.state, result.state)}", rid,
+                                  code=mcp.APPROVAL_DENIED, reason=f"approval_{result.state}")
+            return self._jsonrpc_reply(mcp.blocked_reply(self._mcp_parsed, {self._mcp_held_index: refusal}),
+                                       f"approval_{result.state}", approval_id=aid)
         if result.state == "denied":
             why = f": {result.reason}" if result.reason else ""
             return self._reply(403, "approval_denied", f"approval {aid} was denied{why}", rule_id=rid,
@@ -570,6 +604,98 @@ class RequestMachine:
                                rule_id=rid, approval_id=aid)
         return self._reply(403, f"approval_{result.state}", f"approval {aid} is {result.state}; nothing was sent",
                            rule_id=rid, approval_id=aid)
+
+    def _decide_mcp(self, body: bytes, forward: Continue) -> Step:
+        """A JSON-RPC body on an MCP route: validate it, then govern every ``tools/call``."""
+        p, ident = self._provider, self.info.identity
+        assert p is not None
+        self._raw_body = body
+        parsed = mcp.parse_body(body)
+        if isinstance(parsed, mcp.JsonRpcFailure):
+            return self._jsonrpc_reply(mcp.failure_reply(parsed), "invalid_jsonrpc", status=400)
+        self._mcp_parsed = parsed
+        user, groups = (ident.user, ident.groups) if ident else ("", ())
+        refusals: dict[int, mcp.Refusal] = {}
+        held: tuple[int, mcp.ToolCall, ToolDecision] | None = None
+        messages = list(parsed.messages)
+        changed = False
+        for i, msg in enumerate(parsed.messages):
+            if msg.method == "tools/list" and msg.id is not None:
+                self._mcp_list_ids.append(msg.id)
+            call = mcp.tool_call(msg)
+            if call is None:
+                continue
+            td = self._gw.tools.evaluate(ToolRequest(user, groups, p.name, call.name, call.arguments))
+            self.info.tool_decisions.append(td)
+            if td.mode != "enforce":
+                continue
+            if td.action == "block":
+                refusals[i] = mcp.Refusal(td.message or f"tool '{call.name}' is not allowed by policy", td.rule_id)
+            elif td.action == "require_approval" and held is None:
+                held = (i, call, td)
+            elif td.action == "require_approval":
+                refusals[i] = mcp.Refusal("only one tool call per request can be held for approval", td.rule_id)
+            if td.mask_arguments and isinstance(msg.params, dict):
+                masked, counts = mask_arguments(call.arguments, self._masking_profile())
+                if counts:
+                    messages[i] = msg.with_params({**msg.params, "arguments": masked})
+                    changed = True
+            self._mask_results = self._mask_results or td.mask_results
+        if refusals:
+            reply = mcp.blocked_reply(parsed, refusals)
+            return self._jsonrpc_reply(reply, "tool_blocked", status=200 if reply else 202,
+                                       rule_id=next(iter(refusals.values())).rule_id)
+        new_body = mcp.encode(messages, parsed.batch) if changed else None
+        first = held[2] if held else next((t for t in self.info.tool_decisions if t.mode == "enforce"), None)
+        d = PolicyDecision(action="require_approval" if held else "mask" if changed else "allow", mode="enforce",
+                           rule_id=first.rule_id if first else None, message=first.message if first else "",
+                           status=200, body=new_body, operation="tools/call" if self.info.tool_decisions else "mcp")
+        self.info.decision = d
+        if held is not None:
+            settings = self._gw.approvals
+            index, call, td = held
+            if settings is None:
+                refusal = mcp.Refusal("this tool call needs approval, and approvals are not configured", td.rule_id,
+                                      code=mcp.APPROVAL_DENIED, reason="approval_unavailable")
+                return self._jsonrpc_reply(mcp.blocked_reply(parsed, {index: refusal}), "approval_unavailable")
+            self._mcp_held_index = index
+            self.phase = Phase.HOLD
+            self._pending_body = forward
+            binding = Binding(user=user, issuer=ident.issuer if ident else "", provider=p.name,
+                              route=f"tools/call:{call.name}",
+                              content_digest=argument_digest(call.name, call.arguments),
+                              policy_version=self._gw.tools.version, rule_id=td.rule_id or "")
+            return NeedApproval(binding, settings.hold_seconds, td.message)
+        return self._proceed(d, forward)
+
+    def _tool_records(self) -> list[dict[str, Any]] | None:
+        if self._mcp_parsed is None:
+            return None
+        out = []
+        decisions = iter(self.info.tool_decisions)
+        for msg in self._mcp_parsed.messages:
+            call = mcp.tool_call(msg)
+            if call is None:
+                continue
+            td = next(decisions, None)
+            out.append({"tool": call.name, "server": td.server if td else None,
+                        "argument_digest": argument_digest(call.name, call.arguments),
+                        "action": td.action if td else None, "mode": td.mode if td else None,
+                        "rule_id": td.rule_id if td else None})
+        return out
+
+    def _masking_profile(self) -> MaskingProfile:
+        from .masking import default_profile
+
+        return self._gw.masking.profile or default_profile()
+
+    def _jsonrpc_reply(self, body: bytes, code: str, *, status: int = 200, rule_id: str | None = None,
+                       approval_id: str | None = None) -> Reply:
+        """An answer in the protocol's own terms: JSON-RPC errors go back as HTTP 200 (400 for bodies
+        that are not JSON-RPC at all), so MCP clients surface them as tool errors."""
+        reply = self._reply(status, code, "", rule_id=rule_id, approval_id=approval_id)
+        headers = tuple((k, v) for k, v in reply.headers if k not in ("www-authenticate",))
+        return Reply(status=status, body=body, headers=headers, code=code)
 
     def _proceed(self, d: PolicyDecision, forward: Continue) -> Step:
         """After policy (and any approval): rewritten body, usage reporting, budgets."""
@@ -598,6 +724,7 @@ class RequestMachine:
             return forward
         d = self.info.decision
         body = forward.body if forward.body is not None else self._raw_body
+        self._rec.tools = self._tool_records()
         self._start_entry = self._rec.forwarded(
             body, decision=d, approval_id=self.info.approval.approval_id if self.info.approval else None,
             model=d.model if d else None, operation=d.operation if d else None, now=self._gw.clock(),
@@ -628,22 +755,55 @@ class RequestMachine:
         assert p is not None
         m = self._gw.masking
         api = p.api if p.api in ("openai", "anthropic") else "generic"
-        pii = m.applies(p.name, self.info.identity)
+        pii = m.applies(p.name, self.info.identity) or self._mask_results
         is_sse = content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
         if not pii and not (is_sse and secrets):
             return None  # the byte scrubber alone guards the credential in contiguous bodies
-        profile = self._gw.literal_profiles.get(m.profile if pii else None, secrets)
+        base = (m.profile or self._masking_profile()) if pii else None
+        profile = self._gw.literal_profiles.get(base, secrets)
         try:
             self._masker = body_masker_for(content_type or "application/octet-stream", api, profile,
                                            max_buffer=m.max_buffer_bytes)
+            self._stages.append(self._masker)
         except UnmaskableContent:
             if pii and m.on_unmaskable == "block":
                 return self._reply(502, "unmaskable_response",
                                    f"the answer's content type cannot be masked: {content_type or 'none'}")
         return None
 
+    def _setup_tools(self, content_type: str) -> Reply | None:
+        """Response stages that govern tools: ``tools/list`` filtering on MCP routes, and the
+        guard on tool calls a model emits. They run before masking."""
+        p, ident, tools = self._provider, self.info.identity, self._gw.tools
+        assert p is not None
+        if tools.is_empty:
+            return None
+        user, groups = (ident.user, ident.groups) if ident else ("", ())
+        if p.api == "mcp" and self._mcp_list_ids:
+            def allowed(name: str) -> bool:
+                return tools.may_call(user, groups, p.name, name)
+
+            self._mcp_filter = mcp.McpResponseFilter(
+                self._mcp_list_ids, allowed, tools.pins_for(p.name) or None, tools.on_pin_mismatch,
+                content_type=content_type or "application/json",
+            )
+            self._stages.append(self._mcp_filter)
+        elif p.api in ("openai", "anthropic"):
+            self._guard = ToolCallGuard(tools, user, groups, "openai" if p.api == "openai" else "anthropic",
+                                        "error" if self._gw.model_tool_calls == "error" else "remove",
+                                        content_type=content_type or "application/json", provider=p.name)
+            self._stages.append(self._guard)
+        return None
+
     def _finish_response(self) -> None:
         self.phase = Phase.DONE
+        f = getattr(self, "_mcp_filter", None)
+        if f is not None:
+            self.info.tools_hidden.extend(f.removed)
+            self.info.pin_mismatches.extend(f.pin_mismatches)
+        g = getattr(self, "_guard", None)
+        if g is not None:
+            self.info.tool_decisions.extend(g.decisions)
         if self._masker is not None:
             self.info.response_masked.update(self._masker.counts)
         d = self.info.decision
@@ -657,6 +817,16 @@ class RequestMachine:
     def _complete_record(self, error: str | None = None) -> None:
         if self._rec is not None and self._start_entry is not None:
             complete = self._rec.complete(self.info.usage, now=self._gw.clock(), error=error)
+            guard = getattr(self, "_guard", None)
+            if guard is not None and guard.decisions:
+                complete["model_tool_calls"] = [
+                    {"tool": td.tool, "action": td.action, "rule_id": td.rule_id, "mode": td.mode}
+                    for td in guard.decisions
+                ]
+            f = getattr(self, "_mcp_filter", None)
+            if f is not None and (f.removed or f.pin_mismatches):
+                complete["tools_hidden"] = list(f.removed)
+                complete["pin_mismatches"] = list(f.pin_mismatches)
             self.effects.append(RecordEntries(self._start_entry, complete))
             self._start_entry = None
 
@@ -697,6 +867,7 @@ class RequestMachine:
         if was in (Phase.RESPONSE, Phase.DONE):
             return
         d = self.info.decision
+        rec.tools = self._tool_records()
         start, complete = rec.refused(status, code, body=self._raw_body, reply=reply, decision=d,
                                       approval_id=approval_id, model=d.model if d else None,
                                       operation=d.operation if d else None, now=self._gw.clock())

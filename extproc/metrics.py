@@ -65,6 +65,16 @@ class Metrics:
             "extproc_records", "Session records since start: written, spooled, failed, flushed, spool_pending.",
             ["kind"], registry=r,
         )
+        self.tool_decisions = Counter(
+            "extproc_tool_decisions_total", "Tool calls (MCP and model-emitted) by action, rule, mode and server.",
+            ["action", "rule", "mode", "server"], registry=r,
+        )
+        self.tools_hidden = Counter(
+            "extproc_tools_hidden_total", "Tools removed from tools/list answers.", ["server"], registry=r,
+        )
+        self.tool_pin_mismatches = Counter(
+            "extproc_tool_pin_mismatches_total", "Pinned tools whose definition changed.", ["server"], registry=r,
+        )
         self.message_seconds = Histogram(
             "extproc_message_seconds",
             "Time to decide one ext_proc message, by message kind.",

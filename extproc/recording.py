@@ -517,6 +517,10 @@ class InteractionRecorder:
         self._chunks_truncated = False
         self._collect_complete = True
         self._start: dict[str, Any] = {}
+        #: Tool calls in the request (MCP): name, server, argument digest, decision. Set by the
+        #: data path before ``forwarded``/``refused``; the arguments themselves are in the
+        #: (masked) request body.
+        self.tools: list[dict[str, Any]] | None = None
 
     # -- request side --------------------------------------------------------------
 
@@ -622,6 +626,8 @@ class InteractionRecorder:
             "approval_id": approval_id,
             "request": self._body(body),
         })
+        if self.tools is not None:
+            entry["tools"] = self.tools
         self._start = entry
         return dict(entry)
 

@@ -18,6 +18,7 @@ from .machine import Gateway, ResponseMasking, Router
 from .masking import MaskingProfile
 from .policy import Policy
 from .recording import RecordingSettings
+from .tool_policy import ToolPolicy
 
 __all__ = ["HOLD_MARGIN", "approvals", "build_gateway", "response_masking", "validate_sections"]
 
@@ -111,15 +112,31 @@ def recording(cfg: Config) -> RecordingSettings | None:
     return settings if settings.enabled else None
 
 
+def tools(cfg: Config) -> tuple[ToolPolicy, str]:
+    """The ``tools:`` section and what happens to forbidden tool calls in model answers."""
+    raw = cfg.raw.get("tools")
+    if raw is None:
+        return ToolPolicy.empty(), "remove"
+    if not isinstance(raw, Mapping):
+        raise _located(cfg)("tools", "must be a mapping")
+    model_calls = raw.get("model_calls", "remove")
+    if model_calls not in ("remove", "error"):
+        raise _located(cfg)("tools.model_calls", "must be 'remove' (drop the call) or 'error' (end the answer)")
+    rest = {k: v for k, v in raw.items() if k != "model_calls"}
+    return ToolPolicy.from_config(rest, file=cfg.source, lines=cfg.lines), model_calls
+
+
 def validate_sections(cfg: Config) -> None:
     """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
     policy(cfg)
     response_masking(cfg)
     approvals(cfg)
     recording(cfg)
+    tools(cfg)
 
 
 def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
+    tool_policy, model_calls = tools(cfg)
     return Gateway(
         router=Router(cfg.providers),
         credential=creds.get,
@@ -128,6 +145,8 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         governed=cfg.raw.get("policy") is not None,
         approvals=approvals(cfg),
         recording=recording(cfg),
+        tools=tool_policy,
+        model_tool_calls=model_calls,
         masking=response_masking(cfg),
     )
 

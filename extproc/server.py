@@ -159,7 +159,7 @@ class Reloader:
     """
 
     RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
-    RELOADED_KEYS = ("policy", "masking", "approvals", "recording")
+    RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
         self._state = state

@@ -220,6 +220,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             m.budget_refusals.labels(info.budget.budget_id or "-", str(info.budget.status)).inc()
         if info.approval is not None:
             m.approvals.labels(info.approval.state).inc()
+        for td in info.tool_decisions:
+            m.tool_decisions.labels(td.action, td.rule_id or "-", td.mode, td.server or provider).inc()
+        if info.tools_hidden:
+            m.tools_hidden.labels(provider).inc(len(info.tools_hidden))
+        if info.pin_mismatches:
+            m.tool_pin_mismatches.labels(provider).inc(len(info.pin_mismatches))
 
     def _run_effects(self, machine: RequestMachine) -> None:
         for eff in machine.effects:

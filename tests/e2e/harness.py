@@ -26,10 +26,27 @@ from extproc.stack import (
     wait_http,
     wait_tcp,
 )
+from tests.fakes.mcp_server import FakeMcpServer
 from tests.fakes.oidc import FakeIssuer
 from tests.fakes.upstream import BackgroundLoop, FakeUpstream
 
 REPO = Path(__file__).resolve().parents[2]
+
+#: Tool governance for the MCP route and for tool calls models emit.
+TOOLS: dict[str, Any] = {
+    "rules": [
+        {"id": "no-secret-dumps", "match": {"tool": "dump_*"}, "action": "block",
+         "message": "Secret dumps are not allowed."},
+        {"id": "no-prod-deletes", "match": {"tool": "delete_records",
+                                            "arguments": [{"path": "env", "equals": "production"}]},
+         "action": "block", "message": "No deletes in production."},
+        {"id": "email-needs-approval", "match": {"tool": "send_email"}, "action": "require_approval",
+         "message": "E-mails need approval."},
+        {"id": "mask-search", "match": {"tool": "search"}, "action": "mask",
+         "mask": {"arguments": True, "results": True}},
+        {"id": "no-shell", "match": {"tool": "run_shell"}, "action": "block", "message": "No shell."},
+    ],
+}
 
 #: The policy every e2e stack runs: one rule per behaviour under test; content rules only
 #: match phrases the data-path tests never send.
@@ -45,7 +62,7 @@ POLICY: dict[str, Any] = {
         {"id": "deal-approval", "match": {"content": {"keywords": ["term sheet"]}}, "action": "require_approval",
          "message": "Deal documents need approval."},
     ],
-    "budgets": [
+    "budgets": [  # (policy budgets)
         {"id": "burst", "match": {"users": ["budget-*"]}, "per": "user", "requests": 3, "window_seconds": 60},
         {"id": "tokens", "match": {"users": ["token-*"]}, "per": "user", "tokens": 60, "window_seconds": 60},
     ],
@@ -71,7 +88,7 @@ class Stack:
         self.logs = self.workdir / "logs"
         if self.parent is not None:
             par = self.parent
-            self.bg, self.upstream, self.issuer = par.bg, par.upstream, par.issuer
+            self.bg, self.upstream, self.issuer, self.mcp = par.bg, par.upstream, par.issuer, par.mcp
             self.redis_url, self.dev_key, self.dev_jwks = par.redis_url, par.dev_key, par.dev_jwks
             self.credential, self.anthropic_credential = par.credential, par.anthropic_credential
             self.cred_file = par.cred_file
@@ -85,6 +102,7 @@ class Stack:
             self.bg.run(self.upstream.start())
             self.issuer = FakeIssuer()
             self.bg.run(self.issuer.start())
+            self.mcp = FakeMcpServer().start()
             if os.environ.get("REDIS_URL"):
                 self.redis_url = os.environ["REDIS_URL"]
             else:
@@ -140,10 +158,14 @@ class Stack:
                  "credential": {"env": "FAKE_PROVIDER_KEY"}},
                 {"name": "maskedanthropic", "api": "anthropic", "base_url": up, "prefix": "/masked-anthropic",
                  "credential": {"file": str(self.cred_file)}},
+                {"name": "crm", "api": "mcp", "base_url": f"http://127.0.0.1:{self.mcp.port}/mcp", "prefix": "/mcp/crm",
+                 "credential": {"env": "FAKE_PROVIDER_KEY"}},
             ],
+            "tools": TOOLS,
             "policy": POLICY,
             "approvals": {"hold_seconds": 4, "ttl_seconds": 300, "grant": "once",
-                          "rules": {"deal-approval": {"groups": ["legal"]}}},
+                          "rules": {"deal-approval": {"groups": ["legal"]},
+                                    "email-needs-approval": {"groups": ["legal"]}}},
             "masking": {"responses": {"providers": ["masked", "maskedanthropic"], "exempt_groups": ["pii-cleared"]}},
             "recording": {"mode": "required", "auditors": {"groups": ["auditors"]},
                           "spool": {"path": str(self.workdir / "spool.jsonl"), "max_bytes": 1 << 20}},
@@ -215,3 +237,4 @@ class Stack:
                 self.procs[name].stop()
         if self.parent is None:
             self.bg.stop()
+            self.mcp.stop()

@@ -10,6 +10,7 @@ Headers it understands:
   x-fake-chunk: N             split the body into N-byte chunks
   x-fake-delay-ms: N          sleep N ms before each chunk / event
   x-fake-usage: N             report N total tokens (prompt 5 + completion N-5) in the usage
+  x-fake-tools: JSON list     for mode sse-tools: tool calls [{"name", "arguments"}] after the text
 Every request is recorded in `requests`.
 """
 
@@ -79,6 +80,26 @@ def _sse_responses(texts: list[str]) -> list[bytes]:
             ev("response.completed", {"response": {**resp, "status": "completed", "output": [done_item],
                                                    "usage": {"input_tokens": 5, "output_tokens": len(texts),
                                                              "total_tokens": 5 + len(texts)}}})]
+    return out
+
+
+def _sse_openai_tools(texts: list[str], tools: list[dict[str, str]]) -> list[bytes]:
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                                      ).encode() + b"\n\n"
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": t}) for t in texts]
+    for i, tool in enumerate(tools):
+        out.append(chunk({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                          "function": {"name": tool["name"], "arguments": ""}}]}))
+        args = tool.get("arguments", "{}")
+        for j in range(0, len(args), 5):
+            out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 5]}}]}))
+    out.append(chunk({}, "tool_calls"))
+    out.append(b"data: [DONE]\n\n")
     return out
 
 
@@ -158,6 +179,9 @@ class FakeUpstream:
         elif mode == "sse":
             ctype = "text/event-stream"
             pieces = _sse_openai(texts, int(h["x-fake-usage"]) if "x-fake-usage" in h else None)
+        elif mode == "sse-tools":
+            ctype = "text/event-stream"
+            pieces = _sse_openai_tools(texts, json.loads(h.get("x-fake-tools", "[]")))
         elif mode == "responses-sse":
             ctype = "text/event-stream"
             pieces = _sse_responses(texts)

@@ -20,7 +20,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_example_config_loads() -> None:
     cfg = load_config(REPO / "examples" / "extproc.yaml")
-    assert [p.name for p in cfg.providers] == ["demo", "openai", "anthropic"]
+    assert [p.name for p in cfg.providers] == ["demo", "demo-anthropic", "openai", "anthropic"]
     anthropic = cfg.provider("anthropic")
     assert (anthropic.auth_header, anthropic.auth_scheme) == ("x-api-key", "")
     assert (cfg.provider("openai").auth_header, cfg.provider("openai").auth_scheme) == ("authorization", "Bearer ")
@@ -32,7 +32,7 @@ def test_example_config_loads() -> None:
     [
         (lambda c: c["providers"][1].update(base_url="ftp://x"), "providers[1].base_url", "http:// or https://"),
         (lambda c: c["providers"][0].update(bsae_url="x"), "providers[0].bsae_url", "did you mean 'base_url'"),
-        (lambda c: c["providers"][2].update(prefix="/openai"), "providers[2].prefix", "overlaps providers[1]"),
+        (lambda c: c["providers"][3].update(prefix="/openai"), "providers[3].prefix", "overlaps providers[2]"),
         (lambda c: c["providers"][2].update(name="demo"), "providers[2].name", "already defined"),
         (lambda c: c["identity"]["issuers"][0].pop("audiences"), "identity.issuers[0]", "audience"),
         (lambda c: c["identity"]["issuers"][0].update(algorithms=["HS256"]), "identity.issuers[0].algorithms[0]",

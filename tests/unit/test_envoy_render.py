@@ -61,6 +61,7 @@ def test_rendered_config_properties() -> None:
     assert p["processingMode"]["responseBodyMode"] == "STREAMED"
     assert p["messageTimeout"] == "2s" and p["maxMessageTimeout"] == "600s"
     routes = _find(doc, "routes")[0]
+    assert {r["name"] for r in routes} >= {"openai", "openai-exact"}  # type: ignore[index]
     assert all(r["requestHeadersToRemove"] == ["accept-encoding"] for r in routes)  # type: ignore[union-attr]
     assert all(r["route"]["timeout"] == "0s" for r in routes)  # type: ignore[union-attr]
     clusters = {c["name"]: c for c in doc["staticResources"]["clusters"]}
