@@ -303,6 +303,16 @@ def main() -> int:
           f"p99 {appr['approve_to_upstream_p99_ms']} ms (target p99 < 50 ms); unrelated request p50 "
           f"{appr['idle_p50_ms']} ms idle vs {appr['with_50_held_p50_ms']} ms with 50 requests held")
 
+    import logging
+
+    logging.disable(logging.INFO)  # the SDKs log every HTTP request at INFO
+    from bench.tools import bench_tools
+
+    tools = bench_tools()
+    results["tools"] = tools
+    print(f"MCP tools/call through the gateway: p50 {tools['gateway_p50_ms']} ms vs {tools['direct_p50_ms']} ms "
+          f"direct (adds {tools['added_p50_ms']} ms); p99 {tools['gateway_p99_ms']} vs {tools['direct_p99_ms']} ms")
+
     results["ratios"] = ratios
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
