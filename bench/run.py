@@ -279,7 +279,12 @@ def main() -> int:
         print(f"  masking adds {added:.2f} ms to the whole answer at c1 (an upper bound on time-to-first-token); "
               "target <= 1 ms")
 
-    from bench.masking import bench_masker
+    from bench.masking import bench_masker, bench_ttft
+
+    ttft = bench_ttft()
+    results["ttft"] = ttft
+    print(f"  time to first token, streaming upstream (20 ms/event): unmasked {ttft['fake_ttft_p50_ms']} ms, "
+          f"masked {ttft['masked_ttft_p50_ms']} ms: masking adds {ttft['masking_added_ttft_ms']} ms (target <= 1 ms)")
 
     print()
     print("pure streaming masker, one core (target >= 20 MB/s on sparse prose)")
