@@ -332,13 +332,13 @@ class RequestMachine:
         self._mcp_held_index = -1
         self._mcp_list_ids: list[str | int] = []
         self._mask_results = False
+        self._mcp_filter: mcp.McpResponseFilter | None = None
+        self._guard: ToolCallGuard | None = None
         self._reserved_at = 0.0
 
     # -- request side --------------------------------------------------------
 
-    def on_request_headers(
-        self, headers: Mapping[str, str], end_of_stream: bool
-    ) -> Step:
+    def on_request_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Step:
         self._expect(Phase.START, "request headers")
         info = self.info
         info.request_id = headers.get("x-request-id") or "-"
@@ -797,13 +797,11 @@ class RequestMachine:
 
     def _finish_response(self) -> None:
         self.phase = Phase.DONE
-        f = getattr(self, "_mcp_filter", None)
-        if f is not None:
-            self.info.tools_hidden.extend(f.removed)
-            self.info.pin_mismatches.extend(f.pin_mismatches)
-        g = getattr(self, "_guard", None)
-        if g is not None:
-            self.info.tool_decisions.extend(g.decisions)
+        if self._mcp_filter is not None:
+            self.info.tools_hidden.extend(self._mcp_filter.removed)
+            self.info.pin_mismatches.extend(self._mcp_filter.pin_mismatches)
+        if self._guard is not None:
+            self.info.tool_decisions.extend(self._guard.decisions)
         if self._masker is not None:
             self.info.response_masked.update(self._masker.counts)
         d = self.info.decision
@@ -817,13 +815,13 @@ class RequestMachine:
     def _complete_record(self, error: str | None = None) -> None:
         if self._rec is not None and self._start_entry is not None:
             complete = self._rec.complete(self.info.usage, now=self._gw.clock(), error=error)
-            guard = getattr(self, "_guard", None)
+            guard = self._guard
             if guard is not None and guard.decisions:
                 complete["model_tool_calls"] = [
                     {"tool": td.tool, "action": td.action, "rule_id": td.rule_id, "mode": td.mode}
                     for td in guard.decisions
                 ]
-            f = getattr(self, "_mcp_filter", None)
+            f = self._mcp_filter
             if f is not None and (f.removed or f.pin_mismatches):
                 complete["tools_hidden"] = list(f.removed)
                 complete["pin_mismatches"] = list(f.pin_mismatches)
