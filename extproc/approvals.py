@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError
+from .config import ConfigError, located_error
 from .identity import Identity
 
 __all__ = [
@@ -672,16 +672,7 @@ class _Reader:
         self.lines = lines
 
     def error(self, path: str, message: str) -> ConfigError:
-        # A missing key has no line of its own: report the nearest enclosing one.
-        probe = path
-        line = self.lines.get(probe)
-        while line is None and probe:
-            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
-            if shorter == probe:
-                break
-            probe = shorter
-            line = self.lines.get(probe)
-        return ConfigError(message, path=path, file=self.file, line=line)
+        return located_error(message, path=path, file=self.file, lines=self.lines)
 
     def mapping(self, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
         if value is None:

@@ -31,6 +31,7 @@ __all__ = [
     "ListenerConfig",
     "ProviderConfig",
     "load_config",
+    "located_error",
     "parse_config",
 ]
 
@@ -55,6 +56,21 @@ class ConfigError(ValueError):
         if self.path:
             return f"{where}: {self.path}: {self.message}"
         return f"{where}: {self.message}"
+
+
+def located_error(message: str, *, path: str, file: str, lines: Mapping[str, int] | None) -> ConfigError:
+    """A ``ConfigError`` at ``path``; a key that is missing has no line of its own, so the
+    nearest enclosing key's line is reported. Every section loader uses this."""
+    lines = lines or {}
+    probe = path
+    line = lines.get(probe)
+    while line is None and probe:
+        shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+        if shorter == probe:
+            break
+        probe = shorter
+        line = lines.get(probe)
+    return ConfigError(message, path=path, file=file, line=line)
 
 
 # ---------------------------------------------------------------------------
@@ -251,16 +267,7 @@ class _Reader:
         self.env = env
 
     def error(self, path: str, message: str) -> ConfigError:
-        # A missing key has no line of its own: report the nearest enclosing one.
-        line = self.lines.get(path)
-        probe = path
-        while line is None and probe:
-            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
-            if shorter == probe:
-                break
-            probe = shorter
-            line = self.lines.get(probe)
-        return ConfigError(message, path=path, file=self.file, line=line)
+        return located_error(message, path=path, file=self.file, lines=self.lines)
 
     def mapping(self, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
         if value is None:

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.config import ConfigError
+from extproc.config import ConfigError, located_error
 from extproc.identity import Identity
 from extproc.masking import HOLD_MARGIN, MaskingProfile, default_profile
 from extproc.policy.model import Decision
@@ -196,15 +196,7 @@ class _Reader:
         self.lines = lines
 
     def error(self, path: str, message: str) -> ConfigError:
-        probe = path
-        line = self.lines.get(probe)
-        while line is None and probe:
-            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
-            if shorter == probe:
-                break
-            probe = shorter
-            line = self.lines.get(probe)
-        return ConfigError(message, path=path, file=self.file, line=line)
+        return located_error(message, path=path, file=self.file, lines=self.lines)
 
     def mapping(self, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
         if value is None:

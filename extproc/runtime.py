@@ -8,11 +8,11 @@ swaps it in whole; requests in flight keep the one they started with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .approvals import ApprovalSettings
-from .config import Config, ConfigError
+from .config import Config, ConfigError, located_error
 from .credentials import CredentialStore
 from .machine import Gateway, ResponseMasking, Router
 from .masking import MaskingProfile
@@ -151,13 +151,8 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
     )
 
 
-def _located(cfg: Config) -> Any:
+def _located(cfg: Config) -> Callable[[str, str], ConfigError]:
     def make(path: str, message: str) -> ConfigError:
-        line = cfg.lines.get(path)
-        probe = path
-        while line is None and ("." in probe or "[" in probe):
-            probe = probe.rsplit(".", 1)[0] if "." in probe else probe.rsplit("[", 1)[0]
-            line = cfg.lines.get(probe)
-        return ConfigError(message, path=path, file=cfg.source, line=line)
+        return located_error(message, path=path, file=cfg.source, lines=cfg.lines)
 
     return make

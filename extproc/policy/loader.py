@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from extproc.apis import OPERATIONS
-from extproc.config import ConfigError
+from extproc.config import ConfigError, located_error
 from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
 from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES
@@ -63,16 +63,7 @@ class _Reader:
         self.lines = lines or {}
 
     def error(self, path: str, message: str) -> ConfigError:
-        # A missing key has no line of its own: report the closest enclosing one.
-        probe = path
-        line = self.lines.get(probe)
-        while line is None and probe:
-            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
-            if shorter == probe:
-                break
-            probe = shorter
-            line = self.lines.get(probe)
-        return ConfigError(message, path=path, file=self.file, line=line)
+        return located_error(message, path=path, file=self.file, lines=self.lines)
 
     def mapping(self, value: Any, path: str, allowed: frozenset[str]) -> Mapping[str, Any]:
         if value is None:
