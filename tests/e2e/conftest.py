@@ -4,23 +4,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import Stack
-
-_STACKS: list[Stack] = []
+from tests.e2e.harness import Stack, all_stacks
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"))
-    _STACKS.append(s)
-    try:
-        s.start()
-    except Exception:
-        print(s.logs_text())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+    with Stack(tmp_path_factory.mktemp("stack")).running() as s:
+        yield s
 
 
 @pytest.fixture
@@ -34,5 +24,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" and report.failed:
-        for s in _STACKS:
+        for s in all_stacks():
             report.sections.append(("stack logs", s.logs_text()))

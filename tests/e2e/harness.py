@@ -6,10 +6,12 @@ printed when a test fails; everything torn down at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,13 @@ from tests.fakes.oidc import FakeIssuer
 from tests.fakes.upstream import BackgroundLoop, FakeUpstream
 
 REPO = Path(__file__).resolve().parents[2]
+
+#: Every stack started in this session: their logs are attached to a failing test's report.
+_ALL: list[Stack] = []
+
+
+def all_stacks() -> list[Stack]:
+    return list(_ALL)
 
 #: Tool governance for the MCP route and for tool calls models emit.
 TOOLS: dict[str, Any] = {
@@ -230,6 +239,21 @@ class Stack:
     def restart_redis(self) -> None:
         """Start this stack's own Redis again on the same port (after a test stopped it)."""
         self.procs["redis"] = start_redis(self.redis_port, self.logs)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Stack]:
+        """Start, yield, always stop; print every log if it fails to come up."""
+        _ALL.append(self)
+        try:
+            self.start()
+        except Exception:
+            print(self.logs_text())
+            self.stop()
+            raise
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for name in ("envoy", "extproc", "redis"):

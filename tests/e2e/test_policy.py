@@ -129,15 +129,8 @@ def test_unparsable_body_is_refused_not_passed(fresh_upstream: Stack, body: byte
 
 @pytest.fixture(scope="module")
 def replica(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    r = Stack(tmp_path_factory.mktemp("replica"), parent=stack)
-    try:
-        r.start()
-    except Exception:
-        print(r.logs_text())
-        r.stop()
-        raise
-    yield r
-    r.stop()
+    with Stack(tmp_path_factory.mktemp("replica"), parent=stack).running() as r:
+        yield r
 
 
 def test_request_budget_is_exact_across_two_replicas(fresh_upstream: Stack, replica: Stack) -> None:

@@ -23,15 +23,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def rec(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A replica with a Redis of its own: these tests stop it and tamper with it."""
-    s = Stack(tmp_path_factory.mktemp("recorded"), parent=stack, own_redis=True)
-    try:
-        s.start()
-    except Exception:
-        print(s.logs_text())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+    with Stack(tmp_path_factory.mktemp("recorded"), parent=stack, own_redis=True).running() as s:
+        yield s
 
 
 def auditor(s: Stack) -> str:

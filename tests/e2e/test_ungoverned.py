@@ -17,15 +17,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def plain(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     off = {"policy": None, "masking": None, "recording": None}
-    s = Stack(tmp_path_factory.mktemp("plain"), parent=stack, extra_config=off)
-    try:
-        s.start()
-    except Exception:
-        print(s.logs_text())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+    with Stack(tmp_path_factory.mktemp("plain"), parent=stack, extra_config=off).running() as s:
+        yield s
 
 
 def test_body_skipped_by_ext_proc_but_forwarded_intact(plain: Stack) -> None:
