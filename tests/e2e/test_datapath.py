@@ -300,17 +300,6 @@ def test_tls_listener_serves_with_the_configured_certificate(fresh_upstream: Sta
     assert out.choices[0].message.content == "Hello from the fake."
 
 
-def test_secrets_never_in_logs(stack: Stack) -> None:
-    # Runs after the tests above (file order): they sent tokens and credentials through.
-    logs = stack.all_log_bytes()
-    assert stack.credential.encode() not in logs
-    assert stack.anthropic_credential.encode() not in logs
-    assert b"eyJ" not in logs  # no JWT (header segment) ever logged
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['admin']}/metrics", timeout=5) as r:
-        metrics = r.read()
-    assert stack.credential.encode() not in metrics and b"eyJ" not in metrics
-
-
 def test_ext_proc_down_fails_closed_then_recovers(fresh_upstream: Stack) -> None:
     s = fresh_upstream
     s.stop_extproc()
