@@ -190,6 +190,13 @@ class Reloader:
             log.error("configuration reload (%s) rejected, the previous one keeps serving: %s", why, exc)
             s.metrics.config_reloads.labels("rejected").inc()
             return False
+        # Turning approvals or recording on or off needs the stores and API started at boot:
+        # keep what runs (a reload must never make every request fail closed).
+        for key in ("approvals", "recording"):
+            if (getattr(gateway, key) is None) != (getattr(s.gateway, key) is None):
+                log.warning("configuration reload (%s): turning %s on or off needs a restart; kept as it was",
+                            why, key)
+                gateway = replace(gateway, **{key: getattr(s.gateway, key)})
         changed = [k for k in self.RESTART_KEYS if new.raw.get(k) != s.config.raw.get(k)]
         if changed:
             log.warning("configuration reload (%s): changes to %s need a restart and were not applied",

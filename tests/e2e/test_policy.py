@@ -219,5 +219,14 @@ def test_hot_reload_swaps_policy_and_rejects_an_invalid_one(fresh_upstream: Stac
         s.config_path.write_text(original)
         s.procs["extproc"].signal(signal.SIGHUP)
         assert wait_for(False)
+        # Turning recording off needs a restart: the reload keeps it rather than half-apply it.
+        no_rec = yaml.safe_load(original)
+        no_rec.pop("recording")
+        s.config_path.write_text(yaml.safe_dump(no_rec))
+        deadline = time.monotonic() + 6
+        while "turning recording on or off needs a restart" not in s.procs["extproc"].output():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert not blocked()
     finally:
         s.config_path.write_text(original)
