@@ -60,6 +60,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
     HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
@@ -234,6 +236,60 @@ def _ext_proc_filter(cfg: Config) -> HttpFilter:
     return HttpFilter(name="envoy.filters.http.ext_proc", typed_config=PbAny.pack(proc))
 
 
+#: Error types of Envoy's own local replies (413 payload too large, 503 when ext_proc is down...).
+_LOCAL_REPLY_TYPES = {
+    400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large", 431: "invalid_request_error",
+    500: "api_error", 502: "upstream_error", 503: "service_unavailable", 504: "timeout_error",
+}
+
+
+def _local_replies() -> LocalReplyConfig:
+    """Envoy's own error replies in the gateway's JSON error shape, so SDKs surface them.
+
+    The ext_proc server's immediate responses are local replies too; they already carry the
+    JSON body and set details ``extproc_*``, which the CEL filter leaves alone.
+    """
+    from envoy_data_plane.envoy.config.accesslog.v3 import (
+        AccessLogFilter,
+        AndFilter,
+        ComparisonFilter,
+        ComparisonFilterOp,
+        ExtensionFilter,
+        StatusCodeFilter,
+    )
+    from envoy_data_plane.envoy.config.core.v3 import RuntimeUInt32, SubstitutionFormatString
+    from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+    from envoy_data_plane.google.protobuf import Struct
+
+    not_ours = AccessLogFilter(extension_filter=ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel",
+        typed_config=PbAny.pack(ExpressionFilter(expression='!response.code_details.startsWith("extproc")')),
+    ))
+
+    def body(kind: str) -> SubstitutionFormatString:
+        return SubstitutionFormatString(
+            json_format=Struct.from_dict({"type": "error", "error": {
+                "message": "%LOCAL_REPLY_BODY%", "type": kind, "code": "%RESPONSE_CODE_DETAILS%",
+                "request_id": "%REQ(X-REQUEST-ID)%"}}),
+            content_type="application/json",
+        )
+
+    mappers = [
+        ResponseMapper(
+            filter=AccessLogFilter(and_filter=AndFilter(filters=[
+                AccessLogFilter(status_code_filter=StatusCodeFilter(comparison=ComparisonFilter(
+                    op=ComparisonFilterOp.EQ, value=RuntimeUInt32(default_value=code, runtime_key=f"extproc.lr.{code}"),
+                ))),
+                not_ours,
+            ])),
+            body_format_override=body(kind),
+        )
+        for code, kind in _LOCAL_REPLY_TYPES.items()
+    ]
+    mappers.append(ResponseMapper(filter=not_ours, body_format_override=body("api_error")))
+    return LocalReplyConfig(mappers=mappers)
+
+
 def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
     vhost = VirtualHost(name="providers", domains=["*"], routes=[r for p in cfg.providers for r in _routes(cfg, p)])
     access_log = []
@@ -258,6 +314,7 @@ def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
         normalize_path=True,
         merge_slashes=True,
         always_set_request_id_in_response=True,
+        local_reply_config=_local_replies(),
         access_log=access_log,
     )
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=PbAny.pack(hcm))

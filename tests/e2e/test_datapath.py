@@ -203,6 +203,8 @@ def test_huge_body_gets_413_and_never_reaches_upstream(fresh_upstream: Stack) ->
     r = raw(s, "POST", "/fake/chat/completions",
             {"authorization": f"Bearer {s.token()}", "content-type": "application/json"}, big)
     assert r.status_code == 413
+    err = r.json()["error"]  # Envoy's own reply, in the gateway's JSON error shape
+    assert err["type"] == "request_too_large" and err["request_id"] == r.headers["x-request-id"]
     assert s.upstream.requests == []
 
 
@@ -306,8 +308,12 @@ def test_ext_proc_down_fails_closed_then_recovers(fresh_upstream: Stack) -> None
     try:
         r = raw(s, "POST", "/fake/chat/completions",
                 {"authorization": f"Bearer {s.token()}", "content-type": "application/json"}, b"{}")
-        assert 500 <= r.status_code < 600
+        assert r.status_code == 503
+        err = r.json()["error"]
+        assert err["type"] == "service_unavailable" and err["request_id"] == r.headers["x-request-id"]
         assert s.upstream.requests == []
+        with pytest.raises(openai.InternalServerError):  # the SDK surfaces it as a typed error
+            client(s, s.token()).chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
     finally:
         s.start_extproc()
     out = client(s, s.token()).chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
