@@ -60,7 +60,6 @@ __all__ = [
     "make_owner_id",
     "new_approval",
     "new_approval_id",
-    "validate_section",
 ]
 
 PENDING = "pending"
@@ -653,11 +652,6 @@ class ApprovalSettings:
             rules=MappingProxyType(rules),
             webhooks=tuple(hooks),
         )
-
-
-def validate_section(raw: Any, key: str, file: str) -> None:
-    """Signature of ``extproc.config.EXTENSION_VALIDATORS`` (which passes no line numbers)."""
-    ApprovalSettings.from_config(raw, path=key, file=file)
 
 
 _RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

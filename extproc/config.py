@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -553,11 +553,7 @@ def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
 
 
 #: Top-level keys owned by later capabilities; validated by their own modules.
-_EXTENSION_KEYS = {"policy", "masking", "approvals", "recording", "budgets", "tools"}
-
-#: Hooks that validate an extension section; registered by the modules that own them.
-EXTENSION_VALIDATORS: dict[str, Callable[[Any, str, str], None]] = {}
-
+_EXTENSION_KEYS = {"policy", "masking", "approvals", "recording", "tools"}
 
 def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | None = None,
                  env: Mapping[str, str] | None = None, text: str | None = None) -> Config:
@@ -677,10 +673,6 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
             "envoy.stream_idle_timeout_seconds",
             "must be longer than envoy.max_message_timeout_seconds, or a held request is cut off",
         )
-
-    for key, validate in EXTENSION_VALIDATORS.items():
-        if key in top:
-            validate(top[key], key, file)
 
     digest_src = text if text is not None else repr(data)
     version_id = hashlib.sha256(digest_src.encode()).hexdigest()[:16]

@@ -67,7 +67,6 @@ __all__ = [
     "recording_profile",
     "session_from_header",
     "summarize",
-    "validate_section",
     "verify_chain",
 ]
 
@@ -183,11 +182,6 @@ class RecordingSettings:
                 users=r.names(am, "users", f"{path}.auditors"),
             ),
         )
-
-
-def validate_section(raw: Any, key: str, file: str) -> None:
-    """Signature of ``extproc.config.EXTENSION_VALIDATORS`` (which passes no line numbers)."""
-    RecordingSettings.from_config(raw, path=key, file=file)
 
 
 class _Reader:
