@@ -159,6 +159,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "datapath.json"))
     args = ap.parse_args()
+    import logging
+
+    logging.disable(logging.INFO)  # SDKs and servers measured here log every request at INFO
 
     work = Path(tempfile.mkdtemp(prefix="extproc-bench-"))
     procs: list[Proc] = []
@@ -308,9 +311,6 @@ def main() -> int:
           f"p99 {appr['approve_to_upstream_p99_ms']} ms (target p99 < 50 ms); unrelated request p50 "
           f"{appr['idle_p50_ms']} ms idle vs {appr['with_50_held_p50_ms']} ms with 50 requests held")
 
-    import logging
-
-    logging.disable(logging.INFO)  # the SDKs log every HTTP request at INFO
     from bench.tools import bench_tools
 
     tools = bench_tools()
