@@ -319,6 +319,7 @@ class RecordsStore:
     ) -> None:
         self.client = client
         self.settings = settings
+        self._sessions: dict[str, tuple[str, float]] = {}
         self.keys = RecordKeys(prefix)
         self.spool = Spool(settings.spool.path, settings.spool.max_bytes)
         #: Entries written to Redis directly / put in the spool / lost (or refused) /
@@ -439,13 +440,25 @@ class RecordsStore:
         return _s(res[0])
 
     async def resolve_session(self, user: str, *, now: float) -> str:
-        """The user's gap-based session at ``now`` (see ``extproc.recording.next_session``)."""
+        """The user's gap-based session at ``now`` (see ``extproc.recording.next_session``).
+
+        A user's burst of requests would cost a Redis round trip each; within a second of the
+        last look-up (far inside any session gap) the session cannot have ended, so the
+        answer is reused and Redis's last-seen time is refreshed at most once a second.
+        """
         gap = self.settings.session_gap_seconds
-        sid = await self._session(
+        hit = self._sessions.get(user)
+        fresh = min(1.0, gap / 10)
+        if hit is not None and 0 <= now - hit[1] < fresh:
+            return hit[0]
+        sid = _s(await self._session(
             keys=[self.keys.session(user)],
             args=[round(now * 1000), gap * 1000, new_session_id(), gap + 3600],
-        )
-        return _s(sid)
+        ))
+        if len(self._sessions) > 10_000:
+            self._sessions.clear()
+        self._sessions[user] = (sid, now)
+        return sid
 
     # -- maintenance ---------------------------------------------------------------
 
