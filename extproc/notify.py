@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -107,6 +108,9 @@ class Notifier:
         self._backoff_max = backoff_max
         self._env = env
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The latest delivery per (webhook, approval): the next one waits for it, so a
+        #: receiver sees "created" before "decided" for the same approval.
+        self._chains: dict[tuple[int, str], asyncio.Task[None]] = {}
         #: Counters for metrics and tests.
         self.delivered = 0
         self.failed = 0
@@ -118,16 +122,21 @@ class Notifier:
 
     def notify(self, event: str, approval: Approval) -> None:
         """Schedule delivery of ``event`` to every webhook; returns at once. Needs a running loop."""
-        for hook in self._hooks:
+        for index, hook in enumerate(self._hooks):
             if len(self._tasks) >= MAX_QUEUED:
                 self.dropped += 1
                 log.warning("approval notification dropped (%d deliveries queued): %s", MAX_QUEUED, approval.id)
                 continue
             payload = slack_payload(event, approval) if hook.format == "slack" else generic_payload(event, approval)
             body = json.dumps(payload, separators=(",", ":")).encode()
-            task = asyncio.get_running_loop().create_task(self._deliver(hook, body, approval.id, event))
+            key = (index, approval.id)
+            task = asyncio.get_running_loop().create_task(
+                self._deliver_after(self._chains.get(key), hook, body, approval.id, event)
+            )
+            self._chains[key] = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._unchain, key))
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the deliveries in flight (tests, and a graceful shutdown)."""
@@ -142,6 +151,17 @@ class Notifier:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+    def _unchain(self, key: tuple[int, str], task: asyncio.Task[None]) -> None:
+        if self._chains.get(key) is task:
+            del self._chains[key]
+
+    async def _deliver_after(self, previous: asyncio.Task[None] | None, hook: Webhook, body: bytes,
+                             approval_id: str, event: str) -> None:
+        if previous is not None:
+            # wait() neither raises the previous delivery's error nor swallows our own cancel.
+            await asyncio.wait({previous})
+        await self._deliver(hook, body, approval_id, event)
 
     async def _deliver(self, hook: Webhook, body: bytes, approval_id: str, event: str) -> None:
         url = hook.resolve_url(self._env)
