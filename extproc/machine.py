@@ -240,11 +240,13 @@ class _LiteralProfiles:
     """Caches ``profile.with_literals(credentials)``: compiling detectors per request is waste."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[int, tuple[str, ...]], MaskingProfile] = {}
+        # Keyed by the profile object itself (identity), not id(): the key keeps it alive, so a
+        # reloaded profile can never collide with a collected one's address.
+        self._cache: dict[tuple[MaskingProfile, tuple[str, ...]], MaskingProfile] = {}
 
     def get(self, profile: MaskingProfile | None, literals: Sequence[str]) -> MaskingProfile:
         base = profile or _EMPTY_PROFILE
-        key = (id(base), tuple(sorted(literals)))
+        key = (base, tuple(sorted(literals)))
         got = self._cache.get(key)
         if got is None:
             if len(self._cache) > 64:
