@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from extproc.config import load_config  # noqa: E402
 from extproc.devkeys import ensure_dev_issuer, mint_token  # noqa: E402
 from extproc.envoy_render import render_envoy  # noqa: E402
-from extproc.stack import Proc, envoy_binary, free_port, start_redis, wait_http, wait_tcp  # noqa: E402
+from extproc.stack import Proc, envoy_binary, free_port, free_ports, start_redis, wait_http, wait_tcp  # noqa: E402
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise our Q3 plan."}]})
 CANNED = json.dumps({
@@ -173,7 +173,7 @@ def main() -> int:
             rport = free_port()
             procs.append(start_redis(rport, work))
             redis_url = f"redis://127.0.0.1:{rport}/0"
-        up_port, up_admin = free_port(), free_port()
+        up_port, up_admin = free_ports(2)
         (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
         procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
                                        "--base-id", "71", "--concurrency", "1"], work / "upstream.log").start())
@@ -181,7 +181,8 @@ def main() -> int:
 
         key, _ = ensure_dev_issuer(work / "dev")
         token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
-        ports = {k: free_port() for k in ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")}
+        names = ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         # policy0: a policy section without rules, so request bodies reach ext_proc: the cost of
         # the extra round trip alone, against which the 20 rules are measured.
         scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None),

@@ -24,6 +24,7 @@ __all__ = [
     "envoy_binary",
     "find_redis_server",
     "free_port",
+    "free_ports",
     "start_redis",
     "validate_envoy_config",
     "wait_http",
@@ -32,9 +33,22 @@ __all__ = [
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all sockets are held open together, so the kernel cannot hand
+    the same just-released port out twice (separate calls can)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def port_in_use(host: str, port: int) -> bool:

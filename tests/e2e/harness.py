@@ -23,6 +23,7 @@ from extproc.stack import (
     Proc,
     envoy_binary,
     free_port,
+    free_ports,
     start_redis,
     validate_envoy_config,
     wait_http,
@@ -123,8 +124,8 @@ class Stack:
             self.dev_jwks = jwks
             self.cred_file = self.workdir / "anthropic.key"
             self.cred_file.write_text(self.anthropic_credential + "\n")
-        for name in ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin"):
-            self.ports[name] = free_port()
+        names = ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin")
+        self.ports.update(zip(names, free_ports(len(names)), strict=True))
         self.config_path = self.workdir / "extproc.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config()))
         self.env = {**os.environ, "FAKE_PROVIDER_KEY": self.credential, "REDIS_URL": self.redis_url}

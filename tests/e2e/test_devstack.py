@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from extproc.stack import free_port, port_in_use
+from extproc.stack import free_ports, port_in_use
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_dev_stack_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     cfg = yaml.safe_load((REPO / "examples" / "extproc.yaml").read_text())
-    ports = {k: free_port() for k in cfg["listeners"]}
+    *listener_ports, demo_port = free_ports(len(cfg["listeners"]) + 1)
+    ports = dict(zip(cfg["listeners"], listener_ports, strict=True))
     for k, p in ports.items():
         cfg["listeners"][k]["port"] = p
-    demo_port = free_port()
     cfg["providers"][0]["base_url"] = f"http://127.0.0.1:{demo_port}/v1"
     cfg["providers"][1]["base_url"] = f"http://127.0.0.1:{demo_port}"
     (tmp_path / "extproc.yaml").write_text(yaml.safe_dump(cfg))
