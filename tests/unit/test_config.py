@@ -101,3 +101,13 @@ def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "providers[0].name" in err and ":3:" in err
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("examples/*.yaml"), *REPO.glob("k8s/**/extproc.yaml")]
+           if "providers:" in p.read_text()),
+)
+def test_every_shipped_configuration_passes_config_check(path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # The whole check: base sections and policy, masking, approvals, recording and tools.
+    assert main(["config", "check", str(REPO / path)]) == 0, capsys.readouterr().err
