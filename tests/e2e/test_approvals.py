@@ -179,3 +179,25 @@ def test_many_held_requests_do_not_block_other_traffic(fresh_upstream: Stack) ->
         for f in held:
             with pytest.raises(openai.PermissionDeniedError):
                 f.result(timeout=20)
+
+
+def test_ext_proc_dying_during_a_hold_fails_the_request_closed(
+    fresh_upstream: Stack, pool: concurrent.futures.ThreadPoolExecutor, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import signal
+
+    s = fresh_upstream
+    other = Stack(tmp_path_factory.mktemp("dying-replica"), parent=s)
+    with other.running():
+        approver = s.token(unique_user("lee"), groups=("legal",))
+        before = pending_ids(other, approver)
+        fut = pool.submit(ask, other, other.token(unique_user()))
+        aid = pending_id(other, approver, exclude=before)
+        other.procs["extproc"].signal(signal.SIGKILL)
+        with pytest.raises(openai.InternalServerError) as exc:
+            fut.result(timeout=15)
+        assert exc.value.status_code == 503
+        # Approving now releases nothing: the request is gone and was never forwarded.
+        assert s.cli("approvals", "approve", aid, token=approver).returncode == 0
+        time.sleep(0.5)
+        assert s.upstream.requests == []
