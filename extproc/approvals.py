@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -33,7 +32,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError, located_error
+from .configreader import SectionReader, kind
 from .identity import Identity
 
 __all__ = [
@@ -593,13 +592,13 @@ class ApprovalSettings:
             )
         grant = m.get("grant", "once")
         if grant not in GRANT_MODES:
-            raise r.error(f"{path}.grant", f"must be one of {', '.join(GRANT_MODES)}, got {_kind(grant)}")
+            raise r.error(f"{path}.grant", f"must be one of {', '.join(GRANT_MODES)}, got {kind(grant)}")
         window = r.integer(m, "grant_window_seconds", path, 3600, 1, 30 * 86400)
 
         rules: dict[str, ApproverRule] = {}
         rules_raw = m.get("rules")
         if rules_raw is not None and not isinstance(rules_raw, dict):
-            raise r.error(f"{path}.rules", f"must be a mapping of policy rule id to approvers, got {_kind(rules_raw)}")
+            raise r.error(f"{path}.rules", f"must be a mapping of policy rule id to approvers, got {kind(rules_raw)}")
         for rid, spec in (rules_raw or {}).items():
             rp = f"{path}.rules.{rid}"
             if not isinstance(rid, str) or not (rid == "*" or _RULE_ID_RE.match(rid)):
@@ -619,7 +618,7 @@ class ApprovalSettings:
         hooks: list[Webhook] = []
         hooks_raw = m.get("webhooks")
         if hooks_raw is not None and not isinstance(hooks_raw, list):
-            raise r.error(f"{path}.webhooks", f"must be a list, got {_kind(hooks_raw)}")
+            raise r.error(f"{path}.webhooks", f"must be a list, got {kind(hooks_raw)}")
         for i, h in enumerate(hooks_raw or []):
             hp = f"{path}.webhooks[{i}]"
             hm = r.mapping(h, hp, {"url", "url_env", "format", "timeout_seconds", "retries"})
@@ -634,7 +633,7 @@ class ApprovalSettings:
                 raise r.error(f"{hp}.url_env", "must be an environment variable name")
             fmt = hm.get("format", "generic")
             if fmt not in WEBHOOK_FORMATS:
-                raise r.error(f"{hp}.format", f"must be one of {', '.join(WEBHOOK_FORMATS)}, got {_kind(fmt)}")
+                raise r.error(f"{hp}.format", f"must be one of {', '.join(WEBHOOK_FORMATS)}, got {kind(fmt)}")
             hooks.append(
                 Webhook(
                     url=url,
@@ -658,45 +657,8 @@ _RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class _Reader:
-    """The strict-reader conventions of ``extproc.config`` and the policy loader."""
-
-    def __init__(self, file: str, lines: Mapping[str, int]) -> None:
-        self.file = file
-        self.lines = lines
-
-    def error(self, path: str, message: str) -> ConfigError:
-        return located_error(message, path=path, file=self.file, lines=self.lines)
-
-    def mapping(self, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"must be a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str) or key not in allowed:
-                raise self.error(f"{path}.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        return value
-
-    def integer(self, m: Mapping[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
-        v = m.get(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(f"{path}.{key}", f"must be an integer, got {_kind(v)}")
-        if not lo <= v <= hi:
-            raise self.error(f"{path}.{key}", f"must be between {lo} and {hi}, got {v}")
-        return v
-
-    def number(self, m: Mapping[str, Any], key: str, path: str, default: float, lo: float, hi: float) -> float:
-        v = m.get(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise self.error(f"{path}.{key}", f"must be a number, got {_kind(v)}")
-        if not lo <= v <= hi:
-            raise self.error(f"{path}.{key}", f"must be between {lo} and {hi}, got {v}")
-        return float(v)
+class _Reader(SectionReader):
+    """The shared strict reader, plus approver name lists (deduplicated, order kept)."""
 
     def strings(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
         p = f"{path}.{key}"
@@ -706,22 +668,10 @@ class _Reader:
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, list):
-            raise self.error(p, f"must be a list of strings, got {_kind(v)}")
+            raise self.error(p, f"must be a list of strings, got {kind(v)}")
         for i, item in enumerate(v):
             if not isinstance(item, str) or not item.strip():
-                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {_kind(item)}")
+                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {kind(item)}")
         return tuple(dict.fromkeys(v))
 
 
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, str):
-        return repr(v)
-    return f"{type(v).__name__} {v!r}"

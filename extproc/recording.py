@@ -39,7 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.config import ConfigError, located_error
+from extproc.config import ConfigError
+from extproc.configreader import SectionReader
 from extproc.identity import Identity
 from extproc.masking import HOLD_MARGIN, MaskingProfile, default_profile
 from extproc.policy.model import Decision
@@ -184,39 +185,8 @@ class RecordingSettings:
         )
 
 
-class _Reader:
-    def __init__(self, file: str, lines: Mapping[str, int]) -> None:
-        self.file = file
-        self.lines = lines
-
-    def error(self, path: str, message: str) -> ConfigError:
-        return located_error(message, path=path, file=self.file, lines=self.lines)
-
-    def mapping(self, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"must be a mapping, got {type(value).__name__}")
-        for key in value:
-            if not isinstance(key, str) or key not in allowed:
-                raise self.error(f"{path}.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        return value
-
-    def integer(self, m: Mapping[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
-        v = m.get(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self.error(f"{path}.{key}", f"must be an integer between {lo} and {hi}, got {v!r}")
-        return v
-
-    def boolean(self, m: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        v = m.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise self.error(f"{path}.{key}", f"must be true or false, got {v!r}")
-        return v
+class _Reader(SectionReader):
+    """The shared strict reader, plus auditor name lists."""
 
     def names(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
         v = m.get(key)

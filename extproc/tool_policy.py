@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from extproc.configreader import kind
 from extproc.masking.profile import MaskingProfile
 from extproc.masking.responses import BodyTooLarge, media_type
 from extproc.policy.engine import policy_version
-from extproc.policy.loader import _kind, _Reader
+from extproc.policy.loader import _Reader
 from extproc.policy.matchers import GlobSet, RegexRejected, compile_regex
 from extproc.policy.model import MODES, SEVERITY, RuleMatch
 from extproc.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
@@ -441,7 +442,7 @@ def _parse(raw: Any, *, file: str, lines: Mapping[str, int] | None) -> ToolPolic
     on_pin = r.choice(top, "on_pin_mismatch", path, ("flag", "block"), "flag")
     raw_rules = top.get("rules")
     if raw_rules is not None and not isinstance(raw_rules, list):
-        raise r.error(f"{path}.rules", f"must be a list, got {_kind(raw_rules)}")
+        raise r.error(f"{path}.rules", f"must be a list, got {kind(raw_rules)}")
     rules: list[ToolRule] = []
     seen: dict[str, str] = {}
     for i, value in enumerate(raw_rules or ()):
@@ -499,7 +500,7 @@ def _flag(r: _Reader, m: Mapping[str, Any], key: str, path: str, default: bool) 
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise r.error(f"{path}.{key}", f"must be true or false, got {_kind(v)}")
+        raise r.error(f"{path}.{key}", f"must be true or false, got {kind(v)}")
     return v
 
 
@@ -513,7 +514,7 @@ def _conditions(r: _Reader, value: Any, path: str) -> tuple[ArgumentCondition, .
 
 def _condition(r: _Reader, value: Any, path: str) -> ArgumentCondition:
     if not isinstance(value, dict):
-        raise r.error(path, f"must be a mapping like {{path: env, equals: production}}, got {_kind(value)}")
+        raise r.error(path, f"must be a mapping like {{path: env, equals: production}}, got {kind(value)}")
     m = r.mapping(value, path, CONDITION_KEYS)
     raw_path = m.get("path")
     if raw_path is None:
@@ -527,7 +528,7 @@ def _condition(r: _Reader, value: Any, path: str) -> ArgumentCondition:
     regex = None
     if "regex" in m:
         if not isinstance(m["regex"], str) or not m["regex"]:
-            raise r.error(f"{path}.regex", f"must be a non-empty string, got {_kind(m['regex'])}")
+            raise r.error(f"{path}.regex", f"must be a non-empty string, got {kind(m['regex'])}")
         try:
             regex = compile_regex(m["regex"])
         except RegexRejected as exc:
@@ -537,17 +538,17 @@ def _condition(r: _Reader, value: Any, path: str) -> ArgumentCondition:
         v = m.get(op)
         if op in m and (isinstance(v, bool) or not isinstance(v, (int, float)) or
                         (isinstance(v, float) and not math.isfinite(v))):
-            raise r.error(f"{path}.{op}", f"must be a number, got {_kind(v)}")
+            raise r.error(f"{path}.{op}", f"must be a number, got {kind(v)}")
         bounds[op] = v
     one_of = None
     if "in" in m:
         if not isinstance(m["in"], list) or not m["in"]:
-            raise r.error(f"{path}.in", f"must be a non-empty list of values, got {_kind(m['in'])}")
+            raise r.error(f"{path}.in", f"must be a non-empty list of values, got {kind(m['in'])}")
         one_of = tuple(m["in"])
     exists = None
     if "exists" in m:
         if not isinstance(m["exists"], bool):
-            raise r.error(f"{path}.exists", f"must be true or false, got {_kind(m['exists'])}")
+            raise r.error(f"{path}.exists", f"must be true or false, got {kind(m['exists'])}")
         exists = m["exists"]
         if exists is False and len(set(m) & set(ARGUMENT_OPERATORS)) > 1:
             raise r.error(f"{path}.exists", "exists: false cannot be combined with other operators")
@@ -578,7 +579,7 @@ def _pins(r: _Reader, value: Any, path: str) -> dict[str, dict[str, str]]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise r.error(path, f"must be a mapping of server: {{tool: fingerprint}}, got {_kind(value)}")
+        raise r.error(path, f"must be a mapping of server: {{tool: fingerprint}}, got {kind(value)}")
     out: dict[str, dict[str, str]] = {}
     for server, tools in value.items():
         sp = f"{path}.{server}"

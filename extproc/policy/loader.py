@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from extproc.apis import OPERATIONS
-from extproc.config import ConfigError, located_error
+from extproc.configreader import SectionReader, kind
 from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
 from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES
@@ -57,32 +57,15 @@ class PolicySpec:
     budgets: tuple[BudgetRule, ...]
 
 
-class _Reader:
-    def __init__(self, file: str, lines: Mapping[str, int] | None) -> None:
-        self.file = file
-        self.lines = lines or {}
-
-    def error(self, path: str, message: str) -> ConfigError:
-        return located_error(message, path=path, file=self.file, lines=self.lines)
-
-    def mapping(self, value: Any, path: str, allowed: frozenset[str]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"must be a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str) or key not in allowed:
-                got = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.7)
-                hint = f" (did you mean {got[0]!r}?)" if got else ""
-                raise self.error(f"{path}.{key}", f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}")
-        return value
+class _Reader(SectionReader):
+    """The shared strict reader, plus what rules need: choices, text, ids, selector lists."""
 
     def choice(self, m: Mapping[str, Any], key: str, path: str, choices: tuple[str, ...], default: str) -> str:
         v = m.get(key)
         if v is None:
             return default
         if v not in choices:
-            raise self.error(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {_kind(v)}")
+            raise self.error(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {kind(v)}")
         return str(v)
 
     def text(self, m: Mapping[str, Any], key: str, path: str, default: str = "") -> str:
@@ -90,7 +73,7 @@ class _Reader:
         if v is None:
             return default
         if not isinstance(v, str):
-            raise self.error(f"{path}.{key}", f"must be a string, got {_kind(v)}")
+            raise self.error(f"{path}.{key}", f"must be a string, got {kind(v)}")
         return v
 
     def ident(self, m: Mapping[str, Any], path: str) -> str:
@@ -98,7 +81,7 @@ class _Reader:
         if v is None:
             raise self.error(path, "missing required key 'id'")
         if not isinstance(v, str) or not _ID_RE.match(v):
-            raise self.error(f"{path}.id", f"must be letters, digits, '.', '_' or '-' (at most 64), got {_kind(v)}")
+            raise self.error(f"{path}.id", f"must be letters, digits, '.', '_' or '-' (at most 64), got {kind(v)}")
         return v
 
     def strings(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...] | None:
@@ -109,12 +92,12 @@ class _Reader:
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, list):
-            raise self.error(p, f"must be a list of strings, got {_kind(v)}")
+            raise self.error(p, f"must be a list of strings, got {kind(v)}")
         if not v:
             raise self.error(p, "must not be empty; leave the key out to match everything")
         for i, item in enumerate(v):
             if not isinstance(item, str) or not item:
-                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {_kind(item)}")
+                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {kind(item)}")
         return tuple(v)
 
     def count(self, m: Mapping[str, Any], key: str, path: str, lo: int, hi: int) -> int | None:
@@ -122,24 +105,12 @@ class _Reader:
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(f"{path}.{key}", f"must be an integer, got {_kind(v)}")
+            raise self.error(f"{path}.{key}", f"must be an integer, got {kind(v)}")
         if not lo <= v <= hi:
             raise self.error(f"{path}.{key}", f"must be between {lo} and {hi}, got {v}")
         return v
 
 
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, str):
-        return repr(v)
-    return f"{type(v).__name__} {v!r}"
 
 
 def parse_policy(
@@ -195,7 +166,7 @@ def _list(r: _Reader, top: Mapping[str, Any], key: str, path: str) -> list[Any]:
     if v is None:
         return []
     if not isinstance(v, list):
-        raise r.error(f"{path}.{key}", f"must be a list, got {_kind(v)}")
+        raise r.error(f"{path}.{key}", f"must be a list, got {kind(v)}")
     return v
 
 
@@ -295,19 +266,19 @@ def _styles(
     default = km.get("style")
     if default is not None:
         if default not in known:
-            raise r.error(f"{path}.style", f"must be one of {', '.join(known)}, got {_kind(default)}")
+            raise r.error(f"{path}.style", f"must be one of {', '.join(known)}, got {kind(default)}")
         if not detectors:
             raise r.error(f"{path}.style", "styles apply to detector matches, and this rule has no detectors")
         out = dict.fromkeys(sorted(detectors), str(default))
     per = km.get("styles")
     if per is not None:
         if not isinstance(per, dict):
-            raise r.error(f"{path}.styles", f"must be a mapping of ENTITY: style, got {_kind(per)}")
+            raise r.error(f"{path}.styles", f"must be a mapping of ENTITY: style, got {kind(per)}")
         for entity, style in per.items():
             if entity not in detectors:
                 raise r.error(f"{path}.styles.{entity}", "is not one of this rule's detectors")
             if style not in known:
-                raise r.error(f"{path}.styles.{entity}", f"must be one of {', '.join(known)}, got {_kind(style)}")
+                raise r.error(f"{path}.styles.{entity}", f"must be one of {', '.join(known)}, got {kind(style)}")
             out[str(entity)] = str(style)
     if "hash" in out.values() and not (entities.masking_config or {}).get("hash_key"):
         key = "styles" if per is not None and "hash" in per.values() else "style"
