@@ -25,13 +25,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from extproc.policy.model import BudgetCharge
+from extproc.policy.model import BudgetCharge, BudgetOutcome
 
 __all__ = ["DEFAULT_PREFIX", "BudgetOutcome", "charge_usage", "check_and_reserve", "window_start"]
 
@@ -72,23 +71,6 @@ return 0
 _SRC = {"reserve": _RESERVE, "charge": _CHARGE}
 # Redis names scripts by their SHA-1; it is an identifier here, not a security control.
 _SHA = {name: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest() for name, src in _SRC.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetOutcome:
-    allowed: bool
-    #: 200 allowed, 429 a budget is exhausted, 503 Redis unreachable and a budget fails closed.
-    status: int = 200
-    #: The first budget that refused (exhausted, or unavailable and failing closed).
-    budget_id: str | None = None
-    #: ``requests`` or ``tokens``: which limit of ``budget_id`` was reached.
-    limit: str | None = None
-    #: Seconds until the window of ``budget_id`` resets (for ``Retry-After``).
-    retry_after: int | None = None
-    #: Redis could not be reached; with ``allowed`` this means budgets were not enforced.
-    unavailable: bool = False
-    #: Why Redis failed; an exception class name and message, no request data.
-    error: str | None = None
 
 
 def window_start(now: float, window_seconds: int) -> int:

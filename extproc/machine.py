@@ -32,7 +32,7 @@ from .identity import AuthError, Identity, bearer_token
 from .masking import MaskingProfile
 from .masking.responses import BodyMasker, BodyTooLarge, UnmaskableContent, body_masker_for
 from .policy import Policy
-from .policy.model import BudgetCharge, PolicyRequest
+from .policy.model import BudgetCharge, BudgetOutcome, PolicyRequest
 from .policy.model import Decision as PolicyDecision
 from .recording import InteractionRecorder, RecordingSettings
 from .scrub import LiteralScrubber
@@ -131,18 +131,6 @@ class ApprovalResult:
     reason: str = ""
     #: For ``approved``: whether it was an existing grant (no hold happened).
     granted_before: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetResult:
-    """What the machine needs to know of a reservation (mirrors ``budgets.BudgetOutcome``)."""
-
-    allowed: bool
-    status: int = 200
-    budget_id: str | None = None
-    limit: str | None = None
-    retry_after: int | None = None
-    unavailable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +288,7 @@ class RequestInfo:
     secrets_scrubbed: int = 0
     decision: PolicyDecision | None = None
     policy_seconds: float = 0.0
-    budget: BudgetResult | None = None
+    budget: BudgetOutcome | None = None
     #: Entities masked in the response (type -> count; never values).
     response_masked: Counter[str] = field(default_factory=Counter)
     usage: Usage | None = None
@@ -415,7 +403,7 @@ class RequestMachine:
         assert self._pending_body is not None
         return self._pending_body
 
-    def on_budget(self, outcome: BudgetResult) -> Step:
+    def on_budget(self, outcome: BudgetOutcome) -> Step:
         self._expect(Phase.BUDGET, "a budget outcome")
         self.info.budget = outcome
         if not outcome.allowed:

@@ -26,7 +26,6 @@ from .hold import ApprovalGate
 from .identity import Authenticator, AuthError
 from .machine import (
     ApprovalResult,
-    BudgetResult,
     ChargeUsage,
     Continue,
     Gateway,
@@ -41,6 +40,7 @@ from .machine import (
     Step,
 )
 from .metrics import Metrics
+from .policy.model import BudgetOutcome
 from .recording import interaction_log_line
 from .records_store import RecordingUnavailable, RecordsStore
 from .runtime import HOLD_MARGIN
@@ -252,14 +252,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if not ok:
             self._metrics.stream_errors.labels("usage_charge").inc()
 
-    async def _reserve(self, machine: RequestMachine, need: NeedBudget) -> BudgetResult:
+    async def _reserve(self, machine: RequestMachine, need: NeedBudget) -> BudgetOutcome:
         out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
                                               now=time.time())
         if out.unavailable and out.allowed:
             log.warning("budgets not enforced for request %s: redis unavailable (%s)", machine.info.request_id,
                         out.error)
-        return BudgetResult(allowed=out.allowed, status=out.status, budget_id=out.budget_id, limit=out.limit,
-                            retry_after=out.retry_after, unavailable=out.unavailable)
+        return out
 
     async def _record_start(self, need: NeedRecordStart) -> bool:
         if self._records is None:

@@ -13,6 +13,7 @@ __all__ = [
     "MODES",
     "SEVERITY",
     "BudgetCharge",
+    "BudgetOutcome",
     "Decision",
     "PolicyRequest",
     "RuleMatch",
@@ -99,3 +100,20 @@ class Decision:
     error: str | None = None
     max_output_tokens: int | None = None
     policy_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOutcome:
+    allowed: bool
+    #: 200 allowed, 429 a budget is exhausted, 503 Redis unreachable and a budget fails closed.
+    status: int = 200
+    #: The first budget that refused (exhausted, or unavailable and failing closed).
+    budget_id: str | None = None
+    #: ``requests`` or ``tokens``: which limit of ``budget_id`` was reached.
+    limit: str | None = None
+    #: Seconds until the window of ``budget_id`` resets (for ``Retry-After``).
+    retry_after: int | None = None
+    #: Redis could not be reached; with ``allowed`` this means budgets were not enforced.
+    unavailable: bool = False
+    #: Why Redis failed; an exception class name and message, no request data.
+    error: str | None = None

@@ -153,9 +153,10 @@ def test_router_longest_prefix() -> None:
 
 # -- policy, budgets, masking -----------------------------------------------------------
 
-from extproc.machine import BudgetResult, ChargeUsage, NeedBudget, ResponseMasking  # noqa: E402
+from extproc.machine import ChargeUsage, NeedBudget, ResponseMasking  # noqa: E402
 from extproc.masking import default_profile  # noqa: E402
 from extproc.policy import Policy  # noqa: E402
+from extproc.policy.model import BudgetOutcome  # noqa: E402
 
 POLICY = Policy.from_config({
     "rules": [
@@ -189,7 +190,7 @@ def test_policy_mask_then_budget_then_forward_with_new_length() -> None:
     m, need = to_body(governed(), {"model": "x", "stream": True,
                                    "messages": [{"role": "user", "content": "mail a@b.example now"}]})
     assert isinstance(need, NeedBudget) and need.charges[0].tokens_limit == 100
-    d = m.on_budget(BudgetResult(allowed=True))
+    d = m.on_budget(BudgetOutcome(allowed=True))
     assert isinstance(d, Continue) and d.body is not None
     sent = json.loads(d.body)
     assert sent["messages"][0]["content"] == "mail [EMAIL] now"
@@ -199,17 +200,17 @@ def test_policy_mask_then_budget_then_forward_with_new_length() -> None:
 
 def test_budget_refusal_and_unavailable() -> None:
     m, _ = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
-    r = m.on_budget(BudgetResult(allowed=False, status=429, budget_id="t", limit="tokens", retry_after=7))
+    r = m.on_budget(BudgetOutcome(allowed=False, status=429, budget_id="t", limit="tokens", retry_after=7))
     assert isinstance(r, Reply) and r.status == 429 and ("retry-after", "7") in r.headers
     m2, _ = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
-    r2 = m2.on_budget(BudgetResult(allowed=False, status=503, budget_id="t", unavailable=True))
+    r2 = m2.on_budget(BudgetOutcome(allowed=False, status=503, budget_id="t", unavailable=True))
     assert isinstance(r2, Reply) and r2.status == 503 and r2.code == "budget_unavailable"
 
 
 def test_usage_from_the_response_becomes_a_charge_effect() -> None:
     m, need = to_body(governed(), {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
     assert isinstance(need, NeedBudget)
-    m.on_budget(BudgetResult(allowed=True))
+    m.on_budget(BudgetOutcome(allowed=True))
     m.on_response_headers({":status": "200", "content-type": "application/json"}, False)
     m.on_response_body(b'{"choices":[],"usage":{"prompt_tokens":3,', False)
     m.on_response_body(b'"completion_tokens":40,"total_tokens":43}}', True)
@@ -219,7 +220,7 @@ def test_usage_from_the_response_becomes_a_charge_effect() -> None:
 def test_response_masking_of_split_sse_and_unmaskable_content() -> None:
     gw = governed(ResponseMasking(profile=default_profile()))
     m, _ = to_body(gw, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
-    m.on_budget(BudgetResult(allowed=True))
+    m.on_budget(BudgetOutcome(allowed=True))
     m.on_response_headers({":status": "200", "content-type": "text/event-stream"}, False)
     ev = 'data: {{"choices":[{{"index":0,"delta":{{"content":"{}"}}}}]}}\n\n'
     out = b""
@@ -234,6 +235,6 @@ def test_response_masking_of_split_sse_and_unmaskable_content() -> None:
     assert m.info.response_masked["EMAIL"] == 1
 
     m2, _ = to_body(gw, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
-    m2.on_budget(BudgetResult(allowed=True))
+    m2.on_budget(BudgetOutcome(allowed=True))
     r = m2.on_response_headers({":status": "200", "content-type": "image/png"}, False)
     assert isinstance(r, Reply) and r.status == 502 and r.code == "unmaskable_response"
