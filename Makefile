@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 protos: $(STAMP)
-	$(PY) -m extproc.tools.protos
+	$(PY) -m extproc.dev.protos
 
 render: $(STAMP)
 	$(VENV)/bin/extproc envoy render examples/extproc.yaml -o envoy/envoy.yaml

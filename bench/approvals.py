@@ -47,8 +47,8 @@ def _pct(xs: list[float], q: int) -> float:
 def bench_approvals(n: int = 20) -> dict[str, Any]:
     from redis.asyncio import Redis
 
-    from extproc.approvals_store import ApprovalStore
-    from extproc.identity import Identity
+    from extproc.approvals.store import ApprovalStore
+    from extproc.identity.jwt import Identity
 
     work = Path(tempfile.mkdtemp(prefix="extproc-bench-approvals-"))
     s = Stack(work, extra_config={"recording": None}).start()

@@ -30,10 +30,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from extproc.config import load_config  # noqa: E402
-from extproc.devkeys import ensure_dev_issuer, mint_token  # noqa: E402
-from extproc.envoy_render import render_envoy  # noqa: E402
-from extproc.stack import Proc, envoy_binary, free_port, free_ports, start_redis, wait_http, wait_tcp  # noqa: E402
+from extproc.config.envoy import render_envoy  # noqa: E402
+from extproc.config.model import load_config  # noqa: E402
+from extproc.dev.keys import ensure_dev_issuer, mint_token  # noqa: E402
+from extproc.dev.procs import Proc, envoy_binary, free_port, free_ports, start_redis, wait_http, wait_tcp  # noqa: E402
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise our Q3 plan."}]})
 CANNED = json.dumps({

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
-from .config import Config, ConfigError, load_config
+from extproc import __version__
+from extproc.config.model import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -57,7 +57,7 @@ def _load(path: str) -> Config:
 
 def _validate_extensions(cfg: Config) -> None:
     """Sections owned by later modules (policy, masking, ...) are validated by them."""
-    from .runtime import validate_sections
+    from extproc.datapath.runtime import validate_sections
 
     validate_sections(cfg)
 
@@ -73,7 +73,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from extproc.server import serve
 
     cfg = _load(args.config)
     asyncio.run(serve(cfg))
@@ -81,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_render(args: argparse.Namespace) -> int:
-    from .envoy_render import dump_yaml
+    from extproc.config.envoy import dump_yaml
 
     cfg = _load(args.file)
     text = dump_yaml(cfg)
@@ -94,8 +94,8 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         where = "stdout"
     if args.validate:
-        from .devkeys import ensure_dev_tls
-        from .stack import validate_envoy_config
+        from extproc.dev.keys import ensure_dev_tls
+        from extproc.dev.procs import validate_envoy_config
 
         if cfg.tls is not None and cfg.tls.generated:
             ensure_dev_tls(cfg.tls.cert_file, cfg.tls.key_file)
@@ -117,7 +117,7 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
+    from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
 
     key_path, _ = ensure_dev_issuer(args.run_dir)
     token = mint_token(
@@ -133,7 +133,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
-    from .demo import serve_demo
+    from extproc.dev.demo import serve_demo
 
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
 
@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from .api.admin.v1 import admin_pb2, admin_pb2_grpc
+    from extproc.api.admin.v1 import admin_pb2, admin_pb2_grpc
 
     target = args.admin
     if args.config:
@@ -174,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from .devstack import run_dev
+    from extproc.dev.stack import run_dev
 
     return run_dev(args.config, run_dir=Path(args.run_dir))
 
@@ -182,7 +182,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 #: Subcommand groups contributed by other modules: each takes the subparsers object.
-REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals_cli", "extproc.sessions_cli",
+REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals.cli", "extproc.recording.cli",
                          "extproc.inject.server"]
 
 

@@ -24,22 +24,24 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__, approvals_api, sessions_api
-from .api.admin.v1 import admin_pb2, admin_pb2_grpc
-from .approvals import make_owner_id
-from .approvals_store import ApprovalStore, ApprovalWaiter
-from .config import Config, ConfigError, load_config
-from .credentials import CredentialStore
-from .hold import ApprovalGate
-from .httpserver import Request, Response, serve_http
-from .identity import Authenticator
-from .machine import Gateway
-from .metrics import Metrics
-from .notify import Notifier
-from .records_store import RecordsStore
-from .runtime import build_gateway
-from .servicer import ExternalProcessor
-from .store import RedisStore
+from extproc import __version__
+from extproc.admin.http import Request, Response, serve_http
+from extproc.admin.metrics import Metrics
+from extproc.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from extproc.approvals import api as approvals_api
+from extproc.approvals.gate import ApprovalGate
+from extproc.approvals.model import make_owner_id
+from extproc.approvals.notify import Notifier
+from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.config.model import Config, ConfigError, load_config
+from extproc.datapath.machine import Gateway
+from extproc.datapath.runtime import build_gateway
+from extproc.datapath.servicer import ExternalProcessor
+from extproc.identity.credentials import CredentialStore
+from extproc.identity.jwt import Authenticator
+from extproc.recording import api as sessions_api
+from extproc.recording.store import RecordsStore
+from extproc.store import RedisStore
 
 __all__ = ["ServerState", "assert_upb_backend", "serve"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.stack import Proc, find_redis_server, free_port, start_redis
+from extproc.dev.procs import Proc, find_redis_server, free_port, start_redis
 
 _redis: Proc | None = None
 

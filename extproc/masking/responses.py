@@ -36,9 +36,9 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 from extproc.masking.profile import MaskingProfile
 from extproc.masking.streaming import ByteStreamMasker, StreamingMasker
-from extproc.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 
 __all__ = [
     "APIS",

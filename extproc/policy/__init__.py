@@ -2,7 +2,7 @@
 
 The package is pure (no gRPC, no Redis): :meth:`Policy.evaluate` turns a
 :class:`PolicyRequest` into a :class:`Decision` the data path enforces. Budgets are
-reserved in Redis by :mod:`extproc.budgets`. The configuration format is documented in
+reserved in Redis by :mod:`extproc.policy.budgets`. The configuration format is documented in
 ``docs/policy.md`` and published as JSON Schema in ``schema.json`` next to this file.
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from extproc.config import Config, ConfigError, load_config
+from extproc.config.model import Config, ConfigError, load_config
 from extproc.policy.engine import Policy
 from extproc.policy.model import Decision, PolicyRequest
 
@@ -62,7 +62,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def load_policy(file: str) -> tuple[Config, Policy]:
-    from extproc.runtime import policy as runtime_policy
+    from extproc.datapath.runtime import policy as runtime_policy
 
     cfg = load_config(file)
     # The same construction the server uses (masking detectors, an absent section).

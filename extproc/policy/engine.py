@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from extproc.apis import Extraction, JsonPath, extract, rewrite
+from extproc.llmapi import Extraction, JsonPath, extract, rewrite
 from extproc.policy.detectors import DetectorScanner
 from extproc.policy.loader import PolicySpec, parse_policy
 from extproc.policy.matchers import Hit

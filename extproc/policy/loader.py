@@ -1,6 +1,6 @@
 """Reading the ``policy:`` section: strict keys, precise errors, compiled matchers.
 
-Every problem is a :class:`~extproc.config.ConfigError` naming the key path (and the line,
+Every problem is a :class:`~extproc.config.model.ConfigError` naming the key path (and the line,
 when the caller passes the line map of the file), so a policy that loads is one that
 runs: patterns compile, detectors exist, ids are unique, every action is known.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from extproc.apis import OPERATIONS
-from extproc.configreader import SectionReader, kind
+from extproc.config.reader import SectionReader, kind
+from extproc.llmapi import OPERATIONS
 from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
 from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from extproc.devkeys import ensure_dev_issuer, ensure_dev_tls, mint_token
-from extproc.stack import (
+from extproc.dev.keys import ensure_dev_issuer, ensure_dev_tls, mint_token
+from extproc.dev.procs import (
     Proc,
     envoy_binary,
     free_port,
@@ -186,8 +186,8 @@ class Stack:
         return {k: v for k, v in cfg.items() if v is not None}
 
     def render_envoy(self) -> None:
-        from extproc.config import load_config
-        from extproc.envoy_render import dump_yaml
+        from extproc.config.envoy import dump_yaml
+        from extproc.config.model import load_config
 
         self.envoy_yaml.write_text(dump_yaml(load_config(self.config_path, env=self.env)))
         ok, out = validate_envoy_config(self.envoy_yaml)

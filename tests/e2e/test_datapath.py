@@ -146,7 +146,7 @@ def _bad_tokens(s: Stack) -> dict[str, str]:
     header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=").decode()
     claims = {"iss": "https://extproc.local/dev", "sub": "mallory", "aud": "extproc", "exp": int(time.time()) + 600}
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    from extproc.devkeys import mint_token
+    from extproc.dev.keys import mint_token
 
     jwks = json.loads(s.dev_jwks.read_text())
     # HS256 "key confusion": the public key material used as an HMAC secret.

@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from extproc.stack import free_ports, port_in_use
+from extproc.dev.procs import free_ports, port_in_use
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from typing import Any
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 
-from extproc.stack import free_port
+from extproc.dev.procs import free_port
 
 
 class FakeMcpServer:

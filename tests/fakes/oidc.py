@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk
 
-from extproc.devkeys import mint_token
-from extproc.httpserver import Request, Response, serve_http
+from extproc.admin.http import Request, Response, serve_http
+from extproc.dev.keys import mint_token
 
 
 def new_rsa_pem() -> str:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.httpserver import Request, Response, serve_http
+from extproc.admin.http import Request, Response, serve_http
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The Approvals gRPC API and the ``extproc approvals`` CLI against a real server and Redis.
 
 A ``grpc.aio`` server on 127.0.0.1 serves the real servicer; callers present tokens from the
-development issuer (``extproc.devkeys``), verified by a real ``Authenticator``.
+development issuer (``extproc.dev.keys``), verified by a real ``Authenticator``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
-from extproc import approvals_cli
 from extproc.api.admin.v1 import approvals_pb2 as pb
 from extproc.api.admin.v1 import approvals_pb2_grpc as pb_grpc
-from extproc.approvals import Approval, ApprovalSettings, Binding, content_digest, new_approval
-from extproc.approvals_api import add_to_server
-from extproc.approvals_store import ApprovalStore, ApprovalWaiter
-from extproc.config import IssuerConfig
-from extproc.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
-from extproc.identity import Authenticator, Identity
+from extproc.approvals import cli as approvals_cli
+from extproc.approvals.api import add_to_server
+from extproc.approvals.model import Approval, ApprovalSettings, Binding, content_digest, new_approval
+from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.config.model import IssuerConfig
+from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
+from extproc.identity.jwt import Authenticator, Identity
 
 SETTINGS = ApprovalSettings.from_config(
     {"rules": {"secrets": {"groups": ["sec"]}, "two-man": {"groups": ["sec"], "quorum": 2}}}

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from extproc.approvals import Approval, ApprovalSettings, Binding, Webhook, content_digest, new_approval
-from extproc.approvals_store import ApprovalStore
-from extproc.httpserver import Request, Response, serve_http
-from extproc.identity import Identity
-from extproc.notify import Notifier
+from extproc.admin.http import Request, Response, serve_http
+from extproc.approvals.model import Approval, ApprovalSettings, Binding, Webhook, content_digest, new_approval
+from extproc.approvals.notify import Notifier
+from extproc.approvals.store import ApprovalStore
+from extproc.identity.jwt import Identity
 
 ALICE = Identity("alice", ("eng",), "https://idp", "alice", 0)
 BOB = Identity("bob", ("sec",), "https://idp", "bob", 0)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from extproc.approvals import (
+from extproc.approvals.model import (
     Approval,
     ApprovalError,
     ApprovalSettings,
@@ -25,8 +25,8 @@ from extproc.approvals import (
     content_digest,
     new_approval,
 )
-from extproc.approvals_store import ApprovalStore, ApprovalWaiter
-from extproc.identity import Identity
+from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.identity.jwt import Identity
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from extproc.budgets import BudgetOutcome, charge_usage, check_and_reserve, window_start
 from extproc.policy import BudgetCharge
+from extproc.policy.budgets import BudgetOutcome, charge_usage, check_and_reserve, window_start
 
 URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
 T = TypeVar("T")

@@ -23,13 +23,13 @@ import pytest
 from redis.asyncio import Redis
 
 from extproc.api.admin.v1 import sessions_pb2, sessions_pb2_grpc
-from extproc.config import IssuerConfig
-from extproc.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
-from extproc.identity import Authenticator, Identity
-from extproc.recording import AuditorSettings, InteractionRecorder, RecordingSettings, SpoolSettings
-from extproc.records_store import RecordsStore
-from extproc.sessions_api import add_to_server
-from extproc.sessions_cli import register
+from extproc.config.model import IssuerConfig
+from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
+from extproc.identity.jwt import Authenticator, Identity
+from extproc.recording.api import add_to_server
+from extproc.recording.cli import register
+from extproc.recording.model import AuditorSettings, InteractionRecorder, RecordingSettings, SpoolSettings
+from extproc.recording.store import RecordsStore
 
 URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/13"
 T = TypeVar("T")

@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from extproc.identity import Identity
+from extproc.dev.procs import free_port
+from extproc.identity.jwt import Identity
 from extproc.policy.model import Decision
-from extproc.recording import (
+from extproc.recording.model import (
     InteractionRecorder,
     RecordingSettings,
     RetentionSettings,
     SpoolSettings,
     next_session,
 )
-from extproc.records_store import _SHA256_LUA, RecordingUnavailable, RecordsStore
-from extproc.stack import free_port
+from extproc.recording.store import _SHA256_LUA, RecordingUnavailable, RecordsStore
 
 URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/13"
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from extproc.config import load_config
+from extproc.config.model import load_config
 from tests.k8s.kustomize import build
 
 ROOT = Path(__file__).resolve().parents[2]

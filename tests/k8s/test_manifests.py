@@ -11,8 +11,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from extproc.config import load_config
-from extproc.envoy_render import dump_yaml, render_envoy
+from extproc.config.envoy import dump_yaml, render_envoy
+from extproc.config.model import load_config
 from extproc.inject.settings import parse_settings
 from tests.k8s.kustomize import KustomizeError, build, referenced_files
 

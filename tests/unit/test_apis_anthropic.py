@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from extproc.apis import extract
+from extproc.llmapi import extract
 
 
 def _ex(body: Any, path: str = "/v1/messages", method: str = "POST") -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from extproc.apis import extract
+from extproc.llmapi import extract
 
 
 def _ex(path: str, body: Any, method: str = "POST") -> Any:

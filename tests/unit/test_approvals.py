@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.approvals import (
+from extproc.approvals.model import (
     APPROVAL_ID_RE,
     Approval,
     ApprovalError,
@@ -29,9 +29,9 @@ from extproc.approvals import (
     new_approval,
     new_approval_id,
 )
-from extproc.config import ConfigError, _load_with_lines
-from extproc.identity import Identity
-from extproc.notify import generic_payload, slack_payload
+from extproc.approvals.notify import generic_payload, slack_payload
+from extproc.config.model import ConfigError, _load_with_lines
+from extproc.identity.jwt import Identity
 
 T0 = 1_700_000_000.0
 

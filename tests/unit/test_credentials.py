@@ -3,8 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from extproc.config import CredentialConfig, ProviderConfig
-from extproc.credentials import CredentialStore
+from extproc.config.model import CredentialConfig, ProviderConfig
+from extproc.identity.credentials import CredentialStore
 
 
 def provider(name: str, cred: CredentialConfig | None) -> ProviderConfig:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.config import load_config
-from extproc.devkeys import ensure_dev_tls
-from extproc.envoy_render import dump_yaml, render_envoy
-from extproc.stack import validate_envoy_config
+from extproc.config.envoy import dump_yaml, render_envoy
+from extproc.config.model import load_config
+from extproc.dev.keys import ensure_dev_tls
+from extproc.dev.procs import validate_envoy_config
 
 REPO = Path(__file__).resolve().parents[2]
 #: committed Envoy config -> the extproc config it is rendered from

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from extproc.config import IssuerConfig
-from extproc.devkeys import mint_token
-from extproc.identity import Authenticator, AuthError, bearer_token
+from extproc.config.model import IssuerConfig
+from extproc.dev.keys import mint_token
+from extproc.identity.jwt import Authenticator, AuthError, bearer_token
 from tests.fakes.oidc import new_ec_pem, new_rsa_pem, public_jwk
 
 ISS = "https://issuer.test"

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from extproc.config import IssuerConfig
-from extproc.devkeys import ensure_dev_tls
-from extproc.httpserver import Request, Response, serve_http
-from extproc.identity import fetch_jwks
+from extproc.admin.http import Request, Response, serve_http
+from extproc.config.model import IssuerConfig
+from extproc.dev.keys import ensure_dev_tls
+from extproc.identity.jwt import fetch_jwks
 from tests.fakes.oidc import new_rsa_pem, public_jwk
 
 JWKS = {"keys": [public_jwk(new_rsa_pem(), "sa-1")]}

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from extproc.config import CredentialConfig, ProviderConfig
-from extproc.identity import AuthError, Identity
-from extproc.machine import (
+from extproc.config.model import CredentialConfig, ProviderConfig
+from extproc.datapath.machine import (
     Continue,
     Gateway,
     NeedIdentity,
@@ -16,6 +15,7 @@ from extproc.machine import (
     RequestMachine,
     Router,
 )
+from extproc.identity.jwt import AuthError, Identity
 
 KEY = "sk-provider-secret-123456"
 
@@ -153,7 +153,7 @@ def test_router_longest_prefix() -> None:
 
 # -- policy, budgets, masking -----------------------------------------------------------
 
-from extproc.machine import ChargeUsage, NeedBudget, ResponseMasking  # noqa: E402
+from extproc.datapath.machine import ChargeUsage, NeedBudget, ResponseMasking  # noqa: E402
 from extproc.masking import default_profile  # noqa: E402
 from extproc.policy import Policy  # noqa: E402
 from extproc.policy.model import BudgetOutcome  # noqa: E402

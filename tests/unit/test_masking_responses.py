@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.llmapi.sse import SseEvent, parse_events
 from extproc.masking import MaskingProfile, default_profile
 from extproc.masking.responses import (
     BodyTooLarge,
@@ -18,7 +19,6 @@ from extproc.masking.responses import (
     body_masker_for,
     is_text_content_type,
 )
-from extproc.sse import SseEvent, parse_events
 
 PROFILE = default_profile()
 TEXT = "Sure. Contact bob@example.com or +1-983-264-4179; card 4242 4242 4242 4242, ok?"

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc import mcp
+from extproc.llmapi.sse import parse_events
 from extproc.masking.responses import BodyTooLarge
-from extproc.mcp import (
+from extproc.tools import mcp
+from extproc.tools.mcp import (
     BATCH_REFUSED,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -33,7 +34,6 @@ from extproc.mcp import (
     tool_call,
     tool_fingerprint,
 )
-from extproc.sse import parse_events
 
 
 def call(id: Any, name: str = "search", arguments: Any = None, **extra: Any) -> dict[str, Any]:

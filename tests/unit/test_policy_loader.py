@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.config import ConfigError
+from extproc.config.model import ConfigError
 from extproc.policy import Policy, schema_path
 from extproc.policy import loader as L
 
@@ -187,7 +187,7 @@ def test_schema_is_draft_2020_12_and_keys_match_the_loader() -> None:
     assert set(d["content"]["properties"]) == L.CONTENT_KEYS
     assert set(d["budget"]["properties"]) == L.BUDGET_KEYS
     assert set(d["rule"]["properties"]["masking"]["properties"]) == L.MASKING_KEYS
-    from extproc.apis import OPERATIONS
+    from extproc.llmapi import OPERATIONS
     from extproc.policy.model import ACTIONS, BUDGET_SCOPES
 
     assert tuple(d["operation"]["enum"]) == OPERATIONS

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extproc.tools.protos import ROOT, generate
+from extproc.dev.protos import ROOT, generate
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:

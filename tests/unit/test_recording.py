@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.config import ConfigError
-from extproc.identity import Identity
+from extproc.config.model import ConfigError
+from extproc.identity.jwt import Identity
+from extproc.llmapi.usage import Usage
 from extproc.policy.model import Decision, RuleMatch
-from extproc.recording import (
+from extproc.recording.model import (
     InteractionRecorder,
     RecordingSettings,
     interaction_log_line,
@@ -24,7 +25,6 @@ from extproc.recording import (
     session_from_header,
     summarize,
 )
-from extproc.usage import Usage
 
 CRED = "sk-proj-INJECTEDcredential0123456789abcdef"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"

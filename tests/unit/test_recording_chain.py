@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.recording import GENESIS_HASH, ChainEntry, canonical_json, chain_hash, entry_digest, verify_chain
-from extproc.sessions_cli import parse_time, replay_chunks, verify_export
+from extproc.recording.cli import parse_time, replay_chunks, verify_export
+from extproc.recording.model import GENESIS_HASH, ChainEntry, canonical_json, chain_hash, entry_digest, verify_chain
 
 
 def build(n: int) -> list[ChainEntry]:

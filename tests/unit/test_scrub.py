@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.scrub import LiteralScrubber, scrub_text
+from extproc.datapath.scrub import LiteralScrubber, scrub_text
 
 SECRET = b"sk-live-0123456789abcdef"
 OTHER = b"sk-ant-ZYXWVUTSRQ"

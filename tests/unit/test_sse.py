@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.sse import SseError, SseEvent, SseParser, parse_events, serialize_event
+from extproc.llmapi.sse import SseError, SseEvent, SseParser, parse_events, serialize_event
 
 STREAM = (
     "\ufeff: keep-alive\r\n\r\n"

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.config import ConfigError
+from extproc.config.model import ConfigError
+from extproc.llmapi.sse import parse_events, serialize_event
 from extproc.masking import default_profile
 from extproc.masking.responses import BodyTooLarge
-from extproc.sse import parse_events, serialize_event
-from extproc.tool_policy import (
+from extproc.tools.policy import (
     ToolCallGuard,
     ToolPolicy,
     ToolRequest,

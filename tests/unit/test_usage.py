@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.usage import Usage, UsageTracker
+from extproc.llmapi.usage import Usage, UsageTracker
 
 OPENAI_SSE = (
     b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'

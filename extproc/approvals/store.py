@@ -1,0 +1,654 @@
+"""Approvals in Redis: records, atomic decisions across replicas, grants, and waking the
+held request the moment an approver decides.
+
+Keys (``<p>`` is the prefix, ``extproc:`` by default)::
+
+    <p>approval:<id>               the record (JSON); expires long after it stops mattering
+    <p>approvals:pending           ZSET id -> expires_at: what is waiting, oldest first
+    <p>approvals:all               ZSET id -> created_at: recent approvals, newest last
+    <p>approvals:binding:<sha256>  ZSET id -> created_at: approvals for one exact binding
+    <p>approvals:heartbeat:<owner> "1" with a TTL: the holding process is alive
+    <p>approvals:events            pub/sub channel: {"event": ..., "approval": {...}}
+
+Every change to a record is a WATCH/MULTI transaction: read the record, compute the new
+one with the pure functions of ``extproc.approvals.model``, write it and publish the event in one
+MULTI. If another replica changed the record in between, EXEC fails and the step is
+re-run on the fresh record, so two approvers racing on a quorum of two both count.
+
+All keys of one approval live on one Redis node: a single instance or Sentinel (like
+budgets); Redis Cluster would need a hash tag in the prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline, PubSub
+from redis.exceptions import RedisError, WatchError
+
+from extproc.approvals.model import (
+    PENDING,
+    Approval,
+    ApprovalError,
+    ApproverRule,
+    Binding,
+    abandon,
+    consume,
+    decide,
+    expire_if_due,
+    grant_usable,
+)
+from extproc.approvals.notify import Notifier
+from extproc.identity.jwt import Identity
+from extproc.store import StoreUnavailable
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TTL",
+    "ApprovalEvent",
+    "ApprovalStore",
+    "ApprovalWaiter",
+    "Subscription",
+]
+
+log = logging.getLogger("extproc.approvals")
+
+DEFAULT_PREFIX = "extproc:"
+#: A holder refreshes its heartbeat every ``HEARTBEAT_INTERVAL`` seconds; after
+#: ``HEARTBEAT_TTL`` without one, its held approvals count as abandoned.
+HEARTBEAT_INTERVAL = 10
+HEARTBEAT_TTL = 30
+#: How long a record is kept after it could last matter (expiry, then the grant window).
+RETENTION_SECONDS = 86_400
+#: ``approvals:all`` keeps the newest this many ids (``list`` of decided approvals).
+MAX_LISTED = 10_000
+_MAX_TX_ATTEMPTS = 64
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    # Callers handle one exception type for "the store is down" and decide to fail closed.
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        if isinstance(exc, WatchError):
+            raise
+        raise StoreUnavailable(type(exc).__name__) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalEvent:
+    #: created | voted | approved | denied | expired | abandoned
+    kind: str
+    approval: Approval
+
+
+def _event_payload(kind: str, a: Approval) -> bytes:
+    return json.dumps({"event": kind, "approval": a.to_dict()}, separators=(",", ":")).encode()
+
+
+def _parse_event(data: bytes | str) -> ApprovalEvent | None:
+    try:
+        doc = json.loads(data)
+        return ApprovalEvent(kind=str(doc["event"]), approval=Approval.from_dict(doc["approval"]))
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring a malformed approval event")
+        return None
+
+
+def _event_kind(old: Approval, new: Approval) -> str | None:
+    if old.state != new.state:
+        return new.state
+    if len(old.decisions) != len(new.decisions):
+        return "voted"
+    return None  # grant uses and owner changes wake nobody
+
+
+class ApprovalStore:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._r = redis
+        self.prefix = prefix
+        self._notifier = notifier
+        self._clock = clock
+
+    # -- keys ------------------------------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}approvals:events"
+
+    def _rec(self, approval_id: str) -> str:
+        return f"{self.prefix}approval:{approval_id}"
+
+    @property
+    def _pending(self) -> str:
+        return f"{self.prefix}approvals:pending"
+
+    @property
+    def _all(self) -> str:
+        return f"{self.prefix}approvals:all"
+
+    def _by_binding(self, binding: Binding) -> str:
+        return f"{self.prefix}approvals:binding:{binding.key()}"
+
+    def _hb(self, owner: str) -> str:
+        return f"{self.prefix}approvals:heartbeat:{owner}"
+
+    # -- create, read ---------------------------------------------------------
+
+    async def create(self, a: Approval, *, owner: str | None = None) -> Approval:
+        """Store a new pending approval, publish ``created`` and notify the webhooks.
+
+        With ``owner`` (``make_owner_id()``), the approval is held by that process: its
+        heartbeat is set here too, so another replica's ``abandon_stale`` cannot abandon
+        it before the first ``heartbeat`` call.
+        """
+        if owner is not None:
+            a = replace(a, owner=owner)
+        ttl = max(1, int(a.expires_at - a.created_at + a.grant_window_seconds + RETENTION_SECONDS))
+        idx = self._by_binding(a.binding)
+        with _redis_errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.set(self._rec(a.id), a.to_json(), ex=ttl)
+                pipe.zadd(self._pending, {a.id: a.expires_at})
+                pipe.zadd(self._all, {a.id: a.created_at})
+                pipe.zremrangebyrank(self._all, 0, -(MAX_LISTED + 1))
+                pipe.zadd(idx, {a.id: a.created_at})
+                pipe.expire(idx, ttl)
+                if owner is not None:
+                    pipe.set(self._hb(owner), b"1", ex=HEARTBEAT_TTL)
+                pipe.publish(self.channel, _event_payload("created", a))
+                await pipe.execute()
+        if self._notifier is not None:
+            self._notifier.notify("created", a)
+        return a
+
+    async def get(self, approval_id: str, *, now: float | None = None) -> Approval | None:
+        """The record, or None. A pending record past its expiry is marked ``expired`` first."""
+        with _redis_errors():
+            raw = await self._r.get(self._rec(approval_id))
+        if raw is None:
+            return None
+        a = Approval.from_json(raw)
+        return await self._expire(a, self._now(now))
+
+    async def list(
+        self, state: str | None = None, *, limit: int = 100, now: float | None = None
+    ) -> builtins.list[Approval]:
+        """Pending approvals oldest first (``state="pending"``); otherwise newest first."""
+        t = self._now(now)
+        out: builtins.list[Approval] = []
+        if state == PENDING:
+            with _redis_errors():
+                ids = [_s(i) for i in await self._r.zrange(self._pending, 0, -1)]
+            for a in await self._load(ids, t, prune=self._pending):
+                if a.state == PENDING:
+                    out.append(a)
+                    if len(out) >= limit:
+                        break
+            return out
+        start, batch = 0, max(limit, 100)
+        while len(out) < limit:
+            with _redis_errors():
+                ids = [_s(i) for i in await self._r.zrevrange(self._all, start, start + batch - 1)]
+            if not ids:
+                break
+            start += batch
+            out += [a for a in await self._load(ids, t, prune=self._all) if state is None or a.state == state]
+        return out[:limit]
+
+    async def _load(self, ids: builtins.list[str], now: float, *, prune: str) -> builtins.list[Approval]:
+        if not ids:
+            return []
+        with _redis_errors():
+            raws = await self._r.mget([self._rec(i) for i in ids])
+        out: builtins.list[Approval] = []
+        gone: builtins.list[str] = []
+        for i, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(i)  # the record outlived its retention; drop the index entry
+                continue
+            try:
+                a = Approval.from_json(raw)
+            except ValueError:
+                log.warning("skipping an unreadable approval record %s", i)
+                continue
+            out.append(await self._expire(a, now))
+        if gone:
+            with _redis_errors():
+                await self._r.zrem(prune, *gone)
+        return out
+
+    async def _expire(self, a: Approval, now: float) -> Approval:
+        if expire_if_due(a, now) is a:
+            return a
+
+        async def step(cur: Approval, pipe: Pipeline) -> Approval | None:
+            return expire_if_due(cur, now)
+
+        try:
+            return await self._transact(a.id, step)
+        except ApprovalError:
+            return expire_if_due(a, now)
+
+    # -- decisions ------------------------------------------------------------
+
+    async def decide(
+        self,
+        approval_id: str,
+        approver: Identity,
+        verdict: str,
+        reason: str = "",
+        *,
+        now: float | None = None,
+        rule: ApproverRule | None = None,
+    ) -> Approval:
+        """Record a vote atomically; returns the new record or raises ``ApprovalError``.
+
+        ``rule`` is the current configuration's approver rule for the approval's policy
+        rule (see ``ApprovalSettings.rule_for``); the voter must satisfy it as well as
+        the rule recorded when the request was held.
+        """
+        t = self._now(now)
+        refused: ApprovalError | None = None
+
+        async def step(cur: Approval, pipe: Pipeline) -> Approval | None:
+            nonlocal refused
+            refused = None
+            try:
+                return decide(cur, approver, verdict, reason, now=t, rule=rule)
+            except ApprovalError as exc:
+                expired = expire_if_due(cur, t)
+                if expired is cur:
+                    raise
+                refused = exc  # persist the expiry, then report why the vote failed
+                return expired
+
+        new = await self._transact(approval_id, step)
+        if refused is not None:
+            raise refused
+        return new
+
+    async def mark_abandoned(self, ids: Iterable[str], *, now: float | None = None) -> builtins.list[str]:
+        """Abandon these pending approvals (e.g. held requests cancelled at shutdown)."""
+        t = self._now(now)
+        done: builtins.list[str] = []
+        for i in ids:
+
+            async def step(cur: Approval, pipe: Pipeline) -> Approval | None:
+                return abandon(cur, t)  # raises unless pending: only report what we changed
+
+            with contextlib.suppress(ApprovalError):
+                if (await self._transact(i, step)).state == "abandoned":
+                    done.append(i)
+        return done
+
+    # -- holders: ownership, heartbeats, abandonment -----------------------------
+
+    async def heartbeat(self, owner: str, *, ttl_seconds: int = HEARTBEAT_TTL) -> None:
+        """Call every ``HEARTBEAT_INTERVAL`` seconds while this process may hold requests."""
+        with _redis_errors():
+            await self._r.set(self._hb(owner), b"1", ex=ttl_seconds)
+
+    async def release(self, approval_id: str, owner: str) -> Approval | None:
+        """The hold ended without a decision (timeout, client gone): nobody holds it now.
+
+        The approval stays pending, so an approver can still approve it and the caller's
+        retry finds the grant; it is no longer abandoned if this process dies.
+        """
+
+        async def step(cur: Approval, pipe: Pipeline) -> Approval | None:
+            return replace(cur, owner=None) if cur.owner == owner else None
+
+        try:
+            return await self._transact(approval_id, step)
+        except ApprovalError:
+            return None
+
+    async def abandon_stale(self, *, now: float | None = None) -> builtins.list[str]:
+        """Abandon pending approvals whose holding process stopped heartbeating.
+
+        Call at start-up and periodically (any replica may: it only touches approvals
+        whose owner's heartbeat key has expired). Returns the ids abandoned.
+        """
+        t = self._now(now)
+        with _redis_errors():
+            ids = [_s(i) for i in await self._r.zrange(self._pending, 0, -1)]
+        held = [a for a in await self._load(ids, t, prune=self._pending) if a.state == PENDING and a.owner]
+        owners = sorted({a.owner for a in held if a.owner})
+        if not owners:
+            return []
+        with _redis_errors():
+            alive = await self._r.mget([self._hb(o) for o in owners])
+        dead = {o for o, hb in zip(owners, alive, strict=True) if hb is None}
+        done: builtins.list[str] = []
+        for a in held:
+            if a.owner not in dead:
+                continue
+
+            async def step(cur: Approval, pipe: Pipeline) -> Approval | None:
+                if cur.owner is None:
+                    return None  # released meanwhile
+                # Watched too: a holder that heartbeats now keeps its approval.
+                hb = self._hb(cur.owner)
+                await pipe.watch(hb)
+                if await pipe.exists(hb):
+                    return None
+                return abandon(cur, t)  # raises unless pending (another replica was first)
+
+            with contextlib.suppress(ApprovalError):
+                if (await self._transact(a.id, step)).state == "abandoned":
+                    done.append(a.id)
+        if done:
+            log.warning("abandoned %d approval(s) whose holding process stopped: %s", len(done), ", ".join(done))
+        return done
+
+    async def maintain(self, owner: str, *, interval: float = HEARTBEAT_INTERVAL) -> None:
+        """Run until cancelled: heartbeat for ``owner``, abandon other dead holders' approvals,
+        expire overdue ones (so watchers and webhooks hear about it without anyone reading).
+        A Redis outage is logged and retried; it never ends the loop."""
+        while True:
+            try:
+                await self.heartbeat(owner)
+                await self.abandon_stale()
+                await self.expire_due()
+            except StoreUnavailable as exc:
+                log.warning("approval maintenance skipped: redis unavailable (%s)", exc)
+            await asyncio.sleep(interval)
+
+    async def expire_due(self, *, now: float | None = None) -> builtins.list[str]:
+        """Mark every pending approval past its expiry ``expired`` (publishing the event)."""
+        t = self._now(now)
+        with _redis_errors():
+            ids = [_s(i) for i in await self._r.zrangebyscore(self._pending, "-inf", t)]
+        return [a.id for a in await self._load(ids, t, prune=self._pending) if a.state == "expired"]
+
+    # -- grants -----------------------------------------------------------------
+
+    async def find_pending(self, binding: Binding, *, now: float | None = None) -> Approval | None:
+        """A pending approval for exactly this binding: a retry joins it instead of asking again."""
+        t = self._now(now)
+        for a in await self._for_binding(binding, t):
+            if a.state == PENDING and a.binding == binding:
+                return a
+        return None
+
+    async def find_grant(self, binding: Binding, *, now: float | None = None) -> Approval | None:
+        """An approved, still usable approval for exactly this binding, used once atomically.
+
+        ``once`` grants are consumed here (a second caller racing for the same grant gets
+        None); ``window`` grants count the use. Returns the updated record.
+        """
+        t = self._now(now)
+        for a in await self._for_binding(binding, t):
+            if grant_usable(a, binding, t):
+                got = await self.consume_grant(a.id, now=t)
+                if got is not None:
+                    return got
+        return None
+
+    async def consume_grant(self, approval_id: str, *, now: float | None = None) -> Approval | None:
+        """Use an approved grant (the held request that was just approved calls this).
+
+        None when the grant is already used up, past its window, or not approved.
+        """
+        t = self._now(now)
+
+        async def step(cur: Approval, pipe: Pipeline) -> Approval | None:
+            return consume(cur, t)
+
+        try:
+            return await self._transact(approval_id, step)
+        except ApprovalError:
+            return None
+
+    async def _for_binding(self, binding: Binding, now: float) -> builtins.list[Approval]:
+        idx = self._by_binding(binding)
+        with _redis_errors():
+            ids = [_s(i) for i in await self._r.zrevrange(idx, 0, 49)]
+        return await self._load(ids, now, prune=idx)
+
+    # -- the transaction ----------------------------------------------------------
+
+    async def _transact(
+        self, approval_id: str, step: Callable[[Approval, Pipeline], Awaitable[Approval | None]]
+    ) -> Approval:
+        """Optimistic read-modify-write of one record; ``step`` returns the new record or
+        None for "no change" (and may WATCH more keys through the pipeline). Returns the
+        record as stored afterwards."""
+        key = self._rec(approval_id)
+        for attempt in range(_MAX_TX_ATTEMPTS):
+            with _redis_errors():
+                async with self._r.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        if raw is None:
+                            raise ApprovalError("not_found", f"no approval {approval_id}")
+                        cur = Approval.from_json(raw)
+                        new = await step(cur, pipe)
+                        if new is None or new == cur:
+                            await pipe.unwatch()  # type: ignore[no-untyped-call]
+                            return cur
+                        kind = _event_kind(cur, new)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(key, new.to_json(), keepttl=True)
+                        if new.state != PENDING:
+                            pipe.zrem(self._pending, new.id)
+                        if kind is not None:
+                            pipe.publish(self.channel, _event_payload(kind, new))
+                        await pipe.execute()
+                    except WatchError:
+                        # Someone else changed it first: back off a little and re-read.
+                        await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311
+                        continue
+            if self._notifier is not None and kind in ("approved", "denied", "expired", "abandoned"):
+                self._notifier.notify("decided", new)
+            return new
+        raise StoreUnavailable(f"approval {approval_id} is contended; gave up after {_MAX_TX_ATTEMPTS} attempts")
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# ---------------------------------------------------------------------------
+# waking held requests: one pub/sub connection per process
+
+
+class Subscription:
+    """Approval events for one consumer (a ``Watch`` RPC). Bounded: a consumer that falls
+    more than ``maxsize`` events behind is cut off (``get`` returns None) rather than
+    growing memory."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._q: asyncio.Queue[ApprovalEvent | None] = asyncio.Queue(maxsize + 1)
+        self._max = maxsize
+        self.overflowed = False
+
+    def _offer(self, ev: ApprovalEvent) -> None:
+        if self.overflowed:
+            return
+        if self._q.qsize() >= self._max:
+            self.overflowed = True
+            self._q.put_nowait(None)  # the one spare slot: wakes the consumer to end
+            return
+        self._q.put_nowait(ev)
+
+    async def get(self) -> ApprovalEvent | None:
+        return await self._q.get()
+
+
+class ApprovalWaiter:
+    """Wakes held requests as soon as their approval leaves ``pending``.
+
+    One pub/sub connection per process serves every ``wait`` and every ``subscribe``:
+    fifty held requests are fifty futures in a dictionary, not fifty connections.
+    ``wait`` registers its future first, then makes sure the subscription is live, then
+    reads the record: a decision before the read is in the record, one after it arrives
+    as a message. No lost wake-up.
+
+    Pub/sub is at-most-once: after a reconnect, and every ``backstop_seconds`` while
+    anything waits, the waited records are re-read with one MGET. That is a safety net
+    for a dropped message, not the wake-up path.
+    """
+
+    def __init__(
+        self, redis: Redis, *, prefix: str = DEFAULT_PREFIX, backstop_seconds: float = 5.0
+    ) -> None:
+        self._r = redis
+        self._store = ApprovalStore(redis, prefix=prefix)
+        self._channel = self._store.channel
+        self._backstop = backstop_seconds
+        self._waiters: dict[str, set[asyncio.Future[Approval]]] = {}
+        self._subs: set[Subscription] = set()
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def waiting(self) -> int:
+        """Held requests currently waiting (for metrics)."""
+        return sum(len(s) for s in self._waiters.values())
+
+    async def start(self, *, timeout: float = 5.0) -> None:
+        """Subscribe; returns once the subscription is live or after ``timeout`` (then it
+        keeps trying in the background, and ``wait`` reads the record directly meanwhile)."""
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="approval-waiter")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+
+    async def wait(self, approval_id: str, timeout: float) -> Approval:
+        """The approval once it is no longer pending, or as it stands after ``timeout``.
+
+        Raises ``ApprovalError("not_found")`` for an unknown id and ``StoreUnavailable``
+        when Redis cannot be read (the caller fails closed).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        fut: asyncio.Future[Approval] = loop.create_future()
+        self._waiters.setdefault(approval_id, set()).add(fut)
+        try:
+            if not self._subscribed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._subscribed.wait(), max(0.0, deadline - loop.time()))
+            cur = await self._store.get(approval_id)
+            if cur is None:
+                raise ApprovalError("not_found", f"no approval {approval_id}")
+            if cur.state != PENDING:
+                return cur
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(fut, remaining)
+            return await self._store.get(approval_id) or cur
+        finally:
+            futs = self._waiters.get(approval_id)
+            if futs is not None:
+                futs.discard(fut)
+                if not futs:
+                    del self._waiters[approval_id]
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, *, maxsize: int = 1000) -> AsyncIterator[Subscription]:
+        """Every approval event from now on, for as long as the context is open."""
+        sub = Subscription(maxsize)
+        self._subs.add(sub)
+        try:
+            yield sub
+        finally:
+            self._subs.discard(sub)
+
+    # -- internals ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            ps: PubSub = self._r.pubsub()
+            try:
+                await ps.subscribe(self._channel)
+                while True:  # the confirmation: from here on every publish reaches us
+                    msg = await ps.get_message(timeout=5.0)
+                    if msg is None:
+                        raise TimeoutError("no subscribe confirmation")
+                    if msg.get("type") == "subscribe":
+                        break
+                self._subscribed.set()
+                backoff = 0.05
+                await self._recheck()  # whatever was decided while we were not subscribed
+                last = time.monotonic()
+                while True:
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        self._dispatch(msg["data"])
+                    if self._waiters and time.monotonic() - last >= self._backstop:
+                        await self._recheck()
+                        last = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
+                if not self._closing:
+                    log.warning("approval event subscription lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                self._subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await ps.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _dispatch(self, data: Any) -> None:
+        ev = _parse_event(data)
+        if ev is None:
+            return
+        for sub in list(self._subs):
+            sub._offer(ev)
+        if ev.approval.state != PENDING:
+            self._resolve(ev.approval)
+
+    def _resolve(self, a: Approval) -> None:
+        for f in self._waiters.get(a.id, ()):
+            if not f.done():
+                f.set_result(a)
+
+    async def _recheck(self) -> None:
+        ids = list(self._waiters)
+        if not ids:
+            return
+        for a in await self._store._load(ids, self._store._now(None), prune=f"{self._store.prefix}approvals:pending"):
+            if a.state != PENDING:
+                self._resolve(a)

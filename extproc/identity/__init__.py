@@ -1,0 +1,2 @@
+"""Who is calling: JWT/JWKS verification (``jwt``), provider credentials (``credentials``) and
+admin-API authorisation (``admin``)."""

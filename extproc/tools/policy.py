@@ -1,0 +1,1087 @@
+"""Tool policy: which AI tool calls may run, for MCP servers and for model-emitted tool calls.
+
+(This is the module the design calls ``extproc/tools.py``; that name is taken by the
+``extproc/tools/`` package of developer scripts, which would shadow a ``tools.py`` module.)
+
+The ``tools:`` section of the configuration (``docs/tools.md``) is a list of rules matched on
+the caller, the server (provider name), the tool name and conditions on the call's
+arguments. :meth:`ToolPolicy.evaluate` decides one call, most restrictive wins
+(block > require_approval > mask > allow), shadow-mode matches are recorded only.
+:meth:`ToolPolicy.may_call` answers the argument-free question ``tools/list`` needs.
+
+:class:`ToolCallGuard` checks the tool calls a *model* emits in a provider response (OpenAI
+chat and Responses, Anthropic messages; JSON and SSE) and removes the forbidden ones or ends
+the stream with an error. Everything here is pure and never raises on request content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from extproc.config.reader import kind
+from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
+from extproc.masking.profile import MaskingProfile
+from extproc.masking.responses import BodyTooLarge, media_type
+from extproc.policy.engine import policy_version
+from extproc.policy.loader import _Reader
+from extproc.policy.matchers import GlobSet, RegexRejected, compile_regex
+from extproc.policy.model import MODES, SEVERITY, RuleMatch
+
+__all__ = [
+    "ARGUMENT_OPERATORS",
+    "TOOL_ACTIONS",
+    "ArgumentCondition",
+    "ToolCallGuard",
+    "ToolDecision",
+    "ToolPolicy",
+    "ToolRequest",
+    "ToolRule",
+    "argument_digest",
+    "mask_arguments",
+    "parse_argument_path",
+]
+
+TOOL_ACTIONS: tuple[str, ...] = ("allow", "mask", "require_approval", "block")
+ARGUMENT_OPERATORS: tuple[str, ...] = ("equals", "in", "regex", "gt", "gte", "lt", "lte", "exists")
+TOOLS_KEYS = frozenset({"mode", "default", "default_message", "rules", "pins", "on_pin_mismatch"})
+RULE_KEYS = frozenset({"id", "description", "match", "action", "message", "mode", "mask"})
+MATCH_KEYS = frozenset({"tool", "servers", "users", "groups", "arguments"})
+CONDITION_KEYS = frozenset({"path", *ARGUMENT_OPERATORS})
+MASK_KEYS = frozenset({"arguments", "results"})
+DEFAULT_BLOCK_MESSAGE = "This tool call is not allowed by the AI tool policy."
+
+_MISSING: Any = object()
+_PATH_RE = re.compile(r"[^.\[\]]+(?:\[\d+\])*(?:\.[^.\[\]]+(?:\[\d+\])*)*")
+_SEGMENT_RE = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_FINGERPRINT_RE = re.compile(r"(?:sha256:)?[0-9a-fA-F]{64}")
+_EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
+
+
+# ---------------------------------------------------------------------------
+# values
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequest:
+    user: str
+    groups: tuple[str, ...]
+    #: Provider name of the route: an ``api: mcp`` provider for MCP, the LLM provider for
+    #: model-emitted calls.
+    server: str
+    tool: str
+    #: The call's arguments; None when they could not be read (e.g. invalid JSON from a model).
+    arguments: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDecision:
+    #: The enforced outcome: allow | mask | require_approval | block.
+    action: str
+    #: ``shadow`` when a shadow-mode match would have been more restrictive than ``action``.
+    mode: str
+    #: The rule that decided ``action``; None for the default outcome.
+    rule_id: str | None
+    #: For the caller; written by the policy author, never the matched argument.
+    message: str
+    #: Every rule that matched, enforce and shadow, in file order.
+    matches: tuple[RuleMatch, ...] = ()
+    #: Mask PII in the arguments before forwarding / in the tool's results (mask rules).
+    mask_arguments: bool = False
+    mask_results: bool = False
+    shadow_action: str | None = None
+    shadow_rule_id: str | None = None
+    tool: str = ""
+    server: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.action == "block"
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentCondition:
+    """One condition on one argument; every operator given must hold."""
+
+    path: str
+    segments: tuple[str | int, ...]
+    equals: Any = _MISSING
+    one_of: tuple[Any, ...] | None = None
+    regex: Any = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    exists: bool | None = None
+
+    def holds(self, arguments: Mapping[str, Any]) -> bool:
+        value = _resolve(arguments, self.segments)
+        if self.exists is not None and (value is not _MISSING) != self.exists:
+            return False
+        if value is _MISSING:
+            # Only ``exists: false`` can be satisfied by an absent argument.
+            return self.exists is False and self._only_exists()
+        if self.equals is not _MISSING and not _json_equal(value, self.equals):
+            return False
+        if self.one_of is not None and not any(_json_equal(value, v) for v in self.one_of):
+            return False
+        if self.regex is not None and not _any_text_matches(value, self.regex):
+            return False
+        if any(b is not None for b in (self.gt, self.gte, self.lt, self.lte)):
+            n = _number(value)
+            if n is None:
+                return False
+            if (self.gt is not None and not n > self.gt) or (self.gte is not None and not n >= self.gte) \
+                    or (self.lt is not None and not n < self.lt) or (self.lte is not None and not n <= self.lte):
+                return False
+        return True
+
+    def _only_exists(self) -> bool:
+        return (self.equals is _MISSING and self.one_of is None and self.regex is None
+                and all(b is None for b in (self.gt, self.gte, self.lt, self.lte)))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRule:
+    id: str
+    action: str
+    mode: str
+    message: str = ""
+    tools: GlobSet | None = None
+    servers: GlobSet | None = None
+    users: GlobSet | None = None
+    groups: GlobSet | None = None
+    arguments: tuple[ArgumentCondition, ...] = ()
+    mask_arguments: bool = False
+    mask_results: bool = False
+
+    def selects(self, user: str, groups: Sequence[str], server: str, tool: str) -> bool:
+        """Everything but the arguments."""
+        if self.tools is not None and not self.tools.matches(tool):
+            return False
+        if self.servers is not None and not self.servers.matches(server):
+            return False
+        if self.users is not None and not self.users.matches(user):
+            return False
+        return self.groups is None or self.groups.matches_any(groups)
+
+    def arguments_hold(self, arguments: Mapping[str, Any] | None) -> bool:
+        if not self.arguments:
+            return True
+        if arguments is None:
+            # Unreadable arguments: assume they satisfy rules that restrict and not rules
+            # that allow, so a malformed call is never better off than a well-formed one.
+            return self.action != "allow"
+        return all(c.holds(arguments) for c in self.arguments)
+
+
+# ---------------------------------------------------------------------------
+# argument helpers
+
+
+def parse_argument_path(path: str) -> tuple[str | int, ...]:
+    """``"where.env"`` -> ``("where", "env")``; ``"ids[0]"`` -> ``("ids", 0)``. ValueError if bad."""
+    if not isinstance(path, str) or not _PATH_RE.fullmatch(path):
+        raise ValueError("must be a dotted path like 'where.env' or 'ids[0]' (keys cannot contain '.', '[' or ']')")
+    return tuple(int(m.group(2)) if m.group(2) is not None else m.group(1) for m in _SEGMENT_RE.finditer(path))
+
+
+def _resolve(value: Any, segments: Sequence[str | int]) -> Any:
+    for seg in segments:
+        if isinstance(seg, int):
+            if not isinstance(value, list) or seg >= len(value):
+                return _MISSING
+            value = value[seg]
+        else:
+            if not isinstance(value, Mapping) or seg not in value:
+                return _MISSING
+            value = value[seg]
+    return value
+
+
+def _json_equal(value: Any, expected: Any) -> bool:
+    """Equality as JSON sees it: ``true`` is not ``1``; ``1`` equals ``1.0``.
+
+    Recursion is bounded by the depth of ``expected``, which comes from the configuration.
+    """
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(expected, bool) and isinstance(value, bool) and expected == value
+    if isinstance(expected, (int, float)):
+        return isinstance(value, (int, float)) and value == expected
+    if isinstance(expected, str):
+        return isinstance(value, str) and value == expected
+    if expected is None:
+        return value is None
+    if isinstance(expected, list):
+        return isinstance(value, list) and len(value) == len(expected) and all(
+            _json_equal(v, e) for v, e in zip(value, expected, strict=True))
+    if isinstance(expected, dict):
+        return isinstance(value, Mapping) and set(value) == set(expected) and all(
+            _json_equal(value[k], e) for k, e in expected.items())
+    return False
+
+
+def _any_text_matches(value: Any, regex: Any) -> bool:
+    """A string matches itself; a number its JSON text; a list or object when any key or
+    value inside it matches (so wrapping a value in a list does not evade a rule).
+
+    Iterative: arguments nested thousands deep must not exhaust the stack.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if regex.search(v) is not None:
+                return True
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            if regex.search(json.dumps(v)) is not None:
+                return True
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, Mapping):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+    return False
+
+
+def _number(value: Any) -> float | int | None:
+    """A number, or a string holding a JSON number (servers often coerce "5000" to 5000)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return None if isinstance(value, float) and math.isnan(value) else value
+    if isinstance(value, str) and len(value) <= 400:
+        text = value.strip()
+        if _NUMBER_RE.fullmatch(text):
+            try:
+                return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
+            except ValueError:  # more digits than int() accepts
+                return None
+    return None
+
+
+def argument_digest(tool: str, arguments: Mapping[str, Any] | None) -> str:
+    """``sha256:<hex>`` of canonical JSON of ``{tool, arguments}``: what an approval binds to."""
+    doc = {"tool": tool, "arguments": arguments}
+    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    prefix = b"extproc-tool-call-v1\x00"
+    return "sha256:" + hashlib.sha256(prefix + canon.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def mask_arguments(arguments: Any, profile: MaskingProfile) -> tuple[Any, Counter[str]]:
+    """A copy of ``arguments`` with every string value masked; keys are kept as they are.
+
+    Iterative, so any depth the JSON parser accepted is fine.
+    """
+    counts: Counter[str] = Counter()
+
+    def text(s: str) -> str:
+        masked, c = profile.mask(s)
+        counts.update(c)
+        return masked
+
+    if isinstance(arguments, str):
+        return text(arguments), counts
+    if not isinstance(arguments, (list, Mapping)):
+        return arguments, counts
+    root: Any = [] if isinstance(arguments, list) else {}
+    # (source container, destination container)
+    stack: list[tuple[Any, Any]] = [(arguments, root)]
+    while stack:
+        src, dst = stack.pop()
+        items = enumerate(src) if isinstance(src, list) else src.items()
+        for k, v in items:
+            if isinstance(v, str):
+                new: Any = text(v)
+            elif isinstance(v, list):
+                new = []
+                stack.append((v, new))
+            elif isinstance(v, Mapping):
+                new = {}
+                stack.append((v, new))
+            else:
+                new = v
+            if isinstance(dst, list):
+                dst.append(new)
+            else:
+                dst[k] = new
+    return root, counts
+
+
+# ---------------------------------------------------------------------------
+# the policy
+
+
+class ToolPolicy:
+    """The validated ``tools:`` section."""
+
+    __slots__ = ("default", "default_message", "mode", "on_pin_mismatch", "pins", "rules", "version")
+
+    def __init__(
+        self,
+        rules: Sequence[ToolRule] = (),
+        *,
+        mode: str = "enforce",
+        default: str = "allow",
+        default_message: str = DEFAULT_BLOCK_MESSAGE,
+        pins: Mapping[str, Mapping[str, str]] | None = None,
+        on_pin_mismatch: Literal["flag", "block"] = "flag",
+        version: str = "",
+    ) -> None:
+        self.rules = tuple(rules)
+        self.mode = mode
+        self.default = default
+        self.default_message = default_message
+        self.pins: Mapping[str, Mapping[str, str]] = MappingProxyType(
+            {s: MappingProxyType(dict(t)) for s, t in (pins or {}).items()})
+        self.on_pin_mismatch: Literal["flag", "block"] = on_pin_mismatch
+        self.version = version
+
+    @classmethod
+    def empty(cls) -> ToolPolicy:
+        return cls(version=policy_version(None))
+
+    @classmethod
+    def from_config(cls, raw: Any, *, file: str = "", lines: Mapping[str, int] | None = None) -> ToolPolicy:
+        return _parse(raw, file=file, lines=lines)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no call could ever be refused or changed (the data path can skip work)."""
+        return not self.rules and self.default == "allow" and not self.pins
+
+    def pins_for(self, server: str) -> Mapping[str, str]:
+        return self.pins.get(server, MappingProxyType({}))
+
+    def may_call(self, user: str, groups: Sequence[str], server: str, tool: str) -> bool:
+        """False when no call of ``tool`` by this caller could ever be allowed: an enforce-mode
+        block rule without argument conditions selects it, or ``default: block`` and no
+        enforce-mode allow rule selects it. Rules with argument conditions never hide a tool."""
+        enforced = [r for r in self.rules if r.mode == "enforce" and r.selects(user, groups, server, tool)]
+        if any(r.action == "block" and not r.arguments for r in enforced):
+            return False
+        return self.default == "allow" or any(r.action == "allow" for r in enforced)
+
+    def evaluate(self, req: ToolRequest) -> ToolDecision:
+        matches: list[RuleMatch] = []
+        enforced: list[ToolRule] = []
+        shadowed: list[ToolRule] = []
+        for rule in self.rules:
+            if not rule.selects(req.user, req.groups, req.server, req.tool):
+                continue
+            if not rule.arguments_hold(req.arguments):
+                continue
+            matches.append(RuleMatch(rule_id=rule.id, action=rule.action, mode=rule.mode))
+            (enforced if rule.mode == "enforce" else shadowed).append(rule)
+
+        # As in the prompt policy: with ``default: block`` only a matching allow rule opens
+        # the door, and a more restrictive match still wins over it.
+        allowed_by_default = self.default == "allow" or any(r.action == "allow" for r in enforced)
+        base = SEVERITY["allow"] if allowed_by_default else SEVERITY["block"]
+        top = _most_restrictive(enforced)
+        decided: ToolRule | None = None
+        if top is not None and SEVERITY[top.action] >= base:
+            action, decided = top.action, top
+        else:
+            action = "allow" if allowed_by_default else "block"
+        shadow = _most_restrictive(shadowed)
+        shadow_wins = shadow is not None and SEVERITY[shadow.action] > SEVERITY[action]
+
+        maskers = [r for r in enforced if r.action == "mask"] if action in ("mask", "require_approval") else []
+        return ToolDecision(
+            action=action,
+            mode="shadow" if shadow_wins else "enforce",
+            rule_id=decided.id if decided is not None else None,
+            message=self._message(action, decided),
+            matches=tuple(matches),
+            mask_arguments=any(r.mask_arguments for r in maskers),
+            mask_results=any(r.mask_results for r in maskers),
+            shadow_action=shadow.action if shadow_wins and shadow is not None else None,
+            shadow_rule_id=shadow.id if shadow_wins and shadow is not None else None,
+            tool=req.tool,
+            server=req.server,
+        )
+
+    def _message(self, action: str, rule: ToolRule | None) -> str:
+        if rule is None:
+            return self.default_message if action == "block" else ""
+        if action == "block":
+            return rule.message or f"This tool call was blocked by tool rule {rule.id!r}."
+        if action == "require_approval":
+            return rule.message or f"This tool call needs approval under tool rule {rule.id!r}."
+        return ""
+
+
+def _most_restrictive(rules: Sequence[ToolRule]) -> ToolRule | None:
+    best: ToolRule | None = None
+    for r in rules:  # file order, so on equal severity the earlier rule stays
+        if best is None or SEVERITY[r.action] > SEVERITY[best.action]:
+            best = r
+    return best
+
+
+# ---------------------------------------------------------------------------
+# configuration
+
+
+def _parse(raw: Any, *, file: str, lines: Mapping[str, int] | None) -> ToolPolicy:
+    path = "tools"
+    r = _Reader(file, lines)
+    top = r.mapping(raw, path, TOOLS_KEYS)
+    mode = r.choice(top, "mode", path, MODES, "enforce")
+    default = r.choice(top, "default", path, ("allow", "block"), "allow")
+    default_message = r.text(top, "default_message", path, DEFAULT_BLOCK_MESSAGE) or DEFAULT_BLOCK_MESSAGE
+    on_pin = r.choice(top, "on_pin_mismatch", path, ("flag", "block"), "flag")
+    raw_rules = top.get("rules")
+    if raw_rules is not None and not isinstance(raw_rules, list):
+        raise r.error(f"{path}.rules", f"must be a list, got {kind(raw_rules)}")
+    rules: list[ToolRule] = []
+    seen: dict[str, str] = {}
+    for i, value in enumerate(raw_rules or ()):
+        rp = f"{path}.rules[{i}]"
+        rule = _rule(r, value, rp, mode)
+        if rule.id in seen:
+            raise r.error(f"{rp}.id", f"rule id {rule.id!r} is already used by {seen[rule.id]}")
+        seen[rule.id] = rp
+        rules.append(rule)
+    pins = _pins(r, top.get("pins"), f"{path}.pins")
+    return ToolPolicy(rules, mode=mode, default=default, default_message=default_message, pins=pins,
+                      on_pin_mismatch="block" if on_pin == "block" else "flag", version=policy_version(raw))
+
+
+def _rule(r: _Reader, value: Any, path: str, default_mode: str) -> ToolRule:
+    if value is None:
+        raise r.error(path, "must be a mapping with at least 'id' and 'action'")
+    m = r.mapping(value, path, RULE_KEYS)
+    rule_id = r.ident(m, path)
+    if m.get("action") is None:
+        raise r.error(path, "missing required key 'action'")
+    action = r.choice(m, "action", path, TOOL_ACTIONS, "allow")
+    mode = r.choice(m, "mode", path, MODES, default_mode)
+    message = r.text(m, "message", path)
+    if message and action not in ("block", "require_approval"):
+        raise r.error(f"{path}.message", "is shown only for block and require_approval rules")
+    mp = f"{path}.match"
+    match = r.mapping(m.get("match"), mp, MATCH_KEYS)
+
+    def globs(key: str) -> GlobSet | None:
+        values = r.strings(match, key, mp)
+        return None if values is None else GlobSet(values)
+
+    conditions = _conditions(r, match.get("arguments"), f"{mp}.arguments")
+    mask_args = mask_results = False
+    if m.get("mask") is not None:
+        if action != "mask":
+            raise r.error(f"{path}.mask", "only mask rules take a 'mask' setting")
+        km = r.mapping(m["mask"], f"{path}.mask", MASK_KEYS)
+        mask_args = _flag(r, km, "arguments", f"{path}.mask", True)
+        mask_results = _flag(r, km, "results", f"{path}.mask", True)
+        if not (mask_args or mask_results):
+            raise r.error(f"{path}.mask", "masks nothing: set arguments or results to true")
+    elif action == "mask":
+        mask_args = mask_results = True
+    return ToolRule(
+        id=rule_id, action=action, mode=mode, message=message,
+        tools=globs("tool"), servers=globs("servers"), users=globs("users"), groups=globs("groups"),
+        arguments=conditions, mask_arguments=mask_args, mask_results=mask_results,
+    )
+
+
+def _flag(r: _Reader, m: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    v = m.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise r.error(f"{path}.{key}", f"must be true or false, got {kind(v)}")
+    return v
+
+
+def _conditions(r: _Reader, value: Any, path: str) -> tuple[ArgumentCondition, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise r.error(path, "must be a non-empty list of conditions; leave the key out to match any arguments")
+    return tuple(_condition(r, item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _condition(r: _Reader, value: Any, path: str) -> ArgumentCondition:
+    if not isinstance(value, dict):
+        raise r.error(path, f"must be a mapping like {{path: env, equals: production}}, got {kind(value)}")
+    m = r.mapping(value, path, CONDITION_KEYS)
+    raw_path = m.get("path")
+    if raw_path is None:
+        raise r.error(path, "missing required key 'path'")
+    try:
+        segments = parse_argument_path(raw_path)
+    except ValueError as exc:
+        raise r.error(f"{path}.path", str(exc)) from None
+    if not any(op in m for op in ARGUMENT_OPERATORS):
+        raise r.error(path, f"needs an operator: one of {', '.join(ARGUMENT_OPERATORS)}")
+    regex = None
+    if "regex" in m:
+        if not isinstance(m["regex"], str) or not m["regex"]:
+            raise r.error(f"{path}.regex", f"must be a non-empty string, got {kind(m['regex'])}")
+        try:
+            regex = compile_regex(m["regex"])
+        except RegexRejected as exc:
+            raise r.error(f"{path}.regex", str(exc)) from None
+    bounds: dict[str, float | None] = {}
+    for op in ("gt", "gte", "lt", "lte"):
+        v = m.get(op)
+        if op in m and (isinstance(v, bool) or not isinstance(v, (int, float)) or
+                        (isinstance(v, float) and not math.isfinite(v))):
+            raise r.error(f"{path}.{op}", f"must be a number, got {kind(v)}")
+        bounds[op] = v
+    one_of = None
+    if "in" in m:
+        if not isinstance(m["in"], list) or not m["in"]:
+            raise r.error(f"{path}.in", f"must be a non-empty list of values, got {kind(m['in'])}")
+        one_of = tuple(m["in"])
+    exists = None
+    if "exists" in m:
+        if not isinstance(m["exists"], bool):
+            raise r.error(f"{path}.exists", f"must be true or false, got {kind(m['exists'])}")
+        exists = m["exists"]
+        if exists is False and len(set(m) & set(ARGUMENT_OPERATORS)) > 1:
+            raise r.error(f"{path}.exists", "exists: false cannot be combined with other operators")
+    for op in ("equals", "in"):
+        for v in ([m[op]] if op == "equals" else m[op]) if op in m else ():
+            if not _is_json(v):
+                raise r.error(f"{path}.{op}", f"must be plain JSON values, got {type(v).__name__}")
+    return ArgumentCondition(
+        path=raw_path, segments=segments, equals=m["equals"] if "equals" in m else _MISSING, one_of=one_of,
+        regex=regex, gt=bounds["gt"], gte=bounds["gte"], lt=bounds["lt"], lte=bounds["lte"], exists=exists,
+    )
+
+
+def _is_json(v: Any) -> bool:
+    # YAML may produce dates and the like; equality with JSON arguments would never hold.
+    if v is None or isinstance(v, (str, bool, int)):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return all(_is_json(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_json(x) for k, x in v.items())
+    return False
+
+
+def _pins(r: _Reader, value: Any, path: str) -> dict[str, dict[str, str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise r.error(path, f"must be a mapping of server: {{tool: fingerprint}}, got {kind(value)}")
+    out: dict[str, dict[str, str]] = {}
+    for server, tools in value.items():
+        sp = f"{path}.{server}"
+        if not isinstance(server, str) or not isinstance(tools, dict) or not tools:
+            raise r.error(sp, "must be a non-empty mapping of tool: fingerprint")
+        out[server] = {}
+        for tool, fp in tools.items():
+            if not isinstance(tool, str) or not isinstance(fp, str) or not _FINGERPRINT_RE.fullmatch(fp):
+                raise r.error(f"{sp}.{tool}", "must be a sha256 fingerprint (64 hex digits, optionally 'sha256:')")
+            out[server][tool] = "sha256:" + fp.lower().removeprefix("sha256:")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# model-emitted tool calls
+
+_Key = tuple[Any, ...]
+_ANTHROPIC_TYPES = frozenset({
+    "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+    "message_delta", "message_stop", "ping", "error",
+})
+
+
+@dataclass
+class _Call:
+    """A streamed tool call being held until its arguments are complete."""
+
+    key: _Key
+    name: str = ""
+    arguments: str = ""
+    #: Arguments given whole (Anthropic ``input``, a Responses ``*.done`` event); wins over deltas.
+    final: Any = _MISSING
+    #: Held events: (original event, parsed data) -- rebuilt on release so indexes can shift.
+    events: list[tuple[SseEvent, Any]] = field(default_factory=list)
+
+
+class ToolCallGuard:
+    """Checks tool calls a model emits in a provider response; ``BodyMasker``-style feed/finish.
+
+    ``api`` is ``openai`` (chat completions and Responses, told apart by shape) or
+    ``anthropic``. Calls the policy blocks (or would hold for approval, which a response
+    cannot wait for) are forbidden: ``on_forbidden="remove"`` drops them (renumbering later
+    calls and blocks so client accumulators stay consistent, and turning a finish reason that
+    announced tool calls into a normal stop when none is left); ``"error"`` replaces the rest
+    of the response with one error event (JSON: the whole body with an error document).
+
+    In SSE a tool call's events are held from its start until its arguments are complete,
+    then released in order or dropped; everything else flows through immediately.
+    """
+
+    def __init__(
+        self,
+        policy: ToolPolicy,
+        user: str,
+        groups: Sequence[str],
+        api: Literal["openai", "anthropic"],
+        on_forbidden: Literal["remove", "error"] = "remove",
+        *,
+        content_type: str = "application/json",
+        provider: str = "",
+        max_buffer: int = 1 << 20,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        if api not in ("openai", "anthropic"):
+            raise ValueError(f"unknown api {api!r}")
+        self._policy = policy
+        self._user = user
+        self._groups = tuple(groups)
+        self._api = api
+        self._error = on_forbidden == "error"
+        self._provider = provider
+        self._media = media_type(content_type)
+        self._sse = SseParser(max_event_size=max_event_size) if self._media == "text/event-stream" else None
+        self._json = self._sse is None and (self._media in ("application/json", "text/json")
+                                            or self._media.endswith("+json"))
+        self._buf = bytearray()
+        self._max = max_buffer
+        self._held: dict[_Key, _Call] = {}
+        self._dead = False
+        # Per container ("chat", choice) / ("responses",) / ("anthropic",): removed and kept indexes.
+        self._removed: dict[_Key, list[int]] = {}
+        self._kept: Counter[_Key] = Counter()
+        self._responses_seen = False
+        self.decisions: list[ToolDecision] = []
+        self.blocked: list[str] = []
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._sse is not None:
+            return self._emit(self._sse.feed(chunk))
+        if not self._json:
+            return chunk  # not a shape that carries tool calls
+        self._buf += chunk
+        if len(self._buf) > self._max:
+            raise BodyTooLarge(f"response larger than {self._max} bytes")
+        return b""
+
+    def finish(self, chunk: bytes) -> bytes:
+        if self._sse is not None:
+            out = self._emit(self._sse.feed(chunk)) + self._emit(self._sse.close())
+            if not self._dead:
+                out += b"".join(serialize_event(e) for e in self._complete(lambda _k: True))
+            return out
+        if not self._json:
+            return chunk
+        out = self.feed(chunk)
+        body = bytes(self._buf)
+        self._buf.clear()
+        return out + self._json_body(body)
+
+    def _emit(self, events: list[SseEvent]) -> bytes:
+        out: list[SseEvent] = []
+        for ev in events:
+            if self._dead:
+                break
+            out.extend(self._event(ev))
+        return b"".join(serialize_event(e) for e in out)
+
+    def _decide(self, name: str, arguments: Mapping[str, Any] | None) -> bool:
+        """Record the decision; True when the call may stay."""
+        decision = self._policy.evaluate(ToolRequest(
+            user=self._user, groups=self._groups, server=self._provider, tool=name, arguments=arguments))
+        self.decisions.append(decision)
+        if decision.action in ("block", "require_approval"):
+            self.blocked.append(name)
+            return False
+        return True
+
+    def _shift(self, container: _Key, index: Any) -> Any:
+        if not isinstance(index, int) or isinstance(index, bool):
+            return index
+        return index - sum(1 for r in self._removed.get(container, ()) if r < index)
+
+    # -- JSON bodies ---------------------------------------------------------------------
+
+    def _json_body(self, body: bytes) -> bytes:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return body  # no client reads tool calls from it either
+        if not isinstance(doc, dict):
+            return body
+        changed = False
+        if isinstance(doc.get("choices"), list):
+            changed = self._json_chat(doc)
+        elif isinstance(doc.get("output"), list):
+            changed = self._json_responses(doc)
+        elif isinstance(doc.get("content"), list):
+            changed = self._json_anthropic(doc)
+        if self._dead:
+            return self._error_document()
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") \
+            if changed else body
+
+    def _forbidden(self, name: Any, arguments: Mapping[str, Any] | None) -> bool:
+        allowed = self._decide(name if isinstance(name, str) else "", arguments)
+        if not allowed and self._error:
+            self._dead = True
+        return not allowed
+
+    def _json_chat(self, doc: dict[str, Any]) -> bool:
+        changed = False
+        for choice in doc["choices"]:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            calls = message.get("tool_calls")
+            if isinstance(calls, list) and calls:
+                kept = []
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    fn = fn if isinstance(fn, dict) else {}
+                    if self._forbidden(fn.get("name"), _object_or_none(fn.get("arguments"))):
+                        changed = True
+                    else:
+                        kept.append(call)
+                if len(kept) != len(calls):
+                    if kept:
+                        message["tool_calls"] = kept
+                    else:
+                        del message["tool_calls"]
+                        if choice.get("finish_reason") == "tool_calls":
+                            choice["finish_reason"] = "stop"
+            legacy = message.get("function_call")
+            if isinstance(legacy, dict) and self._forbidden(legacy.get("name"),
+                                                            _object_or_none(legacy.get("arguments"))):
+                del message["function_call"]
+                if choice.get("finish_reason") == "function_call":
+                    choice["finish_reason"] = "stop"
+                changed = True
+        return changed
+
+    def _json_responses(self, doc: dict[str, Any]) -> bool:
+        kept = []
+        for item in doc["output"]:
+            if isinstance(item, dict) and item.get("type") == "function_call" and self._forbidden(
+                    item.get("name"), _object_or_none(item.get("arguments"))):
+                continue
+            kept.append(item)
+        if len(kept) == len(doc["output"]):
+            return False
+        doc["output"] = kept
+        return True
+
+    def _json_anthropic(self, doc: dict[str, Any]) -> bool:
+        kept = []
+        for block in doc["content"]:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                args = block.get("input")
+                if self._forbidden(block.get("name"), args if isinstance(args, dict) else None):
+                    continue
+            kept.append(block)
+        if len(kept) == len(doc["content"]):
+            return False
+        doc["content"] = kept
+        if doc.get("stop_reason") == "tool_use" and not any(
+                isinstance(b, dict) and b.get("type") == "tool_use" for b in kept):
+            doc["stop_reason"] = "end_turn"
+        return True
+
+    def _error_document(self) -> bytes:
+        message = self._error_message()
+        if self._api == "anthropic":
+            doc: dict[str, Any] = {"type": "error", "error": {"type": "permission_error", "message": message}}
+        else:
+            doc = {"error": {"message": message, "type": "tool_call_blocked", "code": "tool_call_blocked",
+                             "param": None}}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _error_message(self) -> str:
+        last = next((d for d in reversed(self.decisions) if d.action in ("block", "require_approval")), None)
+        text = last.message if last is not None and last.message else DEFAULT_BLOCK_MESSAGE
+        return f"The model called tool {last.tool!r}, which is not allowed: {text}" if last else text
+
+    # -- SSE dispatch ----------------------------------------------------------------------
+
+    def _event(self, ev: SseEvent) -> list[SseEvent]:
+        if ev.data is None:
+            return [ev]
+        if ev.data.strip() == "[DONE]":
+            pre = self._complete(lambda _k: True)
+            return pre if self._dead else [*pre, ev]
+        try:
+            obj = json.loads(ev.data)
+        except (ValueError, RecursionError):
+            return [ev]
+        if not isinstance(obj, dict):
+            return [ev]
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else None
+        if isinstance(obj.get("choices"), list):
+            return self._chat(ev, obj)
+        if isinstance(kind, str) and kind.startswith("response."):
+            return self._responses(ev, obj, kind)
+        if kind in _ANTHROPIC_TYPES:
+            return self._anthropic(ev, obj, kind)
+        return [ev]
+
+    def _complete(self, pred: Callable[[_Key], bool]) -> list[SseEvent]:
+        """Decide every held call whose key satisfies ``pred``; the events to emit now."""
+        out: list[SseEvent] = []
+        for key in [k for k in self._held if pred(k)]:
+            if self._dead:
+                break
+            call = self._held.pop(key)
+            container, index = key[:-1], key[-1]
+            args = call.final if call.final is not _MISSING else _object_or_none(call.arguments or "{}")
+            if not isinstance(args, Mapping):
+                args = None
+            if self._decide(call.name, args):
+                self._kept[container] += 1
+                out.extend(self._rebuild(ev, obj) for ev, obj in call.events)
+            elif self._error:
+                self._dead = True
+                out.extend(self._tail())
+            else:
+                self._removed.setdefault(container, []).append(index)
+        return out
+
+    def _tail(self) -> list[SseEvent]:
+        """What replaces the rest of the stream after a forbidden call in error mode."""
+        self._dead = True
+        message = self._error_message()
+        if self._api == "anthropic":
+            data = {"type": "error", "error": {"type": "permission_error", "message": message}}
+            return [SseEvent(data=_dumps(data), event="error")]
+        error = {"message": message, "type": "tool_call_blocked", "code": "tool_call_blocked", "param": None}
+        if self._responses_seen and self._api == "openai":
+            # ResponseErrorEvent's fields, plus "error", on which the SDK raises APIError.
+            recap = {"type": "error", "code": "tool_call_blocked", "message": message, "param": None, "error": error}
+            return [SseEvent(data=_dumps(recap), event="error")]
+        return [SseEvent(data=_dumps({"error": error})), SseEvent(data="[DONE]")]
+
+    def _rebuild(self, ev: SseEvent, obj: Any) -> SseEvent:
+        """A held event with its indexes shifted past calls removed before it."""
+        if isinstance(obj, dict):
+            obj = self._renumber(obj)
+        return _with_data(ev, _dumps(obj)) if obj is not None else ev
+
+    def _renumber(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(obj.get("choices"), list):
+            for choice in obj["choices"]:
+                if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                    container = ("chat", choice.get("index", 0))
+                    for call in choice["delta"].get("tool_calls") or ():
+                        if isinstance(call, dict) and "index" in call:
+                            call["index"] = self._shift(container, call["index"])
+        elif "output_index" in obj:
+            obj["output_index"] = self._shift(("responses",), obj["output_index"])
+        elif obj.get("type") in _ANTHROPIC_TYPES and "index" in obj:
+            obj["index"] = self._shift(("anthropic",), obj["index"])
+        return obj
+
+    # -- OpenAI chat completions -------------------------------------------------------------
+
+    def _chat(self, ev: SseEvent, obj: dict[str, Any]) -> list[SseEvent]:
+        out: list[SseEvent] = []
+        envelope = {k: v for k, v in obj.items() if k != "choices"}
+        rest: list[Any] = []
+        for position, choice in enumerate(obj["choices"]):
+            if not isinstance(choice, dict):
+                rest.append(choice)
+                continue
+            i = _index(choice.get("index"), position)
+            delta = choice.get("delta")
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if isinstance(delta, dict) and isinstance(calls, list) and calls:
+                for entry in calls:
+                    j = _index(entry.get("index"), 0) if isinstance(entry, dict) else 0
+                    key = ("chat", i, j)
+                    # OpenAI streams one call after another: a new index completes the others.
+                    out += self._complete(_other_calls_of(i, key))
+                    call = self._held.get(key)
+                    if call is None:
+                        call = self._held[key] = _Call(key)
+                    fn = entry.get("function") if isinstance(entry, dict) else None
+                    if isinstance(fn, dict):
+                        # Concatenated, as the SDK's stream accumulator does.
+                        if isinstance(fn.get("name"), str):
+                            call.name += fn["name"]
+                        if isinstance(fn.get("arguments"), str):
+                            call.arguments += fn["arguments"]
+                    piece = {**envelope, "choices": [{"index": i, "delta": {"tool_calls": [entry]},
+                                                      "finish_reason": None}]}
+                    call.events.append((ev, piece))
+                choice = {**choice, "delta": {k: v for k, v in delta.items() if k != "tool_calls"}}
+                if not _chat_choice_matters(choice):
+                    continue
+            if choice.get("finish_reason") is not None:
+                out += self._complete(_calls_of(i))
+                if self._dead:
+                    return out
+                container = ("chat", i)
+                if self._removed.get(container) and not self._kept[container] and \
+                        choice.get("finish_reason") in ("tool_calls", "function_call"):
+                    choice = {**choice, "finish_reason": "stop"}
+            rest.append(choice)
+        if self._dead:
+            return out
+        if rest or not obj["choices"]:
+            out.append(_with_data(ev, _dumps({**obj, "choices": rest})))
+        elif obj.get("usage"):
+            out.append(_with_data(ev, _dumps({**obj, "choices": []})))
+        return out
+
+    # -- OpenAI Responses ----------------------------------------------------------------------
+
+    def _responses(self, ev: SseEvent, obj: dict[str, Any], kind: str) -> list[SseEvent]:
+        self._responses_seen = True
+        index = _index(obj.get("output_index"), None)
+        key = ("responses", index)
+        if kind == "response.output_item.added":
+            item = obj.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                call = self._held[key] = _Call(key)
+                call.name = str(item["name"]) if isinstance(item.get("name"), str) else ""
+                if isinstance(item.get("arguments"), str):
+                    call.arguments = item["arguments"]
+                call.events.append((ev, obj))
+                return []
+        held = self._held.get(key) if index is not None else None
+        if held is not None:
+            call = held
+            call.events.append((ev, obj))
+            if kind == "response.function_call_arguments.delta" and isinstance(obj.get("delta"), str):
+                call.arguments += obj["delta"]
+            elif kind == "response.function_call_arguments.done" and isinstance(obj.get("arguments"), str):
+                call.final = _object_or_none(obj["arguments"])
+            elif kind == "response.output_item.done":
+                item = obj.get("item")
+                if isinstance(item, dict):
+                    if isinstance(item.get("name"), str):
+                        call.name = item["name"]
+                    if isinstance(item.get("arguments"), str):
+                        call.final = _object_or_none(item["arguments"])
+                return self._complete(lambda k: k == key)
+            return []
+        pre: list[SseEvent] = []
+        response = obj.get("response")
+        if isinstance(response, dict) and isinstance(response.get("output"), list):
+            # A final recap (completed / incomplete / failed): decide anything still held and
+            # drop removed calls from the recap too, or the client would see them there.
+            pre = self._complete(lambda k: k[0] == "responses")
+            if self._dead:
+                return pre
+            removed = set(self._removed.get(("responses",), ()))
+            output = [it for n, it in enumerate(response["output"])
+                      if not (n in removed and isinstance(it, dict) and it.get("type") == "function_call")]
+            if len(output) != len(response["output"]):
+                obj = {**obj, "response": {**response, "output": output}}
+                return [*pre, _with_data(ev, _dumps(obj))]
+        if "output_index" in obj and self._removed.get(("responses",)):
+            return [*pre, _with_data(ev, _dumps(self._renumber(obj)))]
+        return [*pre, ev]
+
+    # -- Anthropic messages ----------------------------------------------------------------------
+
+    def _anthropic(self, ev: SseEvent, obj: dict[str, Any], kind: str) -> list[SseEvent]:
+        index = _index(obj.get("index"), None)
+        key = ("anthropic", index)
+        if kind == "content_block_start":
+            block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                call = self._held[key] = _Call(key)
+                call.name = str(block["name"]) if isinstance(block.get("name"), str) else ""
+                if isinstance(block.get("input"), dict) and block["input"]:
+                    call.final = block["input"]
+                call.events.append((ev, obj))
+                return []
+        held = self._held.get(key) if index is not None else None
+        if held is not None and kind in ("content_block_delta", "content_block_stop"):
+            call = held
+            call.events.append((ev, obj))
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "input_json_delta" and \
+                    isinstance(delta.get("partial_json"), str):
+                call.arguments += delta["partial_json"]
+                call.final = _MISSING  # streamed input replaces the (empty) start input
+            if kind == "content_block_stop":
+                return self._complete(lambda k: k == key)
+            return []
+        pre: list[SseEvent] = []
+        if kind in ("message_delta", "message_stop"):
+            pre = self._complete(lambda k: k[0] == "anthropic")
+            if self._dead:
+                return pre
+        if kind == "message_delta":
+            delta = obj.get("delta")
+            container = ("anthropic",)
+            if isinstance(delta, dict) and delta.get("stop_reason") == "tool_use" and \
+                    self._removed.get(container) and not self._kept[container]:
+                obj = {**obj, "delta": {**delta, "stop_reason": "end_turn"}}
+                return [*pre, _with_data(ev, _dumps(obj))]
+        if "index" in obj and self._removed.get(("anthropic",)):
+            return [*pre, _with_data(ev, _dumps(self._renumber(obj)))]
+        return [*pre, ev]
+
+
+def _calls_of(choice: Any) -> Callable[[_Key], bool]:
+    return lambda k: k[:2] == ("chat", choice)
+
+
+def _other_calls_of(choice: Any, key: _Key) -> Callable[[_Key], bool]:
+    return lambda k: k[:2] == ("chat", choice) and k != key
+
+
+def _index(value: Any, fallback: Any) -> Any:
+    """An index usable as a key: providers send ints; anything else (even unhashable) falls back."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    return fallback
+
+
+def _chat_choice_matters(choice: dict[str, Any]) -> bool:
+    """Whether what is left of a choice after taking its tool calls out is worth an event."""
+    if choice.get("finish_reason") is not None or choice.get("logprobs"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(v not in (None, "", [], {}) for v in delta.values())
+
+
+def _object_or_none(text: Any) -> Mapping[str, Any] | None:
+    if isinstance(text, Mapping):
+        return text
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _dumps(doc: Any) -> str:
+    try:
+        out = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = json.dumps(doc, separators=(",", ":"))
+    return out
+
+
+def _with_data(ev: SseEvent, data: str) -> SseEvent:
+    return SseEvent(data=data, event=ev.event, id=ev.id, retry=ev.retry, comments=ev.comments)
+
