@@ -11,15 +11,15 @@ load time, so one file serves a laptop and a cluster (``redis.url: ${REDIS_URL:-
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+
+from extproc.errors import ConfigError, located_error
 
 __all__ = [
     "AdminConfig",
@@ -30,47 +30,12 @@ __all__ = [
     "IssuerConfig",
     "ListenerConfig",
     "ProviderConfig",
-    "load_config",
     "located_error",
     "parse_config",
 ]
 
 ApiFlavour = Literal["openai", "anthropic", "generic", "mcp"]
 API_FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "generic", "mcp")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, located by file, line and key path."""
-
-    def __init__(self, message: str, *, path: str = "", file: str = "", line: int | None = None) -> None:
-        self.message = message
-        self.path = path
-        self.file = file
-        self.line = line
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.file or "<config>"
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.path:
-            return f"{where}: {self.path}: {self.message}"
-        return f"{where}: {self.message}"
-
-
-def located_error(message: str, *, path: str, file: str, lines: Mapping[str, int] | None) -> ConfigError:
-    """A ``ConfigError`` at ``path``; a key that is missing has no line of its own, so the
-    nearest enclosing key's line is reported. Every section loader uses this."""
-    lines = lines or {}
-    probe = path
-    line = lines.get(probe)
-    while line is None and probe:
-        shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
-        if shorter == probe:
-            break
-        probe = shorter
-        line = lines.get(probe)
-    return ConfigError(message, path=path, file=file, line=line)
 
 
 # ---------------------------------------------------------------------------
@@ -556,8 +521,10 @@ def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
 _EXTENSION_KEYS = {"policy", "masking", "approvals", "recording", "tools"}
 
 def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | None = None,
-                 env: Mapping[str, str] | None = None, text: str | None = None) -> Config:
-    r = _Reader(file, lines or {}, os.environ if env is None else env)
+                 env: Mapping[str, str], text: str | None = None) -> Config:
+    """Validate a parsed document. ``env`` expands ``${VAR}``: the process environment, passed in by
+    :func:`extproc.config.load.load_config` (this module reads no files and no globals)."""
+    r = _Reader(file, lines or {}, env)
     top = r.mapping(
         data,
         "",
@@ -692,17 +659,3 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         lines=dict(lines or {}),
         shutdown_grace_seconds=r.number(top, "shutdown_grace_seconds", "", 20.0, 0.0, 600.0),
     )
-
-
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    file = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not valid UTF-8 (byte {exc.start})", file=file) from None
-    data, lines = _load_with_lines(text, file)
-    return parse_config(data, file=file, lines=lines, env=env, text=text)

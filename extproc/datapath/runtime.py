@@ -8,6 +8,8 @@ swaps it in whole; requests in flight keep the one they started with.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -141,6 +143,9 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         router=Router(cfg.providers),
         credential=creds.get,
         all_credentials=creds.all_values,
+        clock=time.time,
+        new_id=lambda: uuid.uuid4().hex,
+        timer=time.perf_counter,
         policy=policy(cfg),
         governed=cfg.raw.get("policy") is not None,
         approvals=approvals(cfg),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import re2
 
-from extproc.config.model import ConfigError
+from extproc.errors import ConfigError
 from extproc.masking.detectors import BUILTIN_ENTITIES, Detector, builtin_detectors
 from extproc.masking.engine import Engine, compile_pattern
 from extproc.masking.replacement import STYLES, Style, render
