@@ -22,10 +22,10 @@ from extproc.policy import Policy
 from extproc.recording.model import RecordingSettings
 from extproc.tools.policy import ToolPolicy
 
-__all__ = ["HOLD_MARGIN", "approvals", "build_gateway", "response_masking", "validate_sections"]
+__all__ = ["HOLD_GRACE_SECONDS", "approvals", "build_gateway", "response_masking", "validate_sections"]
 
 #: Seconds a held request's message timeout is extended beyond the hold itself.
-HOLD_MARGIN = 5
+HOLD_GRACE_SECONDS = 5
 
 _RESPONSE_KEYS = {"enabled", "providers", "exempt_groups", "max_buffer_bytes", "on_unmaskable"}
 
@@ -97,11 +97,11 @@ def approvals(cfg: Config) -> ApprovalSettings | None:
         return None
     settings = ApprovalSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
     limit = cfg.envoy.max_message_timeout_seconds
-    if settings.hold_seconds + HOLD_MARGIN > limit:
+    if settings.hold_seconds + HOLD_GRACE_SECONDS > limit:
         raise _located(cfg)(
             "approvals.hold_seconds",
             f"a hold of {settings.hold_seconds}s needs envoy.max_message_timeout_seconds >= "
-            f"{settings.hold_seconds + HOLD_MARGIN} (it is {limit}): Envoy would cut the held request",
+            f"{settings.hold_seconds + HOLD_GRACE_SECONDS} (it is {limit}): Envoy would cut the held request",
         )
     return settings
 
