@@ -1,0 +1,306 @@
+"""Phone numbers: a cheap RE2 candidate scan, then libphonenumber decides per region.
+
+The scan proposes any run that could be written as a phone number (digits with spaces,
+dashes, dots, slashes, an international ``+``/``00``/``011`` prefix, a ``(0)`` trunk
+marker, bracketed area codes, an extension). The validator then
+
+* throws out shapes that are something else: dotted quads, dates and timestamps, digit
+  runs after words such as "order" or "invoice", bare digit runs written without any
+  phone punctuation;
+* parses international forms (``+``, ``00``, ``011``) for every region libphonenumber
+  knows, and national forms for a configured list of regions (the trunk prefix, where
+  the region has one, must be written: ``020 7946 0018`` for GB, not ``20 7946 0018``);
+* accepts the longest prefix of the candidate that libphonenumber calls a *valid*
+  number (not merely a possible one), so "+44 20 7946 0018 2 times" masks the number only.
+
+libphonenumber is consulted only after a cheap length and national-pattern filter, so a
+digit run costs a handful of regex checks unless it really looks like a number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneMetadata
+
+__all__ = [
+    "DEFAULT_PHONE_REGIONS",
+    "PHONE_ALPHABET",
+    "PHONE_MAX_LENGTH",
+    "PHONE_PATTERN",
+    "PhoneRules",
+    "phone_rules",
+]
+
+#: National forms are recognised for these regions; international forms for every region.
+#: US covers the whole NANP (CA and the Caribbean share the +1 plan).
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "CA", "GB", "DE", "FR", "NL", "ES", "IT", "PT", "BR", "IN", "AU", "JP", "CH", "AT", "BE", "SE", "PL",
+)
+
+# Where people write national numbers without the trunk prefix as a matter of course:
+# Brazilian area codes in brackets ("(11) 94567-8901") and Indian mobiles ("98765 43210").
+_TRUNK_OPTIONAL = frozenset({"BR", "IN"})
+
+_EXT = r"(?:,? ?(?:[xX]|[eE][xX][tT](?:[nN]|[eE][nN][sS][iI][oO][nN])?\.?|#) ?\d{1,6})"
+PHONE_PATTERN = r"(?:\+ ?|\()?\d[\d ()./-]{5,30}\d" + _EXT + "?"
+#: Every character a candidate can contain (the streaming hold-back works on it).
+PHONE_ALPHABET = "0123456789+()./- ,#xXeEtTnNsSiIoO"
+#: "+44 (0)20 7946 0018 extension 123456" with room to spare.
+PHONE_MAX_LENGTH = 56
+
+_EXT_TAIL = re.compile(_EXT + r"\Z")
+_DIGIT = frozenset(b"0123456789")
+_WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_SEPARATORS = frozenset(" .-/")
+_DATE_LEAD = re.compile(
+    r"(?:19|20)\d\d[-./ ](?:0?[1-9]|1[0-2])[-./ ](?:0?[1-9]|[12]\d|3[01])(?!\d)"  # 2024-03-15 (14...)
+    r"|(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|[12]\d|3[01])[-./](?:19|20)?\d\d(?!\d)"  # 15.03.2024, 03/15/24
+)
+# NANP: area code and exchange never start with 0 or 1; written 3-3-4 or (3) 3-4.
+_NANP_DIGITS = re.compile(r"[2-9]\d\d[2-9]\d{6}")
+_NANP_NATIONAL = re.compile(r"(?:1[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d([ .-]))[2-9]\d\d([ .-])\d{4}")
+_NANP_SHAPE = re.compile(r"(?:1[ .-]?)?(?:\(\d{3}\) ?|\d{3}([ .-]))\d{3}([ .-])\d{4}")
+# A national-looking run right after a bare country code ("+55 61 9141-7776") belongs to
+# that international number; when the whole fails, the tail must not pass as national.
+_AFTER_COUNTRY_CODE = re.compile(rb"(?:\+|(?<!\d)00)\d{1,3}[ .-]?\Z")
+_DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+# Words after which a digit run is an identifier, not a phone number (English and the
+# languages of the default regions). Compared lower-case against the last two words.
+_NOT_A_PHONE_BEFORE = frozenset(
+    "order orders ord invoice inv ticket ref reference case tracking shipment parcel sku serial sn po "
+    "isbn issn ean upc build version release batch lot id "
+    "auftrag bestellung bestellnummer rechnung kundennummer commande facture pedido factura ordine fattura "
+    "bestelling factuur encomenda fatura zamowienie faktura".split()
+)
+# "Phone number 020 ..." must stay a phone even though "number" is neutral.
+_PHONE_WORDS = frozenset(
+    "phone tel tele telephone telefon telefono telefone telefoon téléphone mobile mob cell cellphone fax call "
+    "contact whatsapp handy portable móvil movil cellulare celular gsm".split()
+)
+_LEFT_WORDS = re.compile(rb"(?<![A-Za-z\xc0-\xff])([A-Za-z\xc0-\xff]+)[^A-Za-z\xc0-\xff\n]{0,4}(?:([A-Za-z\xc0-\xff]+)[^A-Za-z\xc0-\xff\n]{0,4})?\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    code: str
+    country_code: int
+    trunk: str | None
+    trunk_required: bool
+    lengths: frozenset[int]
+    general: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneRules:
+    """The compiled region table; immutable, shared by every scan with these regions."""
+
+    regions: tuple[_Region, ...]
+    #: US or CA among the national regions: well-formed NANP numbers count even when
+    #: libphonenumber does not know the area code yet.
+    nanp: bool = False
+
+    @property
+    def region_codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.regions)
+
+    def validate(self, data: bytes, s: int, e: int) -> int | None:
+        """The accepted end of a phone candidate ``data[s:e]``, or None."""
+        verdict = self.decide(data, s, e)
+        return verdict[0] if verdict is not None else None
+
+    def decide(self, data: bytes, s: int, e: int) -> tuple[int, str] | None:
+        """``(end, reason)`` for an accepted candidate, None when it is not a phone number."""
+        before = data[s - 1] if s > 0 else -1
+        if before in _WORD or before == 0x2B or (before in (0x2E, 0x2D, 0x2F, 0x3A) and s >= 2
+                                                 and data[s - 2] in _DIGIT):
+            return None  # the tail of a longer token: "x123...", "1.234...", "12:34 ..."
+        if _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s) is not None:
+            return None
+        raw = data[s:e].decode("ascii")
+        ext = ""
+        m = _EXT_TAIL.search(raw)
+        if m is not None:
+            ext = m.group(0)
+            raw = raw[: m.start()]
+        for end in _ends(raw):
+            core = raw[:end]
+            if end < len(raw):
+                ext_here = ""
+            else:
+                ext_here = ext
+            stop = s + len(core) + len(ext_here)
+            nxt = data[stop] if stop < len(data) else -1
+            if nxt in _WORD or nxt == 0x40:  # "...0147abc", "...0147@host"
+                continue
+            if nxt in (0x3A, 0x2E, 0x2D, 0x2F) and stop + 1 < len(data) and data[stop + 1] in _DIGIT:
+                continue  # "2024 12:30", "1.2.3.4.5": part of a longer token
+            region = self._which(data, s, core)
+            if region is not None:
+                return stop, region
+        return None
+
+    def _which(self, data: bytes, s: int, core: str) -> str | None:
+        if not _shape_ok(core):
+            return None
+        digits = "".join(ch for ch in core if ch.isdigit())
+        international = _international(core, digits)
+        if international is not None:
+            if international.startswith("+1") and _NANP_DIGITS.fullmatch(international[2:]):
+                # Area codes are assigned all the time and libphonenumber's table lags;
+                # a well-formed +1 number is a phone number even where the table says no.
+                return _valid_international(international) or "NANP number (well-formed), international format"
+            return _valid_international(international)
+        if core[0] == "+" or "(0)" in core or _context_says_identifier(data, s):
+            return None
+        if len(set(core) & _SEPARATORS) == 0 and "(" not in core and not (digits[0] == "0" and len(digits) >= 9):
+            return None  # bare digit runs are identifiers unless they carry a trunk zero
+        if self.nanp and _NANP_SHAPE.fullmatch(core):
+            # Written the NANP way (3-3-4, "(3) 3-4"): a NANP number or nothing, so
+            # "(123) 456-7890" is not rescued as a Brazilian or Italian one.
+            if _NANP_NATIONAL.fullmatch(core):
+                return "NANP number (area code and exchange well-formed), national format"
+            if digits[0] != "0":
+                return None
+        for region in self.regions:
+            if _national_valid(region, core, digits):
+                return f"valid {region.code} number, national format"
+        return None
+
+
+def _ends(raw: str) -> list[int]:
+    """The whole candidate first, then every shorter prefix ending in a digit before a
+    separator: a greedy scan may have swallowed a following, unrelated group."""
+    ends = [len(raw)]
+    for i in range(len(raw) - 1, 6, -1):
+        if raw[i] in " .-/(" and raw[i - 1].isdigit():
+            ends.append(i)
+    return ends
+
+
+def _shape_ok(core: str) -> bool:
+    digits = sum(ch.isdigit() for ch in core)
+    if not 7 <= digits <= 17:
+        return False
+    if _DOTTED_QUAD.fullmatch(core) or _DATE_LEAD.match(core.lstrip("(+")):
+        return False
+    # Brackets: balanced, never nested, around digits only, at most two pairs.
+    depth = pairs = 0
+    for ch in core:
+        if ch == "(":
+            if depth:
+                return False
+            depth, pairs = 1, pairs + 1
+        elif ch == ")":
+            if not depth:
+                return False
+            depth = 0
+    if depth or pairs > 2:
+        return False
+    seps = {ch for ch in core if ch in _SEPARATORS}
+    if "." in seps and len(seps) > 1:
+        return False  # "1.234-56" is not how anyone writes a phone number
+    # Separators never come doubled ("12--34", "12 . 34"), except around brackets.
+    squeezed = core.replace(") ", ")").replace(" (", "(").replace(")-", ")")
+    return not any(a in _SEPARATORS and b in _SEPARATORS for a, b in zip(squeezed, squeezed[1:], strict=False))
+
+
+def _international(core: str, digits: str) -> str | None:
+    """``+<digits>`` for international forms, None for national ones."""
+    if core[0] == "+":
+        body = digits
+    elif digits.startswith("00") and not digits.startswith("000"):
+        body = digits[2:]
+    elif digits.startswith("011") and core[:3] == "011" and len(digits) >= 11:
+        body = digits[3:]  # dialled from the NANP
+    else:
+        return None
+    if "(0)" in core:
+        # "+49 (0)30 ...": the bracketed trunk zero is not dialled from abroad.
+        i = core.index("(0)")
+        body = "".join(ch for ch in core[:i] + core[i + 3 :] if ch.isdigit())
+        if core[0] != "+":
+            body = body[2:] if body.startswith("00") else body[3:]
+    return "+" + body
+
+
+@lru_cache(maxsize=4096)
+def _valid_international(number: str) -> str | None:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return f"valid {phonenumbers.region_code_for_number(parsed)} number, international format"
+
+
+def _national_valid(region: _Region, core: str, digits: str) -> bool:
+    nsn = digits
+    if region.trunk is not None and region.trunk != "" and digits.startswith(region.trunk):
+        nsn = digits[len(region.trunk) :]
+    elif region.trunk_required:
+        return False
+    if (region.lengths and len(nsn) not in region.lengths) or region.general.fullmatch(nsn) is None:
+        return False
+    return _parse_valid(core, region.code)
+
+
+@lru_cache(maxsize=4096)
+def _parse_valid(core: str, region: str) -> bool:
+    try:
+        parsed = phonenumbers.parse(core, region)
+    except NumberParseException:
+        return False
+    return bool(phonenumbers.is_valid_number_for_region(parsed, region))
+
+
+def _context_says_identifier(data: bytes, s: int) -> bool:
+    m = _LEFT_WORDS.search(data, max(0, s - 24), s)
+    if m is None:
+        return False
+    near = m.group(2) or m.group(1)
+    far = m.group(1) if m.group(2) else b""
+    near_s = near.decode("utf-8", "ignore").lower()
+    far_s = far.decode("utf-8", "ignore").lower()
+    if near_s in _PHONE_WORDS:
+        return False
+    if near_s in _NOT_A_PHONE_BEFORE:
+        return True
+    # "order number 12 345 678", "invoice no. 2024 118": the neutral word sits between.
+    return near_s in ("number", "no", "nr", "nummer", "numero", "número", "num") and far_s in _NOT_A_PHONE_BEFORE
+
+
+@lru_cache(maxsize=64)
+def phone_rules(regions: Sequence[str] | None = None) -> PhoneRules:
+    """The rules for these national regions (ISO 3166 codes libphonenumber knows)."""
+    codes = tuple(regions) if regions is not None else DEFAULT_PHONE_REGIONS
+    out: list[_Region] = []
+    for code in _dedupe(codes):
+        meta = PhoneMetadata.metadata_for_region(code, None)
+        if meta is None:
+            raise ValueError(f"unknown phone region {code!r}")
+        general = meta.general_desc
+        trunk = meta.national_prefix or None
+        lengths = frozenset(general.possible_length or ())
+        pattern = general.national_number_pattern or r"\d+"
+        out.append(_Region(code, int(meta.country_code or 0), trunk,
+                           trunk == "0" and code not in _TRUNK_OPTIONAL,
+                           lengths, re.compile(pattern)))
+    return PhoneRules(tuple(out), nanp=any(r.code in ("US", "CA") for r in out))
+
+
+def known_regions() -> frozenset[str]:
+    return frozenset(phonenumbers.SUPPORTED_REGIONS)
+
+
+def _dedupe(codes: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for c in codes:
+        if c not in seen:
+            seen.append(c)
+    return seen
