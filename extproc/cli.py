@@ -23,6 +23,7 @@ examples:
   extproc serve --config examples/extproc.yaml
   extproc token --sub alice --groups engineering
   extproc status --admin 127.0.0.1:50052
+  echo 'call +44 20 7946 0018' | extproc mask --explain
   extproc dev --config examples/extproc.yaml        # what `make run` does
 """
 
@@ -182,7 +183,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 #: Subcommand groups contributed by other modules: each takes the subparsers object.
-REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals_cli", "extproc.sessions_cli",
+REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.masking.cli", "extproc.approvals_cli", "extproc.sessions_cli",
                          "extproc.inject.server"]
 
 

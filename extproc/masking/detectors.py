@@ -258,9 +258,8 @@ def _phone_validator(regions: Sequence[str] | None) -> tuple[Validator, Explaine
     def explain(data: bytes, s: int, e: int) -> str:
         verdict = rules.decide(data, s, e)
         if verdict is None:
-            return "no prefix of it is a valid number for an international form or a configured region " \
-                   f"({', '.join(rules.region_codes)}), or context says it is an identifier or date"
-        return f"libphonenumber: {verdict[1]}"
+            return rules.why_not(data, s, e)
+        return verdict[1]
 
     return rules.validate, explain
 

@@ -29,6 +29,7 @@ from phonenumbers import NumberParseException, PhoneMetadata
 
 __all__ = [
     "DEFAULT_PHONE_REGIONS",
+    "known_regions",
     "PHONE_ALPHABET",
     "PHONE_MAX_LENGTH",
     "PHONE_PATTERN",
@@ -143,6 +144,33 @@ class PhoneRules:
             if region is not None:
                 return stop, region
         return None
+
+    def why_not(self, data: bytes, s: int, e: int) -> str:
+        """Why ``decide`` turned the candidate down, for ``--explain`` (slow is fine)."""
+        before = data[s - 1] if s > 0 else -1
+        if before in _WORD or before == 0x2B or before in (0x2E, 0x2D, 0x2F, 0x3A):
+            return "part of a longer token"
+        if _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s) is not None:
+            return "the tail of an international number that is not valid as a whole"
+        raw = data[s:e].decode("ascii")
+        m = _EXT_TAIL.search(raw)
+        core = raw[: m.start()] if m is not None else raw
+        digits = "".join(ch for ch in core if ch.isdigit())
+        word = _identifier_word(data, s)
+        if word is not None and _international(core, digits) is None:
+            return f"after {word!r}: an identifier, not a phone number"
+        if _DATE_LEAD.match(core.lstrip("(+")):
+            return "a date or timestamp"
+        if _DOTTED_QUAD.fullmatch(core):
+            return "a dotted quad"
+        if not 7 <= len(digits) <= 17:
+            return "too few or too many digits"
+        if _international(core, digits) is not None:
+            return "international form, but libphonenumber says no such number exists"
+        if self.nanp and _NANP_SHAPE.fullmatch(core) and not _NANP_NATIONAL.fullmatch(core):
+            return "written like a NANP number, but area code or exchange starts with 0 or 1"
+        return ("not a valid number in any configured region (" + ", ".join(self.region_codes)
+                + "), or written without phone punctuation")
 
     def _which(self, data: bytes, s: int, core: str) -> str | None:
         if not _shape_ok(core):
@@ -260,19 +288,26 @@ def _parse_valid(core: str, region: str) -> bool:
 
 
 def _context_says_identifier(data: bytes, s: int) -> bool:
+    return _identifier_word(data, s) is not None
+
+
+def _identifier_word(data: bytes, s: int) -> str | None:
+    """The word before ``s`` that makes a digit run an identifier ("order", "invoice no.")."""
     m = _LEFT_WORDS.search(data, max(0, s - 24), s)
     if m is None:
-        return False
+        return None
     near = m.group(2) or m.group(1)
     far = m.group(1) if m.group(2) else b""
     near_s = near.decode("utf-8", "ignore").lower()
     far_s = far.decode("utf-8", "ignore").lower()
     if near_s in _PHONE_WORDS:
-        return False
+        return None
     if near_s in _NOT_A_PHONE_BEFORE:
-        return True
+        return near_s
     # "order number 12 345 678", "invoice no. 2024 118": the neutral word sits between.
-    return near_s in ("number", "no", "nr", "nummer", "numero", "número", "num") and far_s in _NOT_A_PHONE_BEFORE
+    if near_s in ("number", "no", "nr", "nummer", "numero", "número", "num") and far_s in _NOT_A_PHONE_BEFORE:
+        return f"{far_s} {near_s}"
+    return None
 
 
 @lru_cache(maxsize=64)
