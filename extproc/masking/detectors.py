@@ -26,6 +26,7 @@ import string
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from schwifty import IBAN
 from schwifty.exceptions import SchwiftyException
@@ -99,6 +100,9 @@ class Detector:
     #: Every character a match can start with (None: any of ``alphabet``); lets streaming
     #: release the head of a held run that no match can begin in.
     starts: str | None = None
+    #: The pattern is a built-in one vetted for the standard library's ``re`` (bounded
+    #: repetition, no nested ambiguity, no ``\b`` at its end): cheaper per candidate.
+    stdlib_re: bool = False
     #: Short name of the rule, shown by ``--explain`` ("luhn+bin", "libphonenumber").
     rule: str = "pattern"
     explain: Explainer | None = None
@@ -142,6 +146,7 @@ def iban_valid(compact: str) -> bool:
     return _iban_verdict(compact)[0]
 
 
+@lru_cache(maxsize=4096)
 def _iban_verdict(compact: str) -> tuple[bool, str]:
     if not 15 <= len(compact) <= 34 or not compact[:2].isalpha() or not compact[2:4].isdigit():
         return False, "not IBAN-shaped"
@@ -284,6 +289,8 @@ def _iban_explain(data: bytes, s: int, e: int) -> str:
     return _iban_verdict(data[s:e].decode("ascii").replace(" ", ""))[1]
 
 
+_VERSION_GAP = frozenset(b" \t:=.'\"#([")
+_LETTERS = frozenset(string.ascii_letters.encode())
 # Words after which a dotted quad is a version or section number, not an address.
 _VERSION_BEFORE = re.compile(
     rb"(?i)(?<![a-z])(?:version|versions|ver|vers|v|release|rel|build|bld|section|sec|sect|chapter|ch|"
@@ -302,7 +309,12 @@ def _ipv4(data: bytes, s: int, e: int) -> int | Keep | None:
         ipaddress.IPv4Address(data[s:e].decode("ascii"))
     except ValueError:
         return None
-    if _VERSION_BEFORE.search(data, max(0, s - 24), s) is not None:
+    # Only a letter (or "§") shortly before can make it a version: skip the regex otherwise.
+    j = s - 1
+    while j >= 0 and s - j <= 4 and data[j] in _VERSION_GAP:
+        j -= 1
+    if j >= 0 and (data[j] in _LETTERS or data[j] >= 0x80) \
+            and _VERSION_BEFORE.search(data, max(0, s - 24), s) is not None:
         return Keep(e, "a dotted number after a word such as Version, release, build or section")
     return e
 
@@ -420,7 +432,8 @@ def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, t
         "US_SSN": (Detector("US_SSN", SSN_PATTERN, 11, string.digits + "-", _ssn, triggers=(b"-",),
                             rule="ssa-issuance"),),
         "PHONE": (Detector("PHONE", PHONE_PATTERN, PHONE_MAX_LENGTH, PHONE_ALPHABET, phone_validate,
-                           starts="+(" + string.digits, rule="libphonenumber", explain=phone_explain),),
+                           starts="+(" + string.digits, rule="libphonenumber",
+                           explain=phone_explain),),
         "IP_ADDRESS": (
             Detector("IP_ADDRESS", IPV4_PATTERN, 15, string.digits + ".", _ipv4, triggers=(b".",),
                      rule="ipv4+context", explain=_ipv4_explain),

@@ -19,9 +19,11 @@ So a match is decided by a bounded window around it, and text can be scanned in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import re
 
 import re2
 
@@ -86,7 +88,8 @@ class Engine:
             if det.prefix is not None:
                 prefix_regex = compile_pattern(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
             compiled.append(
-                _Compiled(det, compile_pattern(det.pattern, case_insensitive=det.case_insensitive),
+                _Compiled(det, _stdlib(det) if det.stdlib_re else
+                          compile_pattern(det.pattern, case_insensitive=det.case_insensitive),
                           alphabet, prefix_regex)
             )
         self._compiled: tuple[_Compiled, ...] = tuple(compiled)
@@ -145,23 +148,23 @@ class Engine:
         out: list[tuple[int, int, int, str]],
     ) -> None:
         det = comp.detector
-        regex = comp.regex
+        search, match = _spans(comp.regex)
         limit = det.max_length
         size = len(data)
         pos = blo
         while pos < bhi:
-            m = regex.search(data, pos)
-            if m is None:
+            found = search(data, pos, size)
+            if found is None:
                 return
-            start, end = m.span()
+            start, end = found
             if start >= bhi:
                 return
             if end - start > limit:
                 # Re-match inside the window the engine promises (limit + 1 bytes, so a
                 # validator can still trim it), so the answer does not depend on how much
                 # text follows.
-                w = regex.match(data, start, min(size, start + limit + 1))
-                end = w.end() if w is not None else -1
+                w = match(data, start, min(size, start + limit + 1))
+                end = w[1] if w is not None else -1
             entity = det.entity
             if end > start and det.validate is not None:
                 verdict = det.validate(data, start, end)
@@ -313,6 +316,48 @@ def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | N
         if start == end:
             return n
     return start
+
+
+_SpanFn = Callable[[bytes, int, int], "tuple[int, int] | None"]
+
+
+def _spans(regex: Any) -> tuple[_SpanFn, _SpanFn]:
+    """``search`` and anchored ``match`` returning the match's byte span or None.
+
+    For RE2 this calls the compiled regexp directly: the ``re2`` module's Python layer
+    (a generator and a Match object per call) costs more than the scan itself when a
+    detector has many candidates. Falls back to the public API if that layer changes.
+    """
+    low = getattr(regex, "_regexp", None)
+    anchor = getattr(re2, "_Anchor", None)
+    if low is not None and anchor is not None and hasattr(low, "Match"):
+        unanchored, start = anchor.UNANCHORED, anchor.ANCHOR_START
+
+        def low_search(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+            span = low.Match(unanchored, data, pos, endpos)[0]
+            return None if span[0] < 0 else (span[0], span[1])
+
+        def low_match(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+            span = low.Match(start, data, pos, endpos)[0]
+            return None if span[0] < 0 else (span[0], span[1])
+
+        return low_search, low_match
+
+    def search(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+        m = regex.search(data, pos, endpos)
+        return None if m is None else (m.start(), m.end())
+
+    def match(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+        m = regex.match(data, pos, endpos)
+        return None if m is None else (m.start(), m.end())
+
+    return search, match
+
+
+def _stdlib(det: Detector) -> Any:
+    # Built-in patterns vetted for linear matching: the standard library's engine costs a
+    # fraction of the re2 wrapper per call, which matters for candidate-heavy detectors.
+    return re.compile(det.pattern.encode(), re.IGNORECASE if det.case_insensitive else 0)
 
 
 def _byte_offsets(text: str) -> list[int]:

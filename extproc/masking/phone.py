@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import phonenumbers
@@ -46,9 +46,15 @@ DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
 # Where people write national numbers without the trunk prefix as a matter of course:
 # Brazilian area codes in brackets ("(11) 94567-8901") and Indian mobiles ("98765 43210").
 _TRUNK_OPTIONAL = frozenset({"BR", "IN"})
+_MEMO_SIZE = 8192
 
 _EXT = r"(?:,? ?(?:[xX]|[eE][xX][tT](?:[nN]|[eE][nN][sS][iI][oO][nN])?\.?|#) ?\d{1,6})"
-PHONE_PATTERN = r"(?:\+ ?|\()?\d[\d ()./-]{5,30}\d" + _EXT + "?"
+# A national number that starts with neither "+", "(" nor a trunk zero has at least nine
+# digits (US/CA 10, ES/PT/PL 9, IT/IN mobiles 10): asking RE2 for that keeps dates and
+# short numbers ("2024-03-15", "15.03.2024") from ever reaching the validator.
+PHONE_PATTERN = (
+    r"(?:(?:\+ ?|\(|\b0)\d?[\d ()./-]{5,30}\d|\b[1-9](?:[ ()./-]{0,2}\d){8,20})" + _EXT + "?"
+)
 #: Every character a candidate can contain (the streaming hold-back works on it).
 PHONE_ALPHABET = "0123456789+()./- ,#xXeEtTnNsSiIoO"
 #: "+44 (0)20 7946 0018 extension 123456" with room to spare.
@@ -58,10 +64,12 @@ _EXT_TAIL = re.compile(_EXT + r"\Z")
 _DIGIT = frozenset(b"0123456789")
 _WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _SEPARATORS = frozenset(" .-/")
-_DATE_LEAD = re.compile(
-    r"(?:19|20)\d\d[-./ ](?:0?[1-9]|1[0-2])[-./ ](?:0?[1-9]|[12]\d|3[01])(?!\d)"  # 2024-03-15 (14...)
-    r"|(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|[12]\d|3[01])[-./](?:19|20)?\d\d(?!\d)"  # 15.03.2024, 03/15/24
-)
+# "2024-03-15" (also followed by an hour: "2024-03-15 14" before ":30").
+_DATE_LEAD = re.compile(r"(?:19|20)\d\d[-./ ](?:0?[1-9]|1[0-2])[-./ ](?:0?[1-9]|[12]\d|3[01])(?!\d)")
+_DATE_LEAD_B = re.compile(_DATE_LEAD.pattern.encode())
+_NON_DIGITS = bytes(set(range(256)) - set(b"0123456789"))
+# "15.03.2024", "03/15/24": only the whole candidate ("01-23-45-67-89" is a French number).
+_DATE_DMY = re.compile(r"(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|[12]\d|3[01])\1(?:19|20)?\d\d")
 # NANP: area code and exchange never start with 0 or 1; written 3-3-4 or (3) 3-4.
 _NANP_DIGITS = re.compile(r"[2-9]\d\d[2-9]\d{6}")
 _NANP_NATIONAL = re.compile(r"(?:1[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d([ .-]))[2-9]\d\d([ .-])\d{4}")
@@ -104,6 +112,8 @@ class PhoneRules:
     #: US or CA among the national regions: well-formed NANP numbers count even when
     #: libphonenumber does not know the area code yet.
     nanp: bool = False
+    #: Memo of ``_accepted`` by candidate bytes (bounded): the same numbers recur in a stream.
+    _memo: dict[bytes, tuple[tuple[int, bool, str], ...]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def region_codes(self) -> tuple[str, ...]:
@@ -120,30 +130,46 @@ class PhoneRules:
         if before in _WORD or before == 0x2B or (before in (0x2E, 0x2D, 0x2F, 0x3A) and s >= 2
                                                  and data[s - 2] in _DIGIT):
             return None  # the tail of a longer token: "x123...", "1.234...", "12:34 ..."
-        if _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s) is not None:
-            return None
-        raw = data[s:e].decode("ascii")
-        ext = ""
-        m = _EXT_TAIL.search(raw)
-        if m is not None:
-            ext = m.group(0)
-            raw = raw[: m.start()]
-        for end in _ends(raw):
-            core = raw[:end]
-            if end < len(raw):
-                ext_here = ""
+        chunk = data[s:e]
+        stops = self._memo.get(chunk)
+        if stops is None:
+            # Cheap exits first: most digit runs in prose are dates, times, short numbers.
+            if len(chunk.translate(None, _NON_DIGITS)) < 7 or _DATE_LEAD_B.match(chunk.lstrip(b"(+")):
+                stops = ()
             else:
-                ext_here = ext
-            stop = s + len(core) + len(ext_here)
+                stops = self._accepted(chunk.decode("ascii"))
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()  # a bound, not an LRU: refilling is cheap
+            self._memo[chunk] = stops
+        if not stops or _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s) is not None:
+            return None
+        for length, national, reason in stops:
+            stop = s + length
             nxt = data[stop] if stop < len(data) else -1
             if nxt in _WORD or nxt == 0x40:  # "...0147abc", "...0147@host"
                 continue
             if nxt in (0x3A, 0x2E, 0x2D, 0x2F) and stop + 1 < len(data) and data[stop + 1] in _DIGIT:
                 continue  # "2024 12:30", "1.2.3.4.5": part of a longer token
-            region = self._which(data, s, core)
-            if region is not None:
-                return stop, region
+            if national and _context_says_identifier(data, s):
+                return None
+            return stop, reason
         return None
+
+    def _accepted(self, raw: str) -> tuple[tuple[int, bool, str], ...]:
+        """Every prefix of the candidate that is a valid number, longest first, as
+        ``(length, national form?, reason)``; depends on the candidate text only."""
+        ext = ""
+        m = _EXT_TAIL.search(raw)
+        if m is not None:
+            ext = m.group(0)
+            raw = raw[: m.start()]
+        out = []
+        for end in _ends(raw):
+            core = raw[:end]
+            national, reason = self._classify(core)
+            if reason is not None:
+                out.append((len(core) + (len(ext) if end == len(raw) else 0), national, reason))
+        return tuple(out)
 
     def why_not(self, data: bytes, s: int, e: int) -> str:
         """Why ``decide`` turned the candidate down, for ``--explain`` (slow is fine)."""
@@ -159,7 +185,7 @@ class PhoneRules:
         word = _identifier_word(data, s)
         if word is not None and _international(core, digits) is None:
             return f"after {word!r}: an identifier, not a phone number"
-        if _DATE_LEAD.match(core.lstrip("(+")):
+        if _DATE_LEAD.match(core.lstrip("(+")) or _DATE_DMY.fullmatch(core):
             return "a date or timestamp"
         if _DOTTED_QUAD.fullmatch(core):
             return "a dotted quad"
@@ -172,32 +198,33 @@ class PhoneRules:
         return ("not a valid number in any configured region (" + ", ".join(self.region_codes)
                 + "), or written without phone punctuation")
 
-    def _which(self, data: bytes, s: int, core: str) -> str | None:
+    def _classify(self, core: str) -> tuple[bool, str | None]:
+        """``(national form?, reason it is valid or None)``; depends on ``core`` only."""
         if not _shape_ok(core):
-            return None
+            return False, None
         digits = "".join(ch for ch in core if ch.isdigit())
         international = _international(core, digits)
         if international is not None:
             if international.startswith("+1") and _NANP_DIGITS.fullmatch(international[2:]):
                 # Area codes are assigned all the time and libphonenumber's table lags;
                 # a well-formed +1 number is a phone number even where the table says no.
-                return _valid_international(international) or "NANP number (well-formed), international format"
-            return _valid_international(international)
-        if core[0] == "+" or "(0)" in core or _context_says_identifier(data, s):
-            return None
+                return False, _valid_international(international) or "NANP number (well-formed), international format"
+            return False, _valid_international(international)
+        if core[0] == "+" or "(0)" in core or len(digits) > 14:
+            return True, None
         if len(set(core) & _SEPARATORS) == 0 and "(" not in core and not (digits[0] == "0" and len(digits) >= 9):
-            return None  # bare digit runs are identifiers unless they carry a trunk zero
+            return True, None  # bare digit runs are identifiers unless they carry a trunk zero
         if self.nanp and _NANP_SHAPE.fullmatch(core):
             # Written the NANP way (3-3-4, "(3) 3-4"): a NANP number or nothing, so
             # "(123) 456-7890" is not rescued as a Brazilian or Italian one.
             if _NANP_NATIONAL.fullmatch(core):
-                return "NANP number (area code and exchange well-formed), national format"
+                return True, "NANP number (area code and exchange well-formed), national format"
             if digits[0] != "0":
-                return None
+                return True, None
         for region in self.regions:
             if _national_valid(region, core, digits):
-                return f"valid {region.code} number, national format"
-        return None
+                return True, f"valid {region.code} number, national format"
+        return True, None
 
 
 def _ends(raw: str) -> list[int]:
@@ -214,7 +241,7 @@ def _shape_ok(core: str) -> bool:
     digits = sum(ch.isdigit() for ch in core)
     if not 7 <= digits <= 17:
         return False
-    if _DOTTED_QUAD.fullmatch(core) or _DATE_LEAD.match(core.lstrip("(+")):
+    if _DOTTED_QUAD.fullmatch(core) or _DATE_LEAD.match(core.lstrip("(+")) or _DATE_DMY.fullmatch(core):
         return False
     # Brackets: balanced, never nested, around digits only, at most two pairs.
     depth = pairs = 0
