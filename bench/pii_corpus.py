@@ -150,6 +150,12 @@ def _write_phone(r: random.Random, n: phonenumbers.PhoneNumber, region: str) -> 
         lambda: cc + intl[len(cc) + 1 :],  # country code run into the area code
         lambda: intl.replace(" ", "-", 1) if region in ("US", "CA") else intl,
     ]
+    nsn = phonenumbers.national_significant_number(n)
+    styles.append(lambda: f"{cc} {nsn}")  # one long group: "+39 061234567"
+    if region == "DE":
+        styles.append(lambda: national.replace(" ", "/", 1))  # "030/12345678"
+    if region == "BR":
+        styles.append(lambda: "(0" + national[1:])  # trunk zero in the brackets: "(011) 4567-8901"
     if trunk_zero:
         styles.append(lambda: f"{cc} (0)" + intl[len(cc) + 1 :])
         styles.append(lambda: f"{cc}(0)" + intl[len(cc) + 1 :])
@@ -210,6 +216,14 @@ def _lookalike(r: random.Random, fake: Faker, country: str | None) -> str:
         lambda: f"ISBN 978-{r.randint(0, 9)}-{r.randint(10, 99)}-{r.randint(100000, 999999)}-{r.randint(0, 9)}",
         lambda: f"{r.randint(10, 23)}:{r.randint(10, 59)}",
         lambda: f"ticket #{r.randint(1000, 99999)}",
+        lambda: f"{r.randint(1, 999)} {r.randint(100, 999)} {r.randint(100, 999)},{r.randint(10, 99)} EUR",
+        lambda: f"{r.randint(10000, 99999)}-{r.randint(1000, 9999)}",  # ZIP+4
+        lambda: f"{r.randint(7, 11):02d}:00-{r.randint(12, 19)}:30",
+        lambda: f"{r.uniform(-80, 80):.4f}, {r.uniform(-170, 170):.4f}",
+        lambda: f"Ref. {r.randint(2019, 2026)}/{r.randint(100, 999)}/{r.randint(1000, 9999)}",
+        lambda: f"SN {r.randint(1000, 9999)} {r.randint(1000, 9999)} {r.randint(100, 999)}",
+        lambda: f"{r.randint(1000000000, 9999999999)}",  # a bare ten-digit id
+        lambda: f"{r.randint(10, 99)}.{r.randint(100, 999)}.{r.randint(100, 999)}",  # 1.234.567-style count
     ]
     if country is not None:
         makers.append(lambda: _bad_iban(r, country))

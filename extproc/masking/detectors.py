@@ -48,8 +48,9 @@ __all__ = [
 #: Bytes of already-seen text a validator (or RE2's ``\b``) may inspect before a match:
 #: enough for the context words ("Version", "order no.") that decide ambiguous kinds.
 LEFT_CONTEXT = 32
-#: Bytes after a match a validator may inspect (e.g. "." followed by a digit).
-RIGHT_CONTEXT = 2
+#: Bytes after a match a validator may inspect ("." followed by a digit; ",73 " after a
+#: digit group makes it an amount, not a phone number).
+RIGHT_CONTEXT = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,26 +295,25 @@ def _prefix_open(comp: _Compiled, text: str, i: int, n: int) -> bool:
 
 
 def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | None) -> int:
-    # Only a run of alphabet characters touching the unknown future (or ending within
-    # RIGHT_CONTEXT of it) can still become or change a match.
-    if n == 0:
+    # Only a match whose last character is among the final RIGHT_CONTEXT characters can
+    # still change (its validator has not seen all its right context yet), and a match is
+    # a run of alphabet characters: hold from the start of the run holding the earliest
+    # alphabet character in that tail.
+    q = -1
+    for i in range(max(0, n - RIGHT_CONTEXT), n):
+        if text[i] in alphabet:
+            q = i
+            break
+    if q < 0:
         return n
-    if text[n - 1] in alphabet:
-        end = n
-    elif n >= 2 and text[n - 2] in alphabet:
-        end = n - 1
-    else:
-        return n
-    seg = text[max(0, floor - 1) : end]
+    seg = text[max(0, floor - 1) : q + 1]
     run = len(seg) - len(seg.rstrip(alphabet))
-    start = max(end - run, floor)
+    start = max(q + 1 - run, floor)
     if starts is not None:
-        # A match lies inside the run and begins with one of ``starts``: the run's head
-        # before the first such character ("ext note " before "+44") can be let go.
-        while start < end and text[start] not in starts:
+        # A match begins with one of ``starts``: the head of the held text before the
+        # first such character ("ext note " before "+44") can be let go.
+        while start < n and text[start] not in starts:
             start += 1
-        if start == end:
-            return n
     return start
 
 

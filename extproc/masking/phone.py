@@ -76,7 +76,8 @@ _NANP_NATIONAL = re.compile(r"(?:1[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d([ .-]))[2
 _NANP_SHAPE = re.compile(r"(?:1[ .-]?)?(?:\(\d{3}\) ?|\d{3}([ .-]))\d{3}([ .-])\d{4}")
 # A national-looking run right after a bare country code ("+55 61 9141-7776") belongs to
 # that international number; when the whole fails, the tail must not pass as national.
-_AFTER_COUNTRY_CODE = re.compile(rb"(?:\+|(?<!\d)00)\d{1,3}[ .-]?\Z")
+_AFTER_COUNTRY_CODE = re.compile(rb"(?:\+|(?<!\d)00)(\d{1,3})[ .-]?\Z")
+_CALLING_CODES = frozenset(str(cc).encode() for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 # Words after which a digit run is an identifier, not a phone number (English and the
 # languages of the default regions). Compared lower-case against the last two words.
@@ -141,7 +142,7 @@ class PhoneRules:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()  # a bound, not an LRU: refilling is cheap
             self._memo[chunk] = stops
-        if not stops or _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s) is not None:
+        if not stops or _after_country_code(data, s):
             return None
         for length, national, reason in stops:
             stop = s + length
@@ -150,7 +151,7 @@ class PhoneRules:
                 continue
             if nxt in (0x3A, 0x2E, 0x2D, 0x2F) and stop + 1 < len(data) and data[stop + 1] in _DIGIT:
                 continue  # "2024 12:30", "1.2.3.4.5": part of a longer token
-            if national and _context_says_identifier(data, s):
+            if national and (_context_says_identifier(data, s) or _amount_follows(data, stop)):
                 return None
             return stop, reason
         return None
@@ -176,7 +177,7 @@ class PhoneRules:
         before = data[s - 1] if s > 0 else -1
         if before in _WORD or before == 0x2B or before in (0x2E, 0x2D, 0x2F, 0x3A):
             return "part of a longer token"
-        if _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s) is not None:
+        if _after_country_code(data, s):
             return "the tail of an international number that is not valid as a whole"
         raw = data[s:e].decode("ascii")
         m = _EXT_TAIL.search(raw)
@@ -187,8 +188,8 @@ class PhoneRules:
             return f"after {word!r}: an identifier, not a phone number"
         if _DATE_LEAD.match(core.lstrip("(+")) or _DATE_DMY.fullmatch(core):
             return "a date or timestamp"
-        if _DOTTED_QUAD.fullmatch(core):
-            return "a dotted quad"
+        if _is_ip(core):
+            return "an IPv4 address"
         if not 7 <= len(digits) <= 17:
             return "too few or too many digits"
         if _international(core, digits) is not None:
@@ -227,6 +228,36 @@ class PhoneRules:
         return True, None
 
 
+_ZIP4 = re.compile(r"\d{5}-\d{4}")  # a US ZIP+4 code, never how a phone number is grouped
+
+
+def _amount_follows(data: bytes, stop: int) -> bool:
+    """``",73 EUR"``, ``".50"``: two decimals after the digits make them an amount. A
+    following digit group (``",12 345"``, the next CSV cell) does not count."""
+    if stop + 2 >= len(data) or data[stop] not in (0x2C, 0x2E):
+        return False
+    if data[stop + 1] not in _DIGIT or data[stop + 2] not in _DIGIT:
+        return False
+    # ",73 EUR", ",73 €", "(1.234,56)", or the end; not ",14:29" or ",26.4" (a CSV's next cell).
+    if stop + 3 >= len(data):
+        return True
+    after = data[stop + 3]
+    if after == 0x20:
+        return stop + 4 >= len(data) or data[stop + 4] not in _DIGIT
+    return after in (0x29, 0x5D, 0xE2, 0x24, 0xC2)  # ) ] € $ £
+
+
+def _is_ip(core: str) -> bool:
+    # "012.37.71.67" is a Belgian number: addresses never have a leading zero in a part.
+    return _DOTTED_QUAD.fullmatch(core) is not None and not any(
+        len(part) > 1 and part[0] == "0" for part in core.split("."))
+
+
+def _after_country_code(data: bytes, s: int) -> bool:
+    m = _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s)
+    return m is not None and m.group(1) in _CALLING_CODES
+
+
 def _ends(raw: str) -> list[int]:
     """The whole candidate first, then every shorter prefix ending in a digit before a
     separator: a greedy scan may have swallowed a following, unrelated group."""
@@ -241,7 +272,7 @@ def _shape_ok(core: str) -> bool:
     digits = sum(ch.isdigit() for ch in core)
     if not 7 <= digits <= 17:
         return False
-    if _DOTTED_QUAD.fullmatch(core) or _DATE_LEAD.match(core.lstrip("(+")) or _DATE_DMY.fullmatch(core):
+    if _is_ip(core) or _ZIP4.fullmatch(core) or _DATE_LEAD.match(core.lstrip("(+")) or _DATE_DMY.fullmatch(core):
         return False
     # Brackets: balanced, never nested, around digits only, at most two pairs.
     depth = pairs = 0

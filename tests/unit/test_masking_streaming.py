@@ -143,8 +143,9 @@ def test_char_by_char_equals_whole_and_held_is_bounded(parts: list[str]) -> None
 @SETTINGS
 @given(parts=pieces, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20))
 def test_no_output_contains_a_detected_value(parts: list[str], cuts: list[int]) -> None:
-    # Separated by spaces so that no undetected, glued copy of a value ("x257-28-8896") exists.
-    text = " ".join(parts)
+    # Separated so that no undetected, glued copy of a value ("x257-28-8896") exists, and
+    # so that no context word ("Version ", "order no. ") reaches a value in another part.
+    text = "\n\n\n\n\n".join(parts)
     values = [text[s.start : s.end] for s in PROFILE.find(text)]
     got, _ = _stream(PROFILE, _chunks(text, cuts))
     for value in values:
