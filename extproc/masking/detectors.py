@@ -48,8 +48,9 @@ __all__ = [
 #: Bytes of already-seen text a validator (or RE2's ``\b``) may inspect before a match:
 #: enough for the context words ("Version", "order no.") that decide ambiguous kinds.
 LEFT_CONTEXT = 32
-#: Bytes after a match a validator may inspect ("." followed by a digit; ",73 " after a
-#: digit group makes it an amount, not a phone number).
+#: Bytes after a match any validator may inspect ("." followed by a digit; ",73 " after a
+#: digit group makes it an amount, not a phone number). Each detector declares its own
+#: ``right_context`` (at most this), so the others hold back no more than they need.
 RIGHT_CONTEXT = 5
 
 
@@ -98,6 +99,10 @@ class Detector:
     #: Cheap byte substrings; if none occurs in the text the detector cannot match.
     triggers: tuple[bytes, ...] = ()
     case_insensitive: bool = False
+    #: Every character a match can end with (None: any of ``alphabet``).
+    ends: str | None = None
+    #: Bytes after a match its validator may read (at most ``RIGHT_CONTEXT``).
+    right_context: int = 2
     #: Every character a match can start with (None: any of ``alphabet``); lets streaming
     #: release the head of a held run that no match can begin in.
     starts: str | None = None
@@ -433,7 +438,8 @@ def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, t
         "US_SSN": (Detector("US_SSN", SSN_PATTERN, 11, string.digits + "-", _ssn, triggers=(b"-",),
                             rule="ssa-issuance"),),
         "PHONE": (Detector("PHONE", PHONE_PATTERN, PHONE_MAX_LENGTH, PHONE_ALPHABET, phone_validate,
-                           starts="+(" + string.digits, rule="libphonenumber",
+                           starts="+(" + string.digits, ends=string.digits, right_context=5,
+                           rule="libphonenumber",
                            explain=phone_explain),),
         "IP_ADDRESS": (
             Detector("IP_ADDRESS", IPV4_PATTERN, 15, string.digits + ".", _ipv4, triggers=(b".",),

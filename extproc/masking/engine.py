@@ -49,7 +49,8 @@ class Decision:
 
 #: A candidate is final once ``max_length + HOLD_MARGIN`` characters follow its start: the
 #: window holds ``max_length + 1`` bytes (one more, so a validator can trim an over-long
-#: greedy match) and validators read ``RIGHT_CONTEXT`` bytes past its end.
+#: greedy match) and validators read up to ``RIGHT_CONTEXT`` bytes past its end (each
+#: detector declares its own ``right_context``; this is the bound over all of them).
 HOLD_MARGIN = RIGHT_CONTEXT + 1
 
 _OPTIONS = re2.Options()
@@ -251,11 +252,12 @@ class Engine:
         result = n
         for comp in self._compiled:
             det = comp.detector
-            floor = max(lo, n - det.max_length - HOLD_MARGIN)
+            floor = max(lo, n - det.max_length - det.right_context - 1)
             if floor >= result:
                 continue
             if comp.alphabet is not None:
-                start = _alphabet_hold(text, n, comp.alphabet, floor, comp.detector.starts)
+                start = _alphabet_hold(text, n, comp.alphabet, floor, det.starts, det.ends or comp.alphabet,
+                                       det.right_context)
             elif det.prefix is not None:
                 start = self._prefix_hold(comp, text, n, floor)
             else:
@@ -291,21 +293,24 @@ def _prefix_open(comp: _Compiled, text: str, i: int, n: int) -> bool:
         return all(ch.isupper() or ch.isdigit() or ch in " -" for ch in rest)
     m = comp.regex.match(tail)
     # Complete and followed by enough context: decided.
-    return m is None or i + m.end() + RIGHT_CONTEXT > n
+    return m is None or i + m.end() + comp.detector.right_context > n
 
 
-def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | None) -> int:
-    # Only a match whose last character is among the final RIGHT_CONTEXT characters can
-    # still change (its validator has not seen all its right context yet), and a match is
-    # a run of alphabet characters: hold from the start of the run holding the earliest
-    # alphabet character in that tail.
+def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | None, ends: str,
+                   right: int) -> int:
+    # A match is a run of alphabet characters ending in one of ``ends``. It can still
+    # change if it may grow (its run touches the end of the text) or if its last
+    # character is among the final ``right`` characters (its validator has not seen all
+    # its right context): hold from the start of the earliest such run.
     q = -1
-    for i in range(max(0, n - RIGHT_CONTEXT), n):
-        if text[i] in alphabet:
+    for i in range(max(0, n - right), n):
+        if text[i] in ends:
             q = i
             break
     if q < 0:
-        return n
+        if n == 0 or text[n - 1] not in alphabet:
+            return n
+        q = n - 1  # the run touching the end may still grow into a match
     seg = text[max(0, floor - 1) : q + 1]
     run = len(seg) - len(seg.rstrip(alphabet))
     start = max(q + 1 - run, floor)
