@@ -228,6 +228,7 @@ class PhoneRules:
         return True, None
 
 
+_CC_PREFIX = re.compile(r"\A\+\d{1,3} ")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")  # a US ZIP+4 code, never how a phone number is grouped
 
 
@@ -255,7 +256,9 @@ def _is_ip(core: str) -> bool:
 
 def _after_country_code(data: bytes, s: int) -> bool:
     m = _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s)
-    return m is not None and m.group(1) in _CALLING_CODES
+    # After "+<digits> " it is an international number whatever the digits; "0018 " is
+    # only an international prefix when 18 were a calling code.
+    return m is not None and (m.group(0)[:1] == b"+" or m.group(1) in _CALLING_CODES)
 
 
 def _ends(raw: str) -> list[int]:
@@ -287,7 +290,9 @@ def _shape_ok(core: str) -> bool:
             depth = 0
     if depth or pairs > 2:
         return False
-    seps = {ch for ch in core if ch in _SEPARATORS}
+    # "+687 75.12.34": the space after a country code does not count as mixing.
+    body = _CC_PREFIX.sub("", core, count=1)
+    seps = {ch for ch in body if ch in _SEPARATORS}
     if "." in seps and len(seps) > 1:
         return False  # "1.234-56" is not how anyone writes a phone number
     # Separators never come doubled ("12--34", "12 . 34"), except around brackets.
