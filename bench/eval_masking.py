@@ -238,7 +238,7 @@ def locale_table(results: dict[str, Result], kinds: Sequence[str]) -> list[str]:
         cells = []
         for k in present:
             t = whole.by_locale_kind.get((loc, k))
-            cells.append(f"{_fmt(t.recall)} ({t.values})" if t and t.values else "–")
+            cells.append(f"{_fmt(t.recall)} ({t.values})" if t and t.values else "-")
         streamed = []
         for m in results:
             if m == "whole":
@@ -249,7 +249,7 @@ def locale_table(results: dict[str, Result], kinds: Sequence[str]) -> list[str]:
         kept = []
         for m in results:
             total = results[m].keep_total.get(loc, 0)
-            kept.append(_fmt(results[m].keep_kept.get(loc, 0) / total) if total else "–")
+            kept.append(_fmt(results[m].keep_kept.get(loc, 0) / total) if total else "-")
         tot = Tally()
         for k in present:
             t = whole.by_locale_kind.get((loc, k))
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n(Presidio not installed: `make eval-masking-presidio` adds it in .venv-presidio) [{name}]")
             break
         by_row = dict(zip((id(r) for r in rows), spans, strict=True))
-        theirs = score_spans(rows, lambda row: by_row[id(row)], SHARED_KINDS)
+        theirs = score_spans(rows, lambda row, found=by_row: found[id(row)], SHARED_KINDS)
         ours = score_spans(rows, lambda row: [(s.start, s.end, s.entity) for s in profile.find(row["text"])],
                            SHARED_KINDS)
         print(f"\n### {name}: extproc vs Presidio, kinds both cover, whole text\n")

@@ -19,6 +19,7 @@ digit run costs a handful of regex checks unless it really looks like a number.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +30,11 @@ from phonenumbers import NumberParseException, PhoneMetadata
 
 __all__ = [
     "DEFAULT_PHONE_REGIONS",
-    "known_regions",
     "PHONE_ALPHABET",
     "PHONE_MAX_LENGTH",
     "PHONE_PATTERN",
     "PhoneRules",
+    "known_regions",
     "phone_rules",
 ]
 
@@ -92,7 +93,10 @@ _PHONE_WORDS = frozenset(
     "phone tel tele telephone telefon telefono telefone telefoon téléphone mobile mob cell cellphone fax call "
     "contact whatsapp handy portable móvil movil cellulare celular gsm".split()
 )
-_LEFT_WORDS = re.compile(rb"(?<![A-Za-z\xc0-\xff])([A-Za-z\xc0-\xff]+)[^A-Za-z\xc0-\xff\n]{0,4}(?:([A-Za-z\xc0-\xff]+)[^A-Za-z\xc0-\xff\n]{0,4})?\Z")
+_LEFT_WORDS = re.compile(
+    rb"(?<![A-Za-z\xc0-\xff])([A-Za-z\xc0-\xff]+)[^A-Za-z\xc0-\xff\n]{0,4}"
+    rb"(?:([A-Za-z\xc0-\xff]+)[^A-Za-z\xc0-\xff\n]{0,4})?\Z"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,9 @@ class PhoneRules:
     #: libphonenumber does not know the area code yet.
     nanp: bool = False
     #: Memo of ``_accepted`` by candidate bytes (bounded): the same numbers recur in a stream.
-    _memo: dict[bytes, tuple[tuple[int, bool, str], ...]] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _memo: dict[bytes, tuple[tuple[int, bool, str], ...]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     @property
     def region_codes(self) -> tuple[str, ...]:
@@ -297,7 +303,7 @@ def _shape_ok(core: str) -> bool:
         return False  # "1.234-56" is not how anyone writes a phone number
     # Separators never come doubled ("12--34", "12 . 34"), except around brackets.
     squeezed = core.replace(") ", ")").replace(" (", "(").replace(")-", ")")
-    return not any(a in _SEPARATORS and b in _SEPARATORS for a, b in zip(squeezed, squeezed[1:], strict=False))
+    return not any(a in _SEPARATORS and b in _SEPARATORS for a, b in itertools.pairwise(squeezed))
 
 
 def _international(core: str, digits: str) -> str | None:
@@ -384,8 +390,8 @@ def phone_rules(regions: Sequence[str] | None = None) -> PhoneRules:
             raise ValueError(f"unknown phone region {code!r}")
         general = meta.general_desc
         trunk = meta.national_prefix or None
-        lengths = frozenset(general.possible_length or ())
-        pattern = general.national_number_pattern or r"\d+"
+        lengths = frozenset((general.possible_length if general is not None else None) or ())
+        pattern = (general.national_number_pattern if general is not None else None) or r"\d+"
         out.append(_Region(code, int(meta.country_code or 0), trunk,
                            trunk == "0" and code not in _TRUNK_OPTIONAL,
                            lengths, re.compile(pattern)))

@@ -7,7 +7,8 @@ its alphabet (plus ``RIGHT_CONTEXT`` characters of look-ahead), capped at its
 ``max_length + HOLD_MARGIN``; for PEM blocks, an unterminated ``-----BEGIN`` header. Matches starting
 before ``u`` are final, so the text before ``u`` is masked and emitted -- extended to the
 end of a final match that straddles ``u``, because anything starting inside it would lose
-to it anyway (the same holds for a claim, a span a detector keeps whole). The rest stays in the buffer, so ``held <= max_match_length + HOLD_MARGIN``.
+to it anyway (the same holds for a claim, a span a detector keeps whole). The rest stays
+in the buffer, so ``held <= max_match_length + HOLD_MARGIN``.
 
 The last ``LEFT_CONTEXT`` characters already emitted are kept (not re-emitted) so that
 word-boundary and "not preceded by a digit" checks see the same left context as a scan
