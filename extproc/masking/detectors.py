@@ -106,9 +106,6 @@ class Detector:
     #: Every character a match can start with (None: any of ``alphabet``); lets streaming
     #: release the head of a held run that no match can begin in.
     starts: str | None = None
-    #: The pattern is a built-in one vetted for the standard library's ``re`` (bounded
-    #: repetition, no nested ambiguity, no ``\b`` at its end): cheaper per candidate.
-    stdlib_re: bool = False
     #: Short name of the rule, shown by ``--explain`` ("luhn+bin", "libphonenumber").
     rule: str = "pattern"
     explain: Explainer | None = None

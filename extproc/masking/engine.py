@@ -65,12 +65,17 @@ def compile_pattern(pattern: str, *, case_insensitive: bool = False) -> Any:
     return re2.compile(pattern, options)
 
 
+_SpanFn = Callable[[bytes, int, int], "tuple[int, int] | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     detector: Detector
     regex: Any
     alphabet: str | None
     prefix_regex: Any  # full header regex for prefix detectors (PEM), else None
+    search: _SpanFn
+    match: _SpanFn
 
 
 class Engine:
@@ -87,11 +92,8 @@ class Engine:
             prefix_regex = None
             if det.prefix is not None:
                 prefix_regex = compile_pattern(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-            compiled.append(
-                _Compiled(det, _stdlib(det) if det.stdlib_re else
-                          compile_pattern(det.pattern, case_insensitive=det.case_insensitive),
-                          alphabet, prefix_regex)
-            )
+            regex = compile_pattern(det.pattern, case_insensitive=det.case_insensitive)
+            compiled.append(_Compiled(det, regex, alphabet, prefix_regex, *_spans(regex)))
         self._compiled: tuple[_Compiled, ...] = tuple(compiled)
         self._allow = allow_list
         self.allow_list = allow_list
@@ -148,7 +150,7 @@ class Engine:
         out: list[tuple[int, int, int, str]],
     ) -> None:
         det = comp.detector
-        search, match = _spans(comp.regex)
+        search, match = comp.search, comp.match
         limit = det.max_length
         size = len(data)
         pos = blo
@@ -321,9 +323,6 @@ def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | N
     return start
 
 
-_SpanFn = Callable[[bytes, int, int], "tuple[int, int] | None"]
-
-
 def _spans(regex: Any) -> tuple[_SpanFn, _SpanFn]:
     """``search`` and anchored ``match`` returning the match's byte span or None.
 
@@ -355,12 +354,6 @@ def _spans(regex: Any) -> tuple[_SpanFn, _SpanFn]:
         return None if m is None else (m.start(), m.end())
 
     return search, match
-
-
-def _stdlib(det: Detector) -> Any:
-    # Built-in patterns vetted for linear matching: the standard library's engine costs a
-    # fraction of the re2 wrapper per call, which matters for candidate-heavy detectors.
-    return re.compile(det.pattern.encode(), re.IGNORECASE if det.case_insensitive else 0)
 
 
 def _byte_offsets(text: str) -> list[int]:
