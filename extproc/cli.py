@@ -13,7 +13,8 @@ from pathlib import Path
 
 from extproc import __version__
 from extproc.config.load import load_config
-from extproc.config.model import Config, ConfigError
+from extproc.config.model import Config
+from extproc.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -24,6 +25,7 @@ examples:
   extproc serve --config examples/extproc.yaml
   extproc token --sub alice --groups engineering
   extproc status --admin 127.0.0.1:50052
+  echo 'call +44 20 7946 0018' | extproc mask --explain
   extproc dev --config examples/extproc.yaml        # what `make run` does
 """
 
@@ -183,7 +185,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 #: Subcommand groups contributed by other modules: each takes the subparsers object.
-REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals.cli", "extproc.recording.cli",
+REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.masking.cli", "extproc.approvals.cli",
+                         "extproc.recording.cli",
                          "extproc.inject.server"]
 
 

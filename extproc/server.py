@@ -35,10 +35,11 @@ from extproc.approvals.notify import Notifier
 from extproc.approvals.store import ApprovalStore
 from extproc.approvals.waiter import ApprovalWaiter
 from extproc.config.load import load_config
-from extproc.config.model import Config, ConfigError
+from extproc.config.model import Config
 from extproc.datapath.machine import Gateway
 from extproc.datapath.runtime import build_gateway
 from extproc.datapath.servicer import ExternalProcessor
+from extproc.errors import ConfigError
 from extproc.identity.credentials import CredentialStore
 from extproc.identity.jwt import Authenticator
 from extproc.recording import api as sessions_api

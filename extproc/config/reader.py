@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Set
 from typing import Any
 
-from extproc.config.model import ConfigError, located_error
+from extproc.errors import ConfigError, located_error
 
 __all__ = ["SectionReader", "kind"]
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from extproc.approvals.model import ApprovalSettings
-from extproc.config.model import Config, ConfigError, located_error
+from extproc.config.model import Config
 from extproc.datapath.machine import Gateway, ResponseMasking, Router
+from extproc.errors import ConfigError, located_error
 from extproc.identity.credentials import CredentialStore
 from extproc.masking import MaskingProfile
 from extproc.policy import Policy

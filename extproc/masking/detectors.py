@@ -9,33 +9,65 @@ know when a decision can no longer change.
 Each detector also declares the characters a match can consist of (``alphabet``). The
 streaming masker uses it to hold back only the trailing run of text that could still grow
 into a match, instead of always holding ``max_length`` characters.
+
+A validator can also *claim* a candidate it rejects (``Keep``): an IBAN-shaped string with
+a bad checksum, a grouped card number that fails Luhn, an SSN-shaped string with an
+impossible area, a dotted quad after "Version". A claim takes part in the engine's
+left-to-right resolution like a match but is left as it is, so no other detector fires
+inside a token that one detector has already judged (``IT60 X054 ...`` is kept whole,
+not masked as a card from the inside).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+
+from schwifty import IBAN
+from schwifty.exceptions import SchwiftyException
+
+from extproc.masking.phone import PHONE_ALPHABET, PHONE_MAX_LENGTH, PHONE_PATTERN, phone_rules
 
 __all__ = [
     "BUILTIN_ENTITIES",
     "LEFT_CONTEXT",
     "RIGHT_CONTEXT",
     "Detector",
+    "Keep",
     "Validator",
     "builtin_detectors",
     "iban_valid",
     "luhn_valid",
 ]
 
-#: Bytes of already-seen text a validator (or RE2's ``\b``) may inspect before a match.
-LEFT_CONTEXT = 8
-#: Bytes after a match a validator may inspect (e.g. "." followed by a digit).
-RIGHT_CONTEXT = 2
+#: Bytes of already-seen text a validator (or RE2's ``\b``) may inspect before a match:
+#: enough for the context words ("Version", "order no.") that decide ambiguous kinds.
+LEFT_CONTEXT = 32
+#: Bytes after a match any validator may inspect ("." followed by a digit; ",73 " after a
+#: digit group makes it an amount, not a phone number). Each detector declares its own
+#: ``right_context`` (at most this), so the others hold back no more than they need.
+RIGHT_CONTEXT = 5
 
-#: A validator returns the accepted end offset (it may shorten the candidate) or None.
-Validator = Callable[[bytes, int, int], "int | None"]
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """A rejected candidate that is still claimed: ``data[start:end]`` stays as it is and no
+    other detector may match inside it."""
+
+    end: int
+    reason: str
+
+
+#: A validator returns the accepted end offset (it may shorten the candidate), a ``Keep``
+#: claim, or None (not this detector's business).
+Validator = Callable[[bytes, int, int], "int | Keep | None"]
+#: Why a span was (or was not) taken, for ``extproc mask --explain``; called only there.
+Explainer = Callable[[bytes, int, int], str]
 
 BUILTIN_ENTITIES: tuple[str, ...] = (
     "EMAIL",
@@ -67,6 +99,16 @@ class Detector:
     #: Cheap byte substrings; if none occurs in the text the detector cannot match.
     triggers: tuple[bytes, ...] = ()
     case_insensitive: bool = False
+    #: Every character a match can end with (None: any of ``alphabet``).
+    ends: str | None = None
+    #: Bytes after a match its validator may read (at most ``RIGHT_CONTEXT``).
+    right_context: int = 2
+    #: Every character a match can start with (None: any of ``alphabet``); lets streaming
+    #: release the head of a held run that no match can begin in.
+    starts: str | None = None
+    #: Short name of the rule, shown by ``--explain`` ("luhn+bin", "libphonenumber").
+    rule: str = "pattern"
+    explain: Explainer | None = None
 
 
 _DIGITS = frozenset(b"0123456789")
@@ -103,11 +145,32 @@ def luhn_valid(digits: str) -> bool:
 
 
 def iban_valid(compact: str) -> bool:
+    """ISO 13616: known country, its length and BBAN format (schwifty's registry), mod-97."""
+    return _iban_verdict(compact)[0]
+
+
+@lru_cache(maxsize=4096)
+def _iban_verdict(compact: str) -> tuple[bool, str]:
     if not 15 <= len(compact) <= 34 or not compact[:2].isalpha() or not compact[2:4].isdigit():
-        return False
+        return False, "not IBAN-shaped"
+    # mod-97 first: cheap, and it rejects 96 of 97 random strings before schwifty runs.
     rearranged = compact[4:] + compact[:4]
-    digits = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(digits) % 97 == 1
+    if int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 != 1:
+        return False, "IBAN check digits (mod 97) fail"
+    try:
+        iban = IBAN(compact)
+    except SchwiftyException as exc:
+        return False, f"not a valid {compact[:2]} IBAN: {exc.__class__.__name__}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            iban.bban.validate_national_checksum()
+            national = "national check digits pass"
+        except SchwiftyException:
+            # Still masked: ISO check digits, the country's length and BBAN format all
+            # hold, and a mistyped account number is still someone's account data.
+            national = "national check digits fail (masked anyway)"
+    return True, f"{compact[:2]} length, BBAN format and mod-97 pass; {national}"
 
 
 def _shorter(data: bytes, s: int, e: int, separators: bytes) -> list[int]:
@@ -120,10 +183,53 @@ def _shorter(data: bytes, s: int, e: int, separators: bytes) -> list[int]:
     return ends
 
 
-def _card(data: bytes, s: int, e: int) -> int | None:
+# Issuer identification ranges in use (ISO/IEC 7812 as the schemes publish them):
+# (first prefix, last prefix, allowed lengths). Prefixes in a row have equal length.
+_CARD_RANGES: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("4", "4", frozenset({13, 16, 19})),                 # Visa (incl. Electron)
+    ("51", "55", frozenset({16})),                       # Mastercard
+    ("2221", "2720", frozenset({16})),                   # Mastercard 2-series
+    ("34", "34", frozenset({15})), ("37", "37", frozenset({15})),  # American Express
+    ("6011", "6011", frozenset(range(16, 20))),          # Discover
+    ("644", "649", frozenset(range(16, 20))),
+    ("65", "65", frozenset(range(16, 20))),              # Discover / RuPay
+    ("622126", "622925", frozenset(range(16, 20))),      # Discover co-branded UnionPay
+    ("62", "62", frozenset(range(16, 20))),              # UnionPay
+    ("81", "82", frozenset(range(16, 20))),              # UnionPay 81, RuPay 81/82
+    ("3528", "3589", frozenset(range(16, 20))),          # JCB
+    ("300", "305", frozenset(range(14, 20))),            # Diners Club
+    ("3095", "3095", frozenset(range(14, 20))),
+    ("36", "36", frozenset(range(14, 20))),
+    ("38", "39", frozenset(range(16, 20))),
+    ("2200", "2204", frozenset(range(16, 20))),          # Mir
+    ("50", "50", frozenset(range(13, 20))),              # Maestro, Verve, RuPay 508
+    ("56", "58", frozenset(range(13, 20))),              # Maestro
+    ("60", "60", frozenset(range(16, 20))),              # RuPay
+    ("63", "63", frozenset(range(13, 20))),              # Maestro, InstaPayment
+    ("67", "67", frozenset(range(13, 20))),              # Maestro
+    ("9792", "9792", frozenset({16})),                   # Troy
+)
+
+
+def card_issuer_known(digits: str) -> bool:
+    """True when the number's prefix and length fall in an issued card range."""
+    n = len(digits)
+    for lo, hi, lengths in _CARD_RANGES:
+        if n in lengths and lo <= digits[: len(lo)] <= hi:
+            return True
+    return False
+
+
+_GROUPED_CARD = re.compile(r"[1-9]\d{3}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|[1-9]\d{3}([ -])\d{6}\2\d{4,5}")
+
+
+def _card(data: bytes, s: int, e: int) -> int | Keep | None:
     for end in _shorter(data, s, e, b" -"):
         if _card_exact(data, s, end):
             return end
+    if not _glued(data, s, e, _NUM_JOINERS) and _GROUPED_CARD.fullmatch(data[s:e].decode("ascii")):
+        # Written like a card, checks fail: keep it whole so no phone or SSN is found inside.
+        return Keep(e, "grouped like a card number, but Luhn or issuer range fails")
     return None
 
 
@@ -133,62 +239,94 @@ def _card_exact(data: bytes, s: int, e: int) -> bool:
     raw = data[s:e].decode("ascii")
     digits = "".join(ch for ch in raw if ch.isdigit())
     separators = {ch for ch in raw if not ch.isdigit()}
-    # Issuer prefixes 2-6 cover Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay;
-    # mixing separators ("4111 1111-1111 1111") is not how cards are written.
-    if len(separators) > 1 or not 13 <= len(digits) <= 19 or digits[0] not in "23456":
+    # Mixing separators ("4111 1111-1111 1111") is not how cards are written.
+    if len(separators) > 1 or not 13 <= len(digits) <= 19 or not card_issuer_known(digits):
         return False
     return luhn_valid(digits)
 
 
-def _ssn(data: bytes, s: int, e: int) -> int | None:
+def _card_explain(data: bytes, s: int, e: int) -> str:
+    digits = "".join(ch for ch in data[s:e].decode("ascii") if ch.isdigit())
+    return (f"{len(digits)} digits; issuer range {'known' if card_issuer_known(digits) else 'unknown'}; "
+            f"Luhn {'passes' if luhn_valid(digits) else 'fails'}")
+
+
+def _ssn(data: bytes, s: int, e: int) -> int | Keep | None:
     if _glued(data, s, e, _NUM_JOINERS):
         return None
     area, group, serial = data[s:e].decode("ascii").split("-")
     if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
-        return None
+        return Keep(e, "SSN-shaped, but the SSA never issues this area, group or serial")
     return e
 
 
-def _phone(data: bytes, s: int, e: int) -> int | None:
-    for end in _shorter(data, s, e, b" -."):
-        if _phone_exact(data, s, end):
-            return end
-    return None
+def _phone_validator(regions: Sequence[str] | None) -> tuple[Validator, Explainer]:
+    rules = phone_rules(tuple(regions) if regions is not None else None)
+
+    def explain(data: bytes, s: int, e: int) -> str:
+        verdict = rules.decide(data, s, e)
+        if verdict is None:
+            return rules.why_not(data, s, e)
+        return verdict[1]
+
+    return rules.validate, explain
 
 
-def _phone_exact(data: bytes, s: int, e: int) -> bool:
-    if _glued(data, s, e, _NUM_JOINERS):
-        return False
-    raw = data[s:e].decode("ascii")
-    digits = "".join(ch for ch in raw if ch.isdigit())
-    if raw.startswith("+") and not raw.startswith("+1"):
-        return 8 <= len(digits) <= 15
-    national = digits[1:] if raw.startswith("+1") else digits
-    # NANP: area code and exchange never start with 0 or 1.
-    return len(national) == 10 and national[0] not in "01" and national[3] not in "01"
-
-
-def _iban(data: bytes, s: int, e: int) -> int | None:
+def _iban(data: bytes, s: int, e: int) -> int | Keep | None:
     # A spaced IBAN may be followed by an unrelated 4-character group; drop trailing
-    # groups until the checksum holds.
+    # groups until the checks hold.
+    full = e
     while e - s >= 15:
         if iban_valid(data[s:e].decode("ascii").replace(" ", "")):
             return e
         cut = data.rfind(b" ", s, e)
         if cut == -1:
-            return None
+            break
         e = cut
+    if data[s:s + 2].decode("ascii") in _IBAN_COUNTRIES and not _glued(data, s, full, frozenset()):
+        return Keep(full, "IBAN-shaped, but the IBAN checks fail")
     return None
 
 
-def _ipv4(data: bytes, s: int, e: int) -> int | None:
+def _iban_explain(data: bytes, s: int, e: int) -> str:
+    return _iban_verdict(data[s:e].decode("ascii").replace(" ", ""))[1]
+
+
+_VERSION_GAP = frozenset(b" \t:=.'\"#([")
+_LETTERS = frozenset(string.ascii_letters.encode())
+# Words after which a dotted quad is a version or section number, not an address.
+_VERSION_BEFORE = re.compile(
+    rb"(?i)(?<![a-z])(?:version|versions|ver|vers|v|release|rel|build|bld|section|sec|sect|chapter|ch|"
+    rb"firmware|fw|revision|rev|patch|update|kb|article|art|clause|paragraph|para|figure|fig|table|step|"
+    rb"item|rule|rfc|iso|standard|std|schema|api|sdk|driver|bios|os|app|package|pkg|tag|"
+    rb"versi\xc3\xb3n|versione|vers\xc3\xa3o|versie|abschnitt|kapitel|artikel|ausgabe|paragraphe|"
+    rb"secci\xc3\xb3n|sezione|se\xc3\xa7\xc3\xa3o|hoofdstuk)[\s:=.'\"#(\[]{0,4}\Z"
+    rb"|\xc2\xa7\s?\Z"
+)
+
+
+def _ipv4(data: bytes, s: int, e: int) -> int | Keep | None:
     if _glued(data, s, e, _DOT):
         return None
     try:
         ipaddress.IPv4Address(data[s:e].decode("ascii"))
     except ValueError:
         return None
+    # Only a letter (or "§") shortly before can make it a version: skip the regex otherwise.
+    j = s - 1
+    while j >= 0 and s - j <= 4 and data[j] in _VERSION_GAP:
+        j -= 1
+    if j >= 0 and (data[j] in _LETTERS or data[j] >= 0x80) \
+            and _VERSION_BEFORE.search(data, max(0, s - 24), s) is not None:
+        return Keep(e, "a dotted number after a word such as Version, release, build or section")
     return e
+
+
+def _ipv4_explain(data: bytes, s: int, e: int) -> str:
+    verdict = _ipv4(data, s, e)
+    if verdict is None:
+        return "not a valid IPv4 address, or part of a longer dotted number"
+    return "valid IPv4 address with no version or section word before it"
 
 
 def _ipv6(data: bytes, s: int, e: int) -> int | None:
@@ -226,17 +364,17 @@ def _jwt(data: bytes, s: int, e: int) -> int | None:
 
 _ALNUM = string.ascii_letters + string.digits
 _B64URL = _ALNUM + "-_"
-
-EMAIL_PATTERN = (
-    r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,6}"
-    r"[A-Za-z]{2,24}\b"
+# ISO 13616 countries (the IBAN registry schwifty ships): only these claim a failing shape.
+_IBAN_COUNTRIES = frozenset(
+    "AD AE AL AT AZ BA BE BG BH BI BR BY CH CR CY CZ DE DJ DK DO EE EG ES FI FK FO FR GB GE GI GL GR GT "
+    "HN HR HU IE IL IQ IS IT JO KW KZ LB LC LI LT LU LV LY MC MD ME MK MN MR MT MU NI NL NO OM PK PL PS "
+    "PT QA RO RS RU SA SC SD SE SI SK SM SO ST SV TL TN TR UA VA VG XK YE".split()
 )
-PHONE_PATTERN = (
-    r"\+1[ .-]?\(\d{3}\) ?\d{3}[ .-]\d{4}"
-    r"|\+[1-9]\d{0,2}(?:[ -]\d{1,4}){2,5}"
-    r"|\+[1-9]\d{7,14}"
-    r"|\(\d{3}\) ?\d{3}[ .-]\d{4}"
-    r"|\b\d{3}-\d{3}-\d{4}|\b\d{3}\.\d{3}\.\d{4}|\b\d{3} \d{3} \d{4}"
+
+# The local part may hold an apostrophe (o'brien@...): the whole address is one token.
+EMAIL_PATTERN = (
+    r"\b[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,6}"
+    r"[A-Za-z]{2,24}\b"
 )
 CARD_PATTERN = (
     r"\b(?:\d{4}[ -]){3}\d{4}(?:[ -]\d{1,3})?\b"
@@ -263,15 +401,21 @@ PEM_PATTERN = (
 )
 
 
-def builtin_detectors() -> dict[str, tuple[Detector, ...]]:
-    """Detectors by entity, in priority order (earlier wins a tie on start and length)."""
+def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, tuple[Detector, ...]]:
+    """Detectors by entity, in priority order (earlier wins a tie on start and length).
+
+    ``phone_regions``: regions whose national phone formats are recognised (default
+    ``DEFAULT_PHONE_REGIONS``); international forms are recognised for every region.
+    """
+    phone_validate, phone_explain = _phone_validator(phone_regions)
     return {
         "PRIVATE_KEY": (
             Detector(
-                "PRIVATE_KEY", PEM_PATTERN, 8192, None, prefix=PEM_PREFIX, triggers=(b"-----BEGIN",)
+                "PRIVATE_KEY", PEM_PATTERN, 8192, None, prefix=PEM_PREFIX, triggers=(b"-----BEGIN",),
+                rule="pem-block",
             ),
         ),
-        "JWT": (Detector("JWT", JWT_PATTERN, 8192, _B64URL + ".", _jwt, triggers=(b"eyJ",)),),
+        "JWT": (Detector("JWT", JWT_PATTERN, 8192, _B64URL + ".", _jwt, triggers=(b"eyJ",), rule="jwt-shape"),),
         "SECRET": (
             Detector(
                 "SECRET",
@@ -280,15 +424,24 @@ def builtin_detectors() -> dict[str, tuple[Detector, ...]]:
                 _B64URL,
                 _secret,
                 triggers=(b"sk-", b"AKIA", b"ASIA", b"gh", b"github_pat_", b"xox"),
+                rule="vendor-key-prefix",
             ),
         ),
-        "EMAIL": (Detector("EMAIL", EMAIL_PATTERN, 480, _ALNUM + "._%+-@", triggers=(b"@",)),),
-        "IBAN": (Detector("IBAN", IBAN_PATTERN, 42, string.ascii_uppercase + string.digits + " ", _iban),),
-        "CREDIT_CARD": (Detector("CREDIT_CARD", CARD_PATTERN, 23, string.digits + " -", _card),),
-        "US_SSN": (Detector("US_SSN", SSN_PATTERN, 11, string.digits + "-", _ssn, triggers=(b"-",)),),
-        "PHONE": (Detector("PHONE", PHONE_PATTERN, 24, string.digits + "+()-. ", _phone),),
+        "EMAIL": (Detector("EMAIL", EMAIL_PATTERN, 480, _ALNUM + "._%+-@'", triggers=(b"@",), rule="addr-spec"),),
+        "IBAN": (Detector("IBAN", IBAN_PATTERN, 42, string.ascii_uppercase + string.digits + " ", _iban,
+                          rule="iso13616+schwifty", explain=_iban_explain),),
+        "CREDIT_CARD": (Detector("CREDIT_CARD", CARD_PATTERN, 23, string.digits + " -", _card,
+                                 rule="luhn+issuer-range", explain=_card_explain),),
+        "US_SSN": (Detector("US_SSN", SSN_PATTERN, 11, string.digits + "-", _ssn, triggers=(b"-",),
+                            rule="ssa-issuance"),),
+        "PHONE": (Detector("PHONE", PHONE_PATTERN, PHONE_MAX_LENGTH, PHONE_ALPHABET, phone_validate,
+                           starts="+(" + string.digits, ends=string.digits, right_context=5,
+                           rule="libphonenumber",
+                           explain=phone_explain),),
         "IP_ADDRESS": (
-            Detector("IP_ADDRESS", IPV4_PATTERN, 15, string.digits + ".", _ipv4, triggers=(b".",)),
-            Detector("IP_ADDRESS", IPV6_PATTERN, 45, string.hexdigits + ":.", _ipv6, triggers=(b":",)),
+            Detector("IP_ADDRESS", IPV4_PATTERN, 15, string.digits + ".", _ipv4, triggers=(b".",),
+                     rule="ipv4+context", explain=_ipv4_explain),
+            Detector("IP_ADDRESS", IPV6_PATTERN, 45, string.hexdigits + ":.", _ipv6, triggers=(b":",),
+                     rule="ipv6"),
         ),
     }

@@ -8,6 +8,8 @@ Semantics (the contract the streaming masker's proof rests on):
   only on ``LEFT_CONTEXT`` bytes before ``s`` and on the text up to
   ``s + max_length + HOLD_MARGIN``. (RE2 evaluates ``\b`` at a window's edge against
   the real neighbouring byte, so windows never invent matches.)
+* A validator may turn a candidate into a *claim* (``Keep``): it is resolved like any
+  candidate but left unmasked, so nothing else matches inside it.
 * Candidates are sorted by (start, longest first, detector priority) and taken greedily,
   skipping any that overlap an already taken one. That is causal: whether a candidate
   is taken depends only on candidates that start earlier or at the same place.
@@ -17,20 +19,36 @@ So a match is decided by a bounded window around it, and text can be scanned in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import re2
 
-from extproc.masking.detectors import RIGHT_CONTEXT, Detector
+from extproc.masking.detectors import RIGHT_CONTEXT, Detector, Keep
 from extproc.masking.spans import Span
 
-__all__ = ["HOLD_MARGIN", "Engine", "compile_pattern"]
+__all__ = ["HOLD_MARGIN", "KEPT", "Decision", "Engine", "compile_pattern"]
+
+#: Entity of a claimed-but-kept span in ``Engine.resolve`` results; never rendered.
+KEPT = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One span ``--explain`` reports: masked, kept by a claim, or a rejected candidate."""
+
+    start: int
+    end: int
+    entity: str
+    outcome: str  # "masked" | "kept"
+    rule: str
+    reason: str
 
 #: A candidate is final once ``max_length + HOLD_MARGIN`` characters follow its start: the
 #: window holds ``max_length + 1`` bytes (one more, so a validator can trim an over-long
-#: greedy match) and validators read ``RIGHT_CONTEXT`` bytes past its end.
+#: greedy match) and validators read up to ``RIGHT_CONTEXT`` bytes past its end (each
+#: detector declares its own ``right_context``; this is the bound over all of them).
 HOLD_MARGIN = RIGHT_CONTEXT + 1
 
 _OPTIONS = re2.Options()
@@ -46,12 +64,17 @@ def compile_pattern(pattern: str, *, case_insensitive: bool = False) -> Any:
     return re2.compile(pattern, options)
 
 
+_SpanFn = Callable[[bytes, int, int], "tuple[int, int] | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     detector: Detector
     regex: Any
     alphabet: str | None
     prefix_regex: Any  # full header regex for prefix detectors (PEM), else None
+    search: _SpanFn
+    match: _SpanFn
 
 
 class Engine:
@@ -68,10 +91,8 @@ class Engine:
             prefix_regex = None
             if det.prefix is not None:
                 prefix_regex = compile_pattern(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-            compiled.append(
-                _Compiled(det, compile_pattern(det.pattern, case_insensitive=det.case_insensitive),
-                          alphabet, prefix_regex)
-            )
+            regex = compile_pattern(det.pattern, case_insensitive=det.case_insensitive)
+            compiled.append(_Compiled(det, regex, alphabet, prefix_regex, *_spans(regex)))
         self._compiled: tuple[_Compiled, ...] = tuple(compiled)
         self._allow = allow_list
         self.allow_list = allow_list
@@ -82,8 +103,12 @@ class Engine:
     def find(self, text: str, lo: int = 0, hi: int | None = None) -> list[Span]:
         """Taken matches that start in ``[lo, hi)``; ``text`` beyond ``hi`` is right context.
 
-        Callers must guarantee no taken match before ``lo`` reaches past ``lo``.
+        Callers must guarantee no taken match (or claim) before ``lo`` reaches past ``lo``.
         """
+        return [span for span in self.resolve(text, lo, hi) if span.entity != KEPT]
+
+    def resolve(self, text: str, lo: int = 0, hi: int | None = None) -> list[Span]:
+        """Like ``find``, but claims are included too, with entity ``KEPT``."""
         if hi is None:
             hi = len(text)
         if hi <= lo or not self._compiled:
@@ -95,7 +120,7 @@ class Engine:
         else:
             blo = len(text[:lo].encode("utf-8", "surrogatepass"))
             bhi = blo + len(text[lo:hi].encode("utf-8", "surrogatepass"))
-        candidates: list[tuple[int, int, int, str]] = []
+        candidates: list[tuple[int, int, int, str]] = []  # (start, -end, priority, entity)
         for priority, comp in enumerate(self._compiled):
             det = comp.detector
             if det.triggers and not any(t in data for t in det.triggers):
@@ -124,32 +149,96 @@ class Engine:
         out: list[tuple[int, int, int, str]],
     ) -> None:
         det = comp.detector
-        regex = comp.regex
+        search, match = comp.search, comp.match
         limit = det.max_length
         size = len(data)
         pos = blo
         while pos < bhi:
-            m = regex.search(data, pos)
-            if m is None:
+            found = search(data, pos, size)
+            if found is None:
                 return
-            start, end = m.span()
+            start, end = found
             if start >= bhi:
                 return
             if end - start > limit:
                 # Re-match inside the window the engine promises (limit + 1 bytes, so a
                 # validator can still trim it), so the answer does not depend on how much
                 # text follows.
-                w = regex.match(data, start, min(size, start + limit + 1))
-                end = w.end() if w is not None else -1
+                w = match(data, start, min(size, start + limit + 1))
+                end = w[1] if w is not None else -1
+            entity = det.entity
             if end > start and det.validate is not None:
-                end = det.validate(data, start, end) or -1
+                verdict = det.validate(data, start, end)
+                if isinstance(verdict, Keep):
+                    end, entity = verdict.end, KEPT
+                else:
+                    end = verdict or -1
             if end - start > limit:
                 end = -1
-            if end > start and self._allow and _decode(data[start:end]) in self._allow:
+            if end > start and entity and self._allow and _decode(data[start:end]) in self._allow:
                 end = -1
             if end > start:
-                out.append((start, -end, priority, det.entity))
+                out.append((start, -end, priority, entity))
             pos = start + 1
+
+    # -- explanations ------------------------------------------------------------------
+
+    def explain(self, text: str) -> list[Decision]:
+        """Every taken span (masked or kept by a claim) and every candidate a validator
+        turned down that no taken span covers, each with the detector's rule and reason."""
+        data = text.encode("utf-8", "surrogatepass")
+        taken = self.resolve(text)
+        spans = [(s.start, s.end) for s in taken]
+        out: list[Decision] = []
+        starts = _byte_offsets(text)
+        for span in taken:
+            bs, be = starts[span.start], starts[span.end]
+            det, reason = self._reason(data, bs, be, span.entity)
+            out.append(Decision(span.start, span.end, span.entity or det.entity,
+                                "kept" if span.entity == KEPT else "masked", det.rule, reason))
+        # Candidates the pattern proposed and the validator rejected outright.
+        char_at = {b: c for c, b in enumerate(starts)}
+        for comp in self._compiled:
+            det = comp.detector
+            if det.validate is None:
+                continue
+            pos = 0
+            while pos < len(data):
+                m = comp.regex.search(data, pos)
+                if m is None:
+                    break
+                bs, be = m.span()
+                pos = bs + 1
+                if be - bs > det.max_length or be <= bs or det.validate(data, bs, be) is not None:
+                    continue
+                cs, ce = char_at.get(bs), char_at.get(be)
+                if cs is None or ce is None or any(a < ce and cs < b for a, b in spans):
+                    continue
+                reason = det.explain(data, bs, be) if det.explain is not None else "validator rejected it"
+                out.append(Decision(cs, ce, det.entity, "kept", det.rule, reason))
+                spans.append((cs, ce))
+        out.sort(key=lambda d: (d.start, -d.end))
+        return out
+
+    def _reason(self, data: bytes, bs: int, be: int, entity: str) -> tuple[Detector, str]:
+        for comp in self._compiled:
+            det = comp.detector
+            if entity and det.entity != entity:
+                continue
+            if det.validate is None:
+                m = comp.regex.match(data, bs)
+                if m is not None and m.end() == be:
+                    return det, "matched the pattern" + (" (not on the allow list)" if self._allow else "")
+                continue
+            m = comp.regex.match(data, bs, min(len(data), bs + det.max_length + 1))
+            if m is None:
+                continue
+            verdict = det.validate(data, bs, m.end())
+            if isinstance(verdict, Keep) and not entity and verdict.end == be:
+                return det, verdict.reason
+            if entity and verdict == be:
+                return det, det.explain(data, bs, be) if det.explain is not None else "pattern and validator agree"
+        return self._compiled[0].detector, "matched"
 
     # -- streaming support -----------------------------------------------------------
 
@@ -163,11 +252,12 @@ class Engine:
         result = n
         for comp in self._compiled:
             det = comp.detector
-            floor = max(lo, n - det.max_length - HOLD_MARGIN)
+            floor = max(lo, n - det.max_length - det.right_context - 1)
             if floor >= result:
                 continue
             if comp.alphabet is not None:
-                start = _alphabet_hold(text, n, comp.alphabet, floor)
+                start = _alphabet_hold(text, n, comp.alphabet, floor, det.starts, det.ends or comp.alphabet,
+                                       det.right_context)
             elif det.prefix is not None:
                 start = self._prefix_hold(comp, text, n, floor)
             else:
@@ -203,23 +293,76 @@ def _prefix_open(comp: _Compiled, text: str, i: int, n: int) -> bool:
         return all(ch.isupper() or ch.isdigit() or ch in " -" for ch in rest)
     m = comp.regex.match(tail)
     # Complete and followed by enough context: decided.
-    return m is None or i + m.end() + RIGHT_CONTEXT > n
+    return m is None or i + m.end() + comp.detector.right_context > n
 
 
-def _alphabet_hold(text: str, n: int, alphabet: str, floor: int) -> int:
-    # Only a run of alphabet characters touching the unknown future (or ending within
-    # RIGHT_CONTEXT of it) can still become or change a match.
-    if n == 0:
-        return n
-    if text[n - 1] in alphabet:
-        end = n
-    elif n >= 2 and text[n - 2] in alphabet:
-        end = n - 1
-    else:
-        return n
-    seg = text[max(0, floor - 1) : end]
+def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | None, ends: str,
+                   right: int) -> int:
+    # A match is a run of alphabet characters ending in one of ``ends``. It can still
+    # change if it may grow (its run touches the end of the text) or if its last
+    # character is among the final ``right`` characters (its validator has not seen all
+    # its right context): hold from the start of the earliest such run.
+    q = -1
+    for i in range(max(0, n - right), n):
+        if text[i] in ends:
+            q = i
+            break
+    if q < 0:
+        if n == 0 or text[n - 1] not in alphabet:
+            return n
+        q = n - 1  # the run touching the end may still grow into a match
+    seg = text[max(0, floor - 1) : q + 1]
     run = len(seg) - len(seg.rstrip(alphabet))
-    return max(end - run, floor)
+    start = max(q + 1 - run, floor)
+    if starts is not None:
+        # A match begins with one of ``starts``: the head of the held text before the
+        # first such character ("ext note " before "+44") can be let go.
+        while start < n and text[start] not in starts:
+            start += 1
+    return start
+
+
+def _spans(regex: Any) -> tuple[_SpanFn, _SpanFn]:
+    """``search`` and anchored ``match`` returning the match's byte span or None.
+
+    For RE2 this calls the compiled regexp directly: the ``re2`` module's Python layer
+    (a generator and a Match object per call) costs more than the scan itself when a
+    detector has many candidates. Falls back to the public API if that layer changes.
+    """
+    low = getattr(regex, "_regexp", None)
+    anchor = getattr(re2, "_Anchor", None)
+    if low is not None and anchor is not None and hasattr(low, "Match"):
+        unanchored, start = anchor.UNANCHORED, anchor.ANCHOR_START
+
+        def low_search(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+            span = low.Match(unanchored, data, pos, endpos)[0]
+            return None if span[0] < 0 else (span[0], span[1])
+
+        def low_match(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+            span = low.Match(start, data, pos, endpos)[0]
+            return None if span[0] < 0 else (span[0], span[1])
+
+        return low_search, low_match
+
+    def search(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+        m = regex.search(data, pos, endpos)
+        return None if m is None else (m.start(), m.end())
+
+    def match(data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+        m = regex.match(data, pos, endpos)
+        return None if m is None else (m.start(), m.end())
+
+    return search, match
+
+
+def _byte_offsets(text: str) -> list[int]:
+    """Byte offset of every character position (and of the end) of ``text`` in UTF-8."""
+    out = [0]
+    total = 0
+    for ch in text:
+        total += len(ch.encode("utf-8", "surrogatepass"))
+        out.append(total)
+    return out
 
 
 def _decode(raw: bytes) -> str:

@@ -12,7 +12,8 @@ import re2
 
 from extproc.errors import ConfigError
 from extproc.masking.detectors import BUILTIN_ENTITIES, Detector, builtin_detectors
-from extproc.masking.engine import Engine, compile_pattern
+from extproc.masking.engine import Decision, Engine, compile_pattern
+from extproc.masking.phone import known_regions
 from extproc.masking.replacement import STYLES, Style, render
 from extproc.masking.spans import Span
 
@@ -23,7 +24,7 @@ __all__ = ["DENY_LIST_ENTITY", "MaskingProfile", "default_profile"]
 
 #: Entity reported for deny-list hits.
 DENY_LIST_ENTITY = "DENY_LIST"
-_CONFIG_KEYS = frozenset({"entities", "styles", "hash_key", "custom", "deny_list", "allow_list"})
+_CONFIG_KEYS = frozenset({"entities", "styles", "hash_key", "custom", "deny_list", "allow_list", "phone_regions"})
 _DEFAULT_CUSTOM_MAX = 128
 _MAX_CUSTOM_MAX = 65536
 _WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_")
@@ -64,7 +65,7 @@ class MaskingProfile:
             if key not in _CONFIG_KEYS:
                 raise ConfigError(f"unknown key {key!r} (expected one of {sorted(_CONFIG_KEYS)})",
                                   path=f"{path}.{key}")
-        builtins = builtin_detectors()
+        builtins = builtin_detectors(_phone_regions(cfg.get("phone_regions"), f"{path}.phone_regions"))
         detectors: list[Detector] = []
         names = cfg.get("entities")
         if names is None:
@@ -114,6 +115,11 @@ class MaskingProfile:
     def find(self, text: str) -> list[Span]:
         """Detected values, sorted and non-overlapping."""
         return self.engine.find(text)
+
+    def explain(self, text: str) -> list[Decision]:
+        """Every masked span, every span kept by a claim and every rejected candidate, with
+        the detector's rule and the reason (for ``extproc mask --explain``)."""
+        return self.engine.explain(text)
 
     def mask(self, text: str) -> tuple[str, Counter[str]]:
         counts: Counter[str] = Counter()
@@ -166,6 +172,18 @@ def _string_list(value: object, path: str) -> list[str]:
         if not isinstance(item, str) or not item:
             raise ConfigError("must be a non-empty string", path=f"{path}[{i}]")
     return cast(list[str], value)
+
+
+def _phone_regions(value: object, path: str) -> list[str] | None:
+    if value is None:
+        return None
+    regions = _string_list(value, path)
+    known = known_regions()
+    for i, code in enumerate(regions):
+        if code not in known:
+            raise ConfigError(f"unknown region {code!r}; use ISO 3166 alpha-2 codes libphonenumber knows (GB, DE, ...)",
+                              path=f"{path}[{i}]")
+    return regions
 
 
 def _styles(value: object, known: set[str], path: str) -> dict[str, Style]:

@@ -7,7 +7,8 @@ its alphabet (plus ``RIGHT_CONTEXT`` characters of look-ahead), capped at its
 ``max_length + HOLD_MARGIN``; for PEM blocks, an unterminated ``-----BEGIN`` header. Matches starting
 before ``u`` are final, so the text before ``u`` is masked and emitted -- extended to the
 end of a final match that straddles ``u``, because anything starting inside it would lose
-to it anyway. The rest stays in the buffer, so ``held <= max_match_length + HOLD_MARGIN``.
+to it anyway (the same holds for a claim, a span a detector keeps whole). The rest stays
+in the buffer, so ``held <= max_match_length + HOLD_MARGIN``.
 
 The last ``LEFT_CONTEXT`` characters already emitted are kept (not re-emitted) so that
 word-boundary and "not preceded by a digit" checks see the same left context as a scan
@@ -21,6 +22,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from extproc.masking.detectors import LEFT_CONTEXT
+from extproc.masking.engine import KEPT
 
 if TYPE_CHECKING:
     from extproc.masking.profile import MaskingProfile
@@ -65,10 +67,12 @@ class StreamingMasker:
         cut = len(work) if final else engine.undetermined_start(work, lo)
         if cut <= lo:
             return ""
-        spans = engine.find(work, lo, cut)
+        # Claims (kept spans) count for the cut too: text inside one must not be rescanned.
+        spans = engine.resolve(work, lo, cut)
         if spans and spans[-1].end > cut:
             cut = spans[-1].end
-        out = self._profile.render(work, spans, lo, cut, self.counts)
+        masked = [span for span in spans if span.entity != KEPT]
+        out = self._profile.render(work, masked, lo, cut, self.counts)
         self._ctx = work[max(0, cut - LEFT_CONTEXT) : cut]
         self._buf = work[cut:]
         return out

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from extproc.config.load import load_config
-from extproc.config.model import Config, ConfigError
-from extproc.errors import ExtprocError
+from extproc.config.model import Config
+from extproc.errors import ConfigError, ExtprocError
 from extproc.policy.engine import Policy
 from extproc.policy.model import Decision, PolicyRequest
 

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.config.model import ConfigError
 from extproc.config.reader import SectionReader
+from extproc.errors import ConfigError
 from extproc.identity.model import Identity
 from extproc.llmapi.usage import Usage
 from extproc.masking import HOLD_MARGIN, MaskingProfile, default_profile

@@ -30,7 +30,8 @@ from extproc.approvals.model import (
     new_approval,
 )
 from extproc.approvals.notify import generic_payload, slack_payload
-from extproc.config.model import ConfigError, _load_with_lines
+from extproc.config.model import _load_with_lines
+from extproc.errors import ConfigError
 from extproc.identity.model import Identity
 
 T0 = 1_700_000_000.0

@@ -7,7 +7,8 @@ import yaml
 
 from extproc.cli import main
 from extproc.config.load import load_config
-from extproc.config.model import ConfigError, parse_config
+from extproc.config.model import parse_config
+from extproc.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "examples" / "extproc.yaml").read_text())

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-
-import pytest
 
 from extproc.masking import default_profile
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "pii-dev-corpus.jsonl"
+REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not CORPUS.is_file(), reason=f"labelled corpus not present at {CORPUS}")
+def _corpus_path() -> Path:
+    """``$EXTPROC_SHARED/pii-dev-corpus.jsonl``, else ``shared/`` beside the repository.
+
+    A git worktree sits deeper than a clone (``wt/<name>/``), so every ancestor of the
+    repository is tried; the first ``shared/pii-dev-corpus.jsonl`` found wins.
+    """
+    env = os.environ.get("EXTPROC_SHARED")
+    if env:
+        return Path(env) / "pii-dev-corpus.jsonl"
+    for parent in REPO.parents:
+        candidate = parent / "shared" / "pii-dev-corpus.jsonl"
+        if candidate.is_file():
+            return candidate
+    return REPO.parent / "shared" / "pii-dev-corpus.jsonl"
+
+
+CORPUS = _corpus_path()
+
+
 def test_corpus_recall_and_precision() -> None:
     profile = default_profile()
     expected = found_true = found = 0

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from extproc.config.model import ConfigError
+from extproc.errors import ConfigError
 from extproc.masking import BUILTIN_ENTITIES, MaskingProfile, Span, default_profile
 from extproc.masking.detectors import iban_valid, luhn_valid
 

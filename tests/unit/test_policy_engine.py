@@ -254,7 +254,7 @@ def test_detectors_mask_with_typed_placeholders_and_styles() -> None:
 
 def test_custom_entities_and_hash_style_from_the_masking_section() -> None:
     pytest.importorskip("extproc.masking")
-    from extproc.config.model import ConfigError
+    from extproc.errors import ConfigError
 
     masking = {"custom": [{"name": "EMPLOYEE_ID", "pattern": "E-[0-9]{6}"}], "hash_key": "k"}
     mask = rule("emp", "mask", match={"content": {"detectors": ["EMPLOYEE_ID"]}}, masking={"style": "hash"})
@@ -270,7 +270,7 @@ def test_custom_entities_and_hash_style_from_the_masking_section() -> None:
 
 def test_unknown_detector_is_a_config_error() -> None:
     pytest.importorskip("extproc.masking")
-    from extproc.config.model import ConfigError
+    from extproc.errors import ConfigError
 
     with pytest.raises(ConfigError) as exc:
         Policy.from_config({"rules": [rule("x", "block", match={"content": {"detectors": ["EMAILS"]}})]})

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from extproc.config.model import ConfigError
+from extproc.errors import ConfigError
 from extproc.policy import Policy, schema_path
 from extproc.policy import loader as L
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.config.model import ConfigError
+from extproc.errors import ConfigError
 from extproc.identity.model import Identity
 from extproc.llmapi.usage import Usage
 from extproc.policy.model import Decision, RuleMatch

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.config.model import ConfigError
+from extproc.errors import ConfigError
 from extproc.llmapi.sse import parse_events, serialize_event
 from extproc.masking import default_profile
 from extproc.masking.responses import BodyTooLarge
