@@ -532,11 +532,17 @@ class PodRunner:
         return self.exec_out(r, c, argv, timeout)[0]
 
     def exec_out(
-        self, r: Running, c: Mapping[str, Any], argv: Sequence[str], timeout: float = 10
+        self, r: Running, c: Mapping[str, Any], argv: Sequence[str], timeout: float = 10, *, uid: int | None = None
     ) -> tuple[int, str]:
+        """Like ``exec_in``, with the output; ``uid`` runs as another user than the container's
+        (a stand-in for another container image's user in the same pod)."""
         """``kubectl exec``-like: run ``argv`` in the container's mount and network
         namespaces, root and user (what an exec probe does)."""
-        uid, gid = _run_as(self.pod, c)
+        cuid, gid = _run_as(self.pod, c)
+        if uid is None:
+            uid = cuid
+        else:
+            gid = uid
         image = self.images[c["image"]]
         env = [f"{k}={v}" for k, v in self.env_of(c, image).items()]
         cmd = ["nsenter", "-t", str(r.popen.pid), "-m", "-n", "-r", "-w",

@@ -134,10 +134,17 @@ def pod_env(tmp_path: Path) -> Iterator[tuple[PodNetwork, World]]:
         yield net, w
 
 
-def runner(pod: dict[str, Any], w: World, net: PodNetwork, work: Path, keys: Mapping[str, bytes]) -> PodRunner:
+def runner(
+    pod: dict[str, Any],
+    w: World,
+    net: PodNetwork,
+    work: Path,
+    keys: Mapping[str, bytes],
+    images: Mapping[str, ImageRoot] | None = None,
+) -> PodRunner:
     return PodRunner(
         pod, sources(w, keys), work, net,
-        images={IMAGE: host_image(), APP_IMAGE: host_image()},
+        images=images or {IMAGE: host_image(), APP_IMAGE: host_image()},
         hosts=w.hosts,
         extra_files={"/etc/ssl/certs/ca-certificates.crt": w.trust_store()},
     )

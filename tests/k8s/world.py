@@ -75,8 +75,9 @@ def make_ca_and_leaf(names: list[str], ip: str) -> tuple[str, str, str]:
 
 
 class World:
-    def __init__(self, host_ip: str, work: Path, issuer: str) -> None:
+    def __init__(self, host_ip: str, work: Path, issuer: str, host_ip6: str | None = None) -> None:
         self.host_ip = host_ip
+        self.host_ip6 = host_ip6
         self.work = work
         self.issuer = issuer
         self.upstream = FakeUpstream()
@@ -121,7 +122,13 @@ class World:
         (d / "tls.key").write_text(self._key)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
-        self._server = await serve_http(self._handle, self.host_ip, 443, ssl_context=ctx)
+        self._servers = [await serve_http(self._handle, self.host_ip, 443, ssl_context=ctx)]
+        if self.host_ip6:
+            self._servers.append(await serve_http(self._handle, self.host_ip6, 443, ssl_context=ctx))
+        # Plain HTTP on 80 as well: what an app calling a provider without TLS would reach.
+        self._servers.append(await serve_http(self._handle, self.host_ip, 80))
+        if self.host_ip6:
+            self._servers.append(await serve_http(self._handle, self.host_ip6, 80))
 
     def start(self) -> World:
         self.loop.run(self._start())
@@ -142,12 +149,13 @@ class World:
         self.loop.stop()
 
     async def _close(self) -> None:
-        self._server.close()
+        for server in self._servers:
+            server.close()
 
 
 @contextmanager
-def world(host_ip: str, work: Path, issuer: str) -> Iterator[World]:
-    w = World(host_ip, work, issuer).start()
+def world(host_ip: str, work: Path, issuer: str, host_ip6: str | None = None) -> Iterator[World]:
+    w = World(host_ip, work, issuer, host_ip6).start()
     try:
         yield w
     finally:
