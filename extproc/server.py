@@ -165,7 +165,7 @@ def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
         credentials=creds,
         gateway=gateway,
         authenticator=Authenticator(config.issuers),
-        store=RedisStore(config.redis_url),
+        store=RedisStore(config.redis_url, prefix=config.redis_prefix),
         metrics=metrics or Metrics(),
         started_at=time.monotonic(),
     )
@@ -269,16 +269,16 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     if state.gateway.approvals is not None:
         settings = state.gateway.approvals
         notifier = Notifier(settings.webhooks)
-        waiter = ApprovalWaiter(state.store.client)
+        waiter = ApprovalWaiter(state.store.client, prefix=config.redis_prefix)
         await waiter.start()
         owner = make_owner_id()
-        approval_store = ApprovalStore(state.store.client, notifier=notifier)
+        approval_store = ApprovalStore(state.store.client, prefix=config.redis_prefix, notifier=notifier)
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
     records: RecordsStore | None = None
     records_task: asyncio.Task[None] | None = None
     if state.gateway.recording is not None:
-        records = RecordsStore(state.store.client, state.gateway.recording)
+        records = RecordsStore(state.store.client, state.gateway.recording, prefix=config.redis_prefix)
         records_task = asyncio.create_task(_maintain_records(records, state.metrics))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
                                   approvals=gate, records=records)
@@ -301,7 +301,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         )
     if waiter is not None and state.gateway.approvals is not None:
         approvals_api.add_to_server(admin_grpc, redis=state.store.client, authenticator=state.authenticator,
-                                    settings=state.gateway.approvals, waiter=waiter, notifier=notifier)
+                                    settings=state.gateway.approvals, waiter=waiter, notifier=notifier,
+                                    prefix=config.redis_prefix)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
     admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
     if admin_grpc.add_insecure_port(admin_addr) == 0:

@@ -376,8 +376,9 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
             {"name": TMP_VOLUME, "mountPath": "/tmp", "subPath": "extproc"},  # noqa: S108 - an emptyDir
         ],
     }
-    if settings.extproc_env:
-        extproc["env"] = [dict(e) for e in settings.extproc_env]
+    # The namespace names the tenant's Redis key prefix (redis.key_prefix in the ConfigMap).
+    extproc["env"] = [{"name": "EXTPROC_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    extproc["env"] += [dict(e) for e in settings.extproc_env]
     return [envoy, extproc]
 
 
