@@ -276,3 +276,20 @@ def test_settings_default_sidecar_uid_is_uncommon() -> None:
     s = replace(InjectSettings())
     common = {0, 101, 999, 1000, 1001, 1337, 2102, 10001, 65532, 65534}
     assert s.envoy_uid not in common and s.extproc_uid not in common
+
+
+def test_gateway_pod_reads_its_provider_keys() -> None:
+    """The gateway keeps 0440 and relies on its pod fsGroup: both containers can read."""
+    (dep,) = [o for o in build(ROOT / "k8s/overlays/gateway") if o["kind"] == "Deployment"
+              and o["metadata"]["name"] == "extproc-gateway"]
+    pod = {"metadata": dep["spec"]["template"]["metadata"], "spec": dep["spec"]["template"]["spec"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    src = Sources(config_maps={"extproc-config": {"extproc.yaml": "x", "envoy.yaml": "y"}},
+                  secrets={"extproc-provider-keys": {"openai": b"k"}})
+    server = next(c for c in pod["spec"]["initContainers"] if c["name"] == "extproc-server")
+    uid, gid = server["securityContext"]["runAsUser"], server["securityContext"]["runAsGroup"]
+    (f,) = materialise(pod, volumes["provider-keys"], src) or []
+    assert readable_by(f, uid, [gid, *supplemental_groups(pod)])
+    pod["spec"]["securityContext"] = {k: v for k, v in pod["spec"]["securityContext"].items() if k != "fsGroup"}
+    (f,) = materialise(pod, volumes["provider-keys"], src) or []
+    assert not readable_by(f, uid, [gid, *supplemental_groups(pod)])  # without fsGroup: issue 14's bug
