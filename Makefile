@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench eval-masking eval-masking-presidio lint typecheck protos render clean venv
+.PHONY: run test bench eval-masking eval-masking-presidio lint typecheck protos render clean venv image image-test
 
 venv: $(STAMP)
 
@@ -52,6 +52,25 @@ protos: $(STAMP)
 
 render: $(STAMP)
 	$(VENV)/bin/extproc envoy render examples/extproc.yaml -o envoy/envoy.yaml
+
+# The container image (Containerfile). Base image built locally with debootstrap (no
+# registry is reachable), wheels built here with pip, then `podman build --isolation chroot`.
+IMAGE      ?= ghcr.io/extproc/extproc:0.1.0
+BASE_IMAGE ?= localhost/extproc-base:bookworm
+
+image: $(STAMP)
+	image/build-base.sh $(BASE_IMAGE)
+	rm -rf build/image/wheels
+	$(PY) -m pip wheel --quiet --wheel-dir build/image/wheels .
+	@# Markers are evaluated for this venv's Python; Debian's 3.11.2 also needs what
+	@# redis requires below 3.11.3.
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --dest build/image/wheels 'async-timeout>=4.0.3'
+	podman build --isolation chroot --build-arg BASE=$(BASE_IMAGE) -t $(IMAGE) -f Containerfile .
+
+# Smoke test of the built image's file system (containers cannot be run with crun here):
+# chroot + setpriv as uid 10001, and the injected sidecar pair from the image serving a request.
+image-test: image
+	IMAGE=$(IMAGE) $(PY) -m pytest -q -p no:cacheprovider image/test_image.py
 
 clean:
 	rm -rf $(VENV) .venv-presidio .run .pytest_cache .mypy_cache .ruff_cache

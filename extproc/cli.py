@@ -119,6 +119,16 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_envoy_run(args: argparse.Namespace) -> int:
+    from extproc.config.envoy_launch import run
+
+    extra = list(args.extra)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    run(args.config, args.bootstrap, args.log_level, extra)
+    return 1  # not reached: run() replaces the process
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
 
@@ -222,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("-o", "--output", help="write here instead of stdout")
     er.add_argument("--validate", action="store_true", help="also run `envoy --mode validate` on the result")
     er.set_defaults(func=cmd_envoy_render)
+    erun = esub.add_parser(
+        "run",
+        help="exec Envoy with --concurrency from envoy.concurrency, else the container's CPU limit",
+    )
+    erun.add_argument("--config", "-c", required=True, help="the extproc configuration file")
+    erun.add_argument("--bootstrap", "-b", required=True, help="the rendered Envoy bootstrap (envoy.yaml)")
+    erun.add_argument("--log-level", default="info", help="Envoy's --log-level (default: info)")
+    erun.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more Envoy arguments")
+    erun.set_defaults(func=cmd_envoy_run)
 
     t = sub.add_parser("token", help="mint a token from the development issuer (local stack only)")
     t.add_argument("--sub", default="dev-user", help="subject / user name (default: dev-user)")

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from urllib.parse import parse_qs
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -83,7 +84,31 @@ class ServerState:
         if now - self.redis_checked_at > 2.0:
             self.redis_checked_at = now
             self.redis_ok = await self.store.ping()
+            self.metrics.redis_up.set(1 if self.redis_ok else 0)
         return self.redis_ok
+
+    async def readiness(self, require_redis: bool) -> tuple[bool, dict[str, object]]:
+        """Ready = serving and every configured credential file readable. Redis is reported,
+        not required: without it the requests that need it (budgets, recording, approvals)
+        fail closed with 503, and a pod taken out of its Services would fail every request
+        instead. ``require_redis`` (``/readyz?require=redis``) is for callers that want it."""
+        redis_ok = await self.check_redis()
+        creds = self.credentials.file_problems()
+        unreadable = sorted(n for n, why in creds.items() if why != "missing")
+        detail: dict[str, object] = {
+            "redis": "up" if redis_ok else "down",
+            "credentials": {p.name: creds.get(p.name, "ok") for p in self.config.providers if p.credential},
+        }
+        reasons = []
+        if not self.serving:
+            reasons.append("shutting down")
+        if unreadable:
+            reasons.append("credential files unreadable: " + ", ".join(unreadable))
+        if require_redis and not redis_ok:
+            reasons.append("redis unreachable")
+        if reasons:
+            return False, {"status": "not ready", "reason": "; ".join(reasons), **detail}
+        return True, {"status": "ready", **detail}
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
@@ -102,7 +127,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             config_version=cfg.version,
             config_source=cfg.source,
             uptime_seconds=time.monotonic() - s.started_at,
-            ready=s.serving and redis_ok,
+            ready=(await s.readiness(require_redis=False))[0],
             redis_ok=redis_ok,
             inflight_streams=self._processor.inflight,
             providers=[
@@ -126,11 +151,9 @@ def _admin_http(state: ServerState) -> Callable[[Request], Awaitable[Response]]:
         if req.path == "/healthz":
             return Response.json(200, b'{"status":"ok"}')
         if req.path == "/readyz":
-            ok = state.serving and await state.check_redis()
-            if ok:
-                return Response.json(200, b'{"status":"ready"}')
-            why = "shutting down" if not state.serving else "redis unreachable"
-            return Response.json(503, json.dumps({"status": "not ready", "reason": why}).encode())
+            query = parse_qs(req.target.split("?", 1)[1]) if "?" in req.target else {}
+            ok, detail = await state.readiness(require_redis="redis" in query.get("require", []))
+            return Response.json(200 if ok else 503, json.dumps(detail, sort_keys=True).encode())
         if req.path == "/metrics":
             body = generate_latest(state.metrics.registry)
             return Response(200, [("content-type", CONTENT_TYPE_LATEST)], body)
@@ -147,7 +170,7 @@ def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
         credentials=creds,
         gateway=gateway,
         authenticator=Authenticator(config.issuers),
-        store=RedisStore(config.redis_url),
+        store=RedisStore(config.redis_url, prefix=config.redis_prefix),
         metrics=metrics or Metrics(),
         started_at=time.monotonic(),
     )
@@ -227,9 +250,21 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
     state = build_state(config)
     await state.authenticator.preload()
+    unreadable = {n: why for n, why in state.credentials.file_problems().items() if why != "missing"}
+    if unreadable:
+        # A key the sidecar cannot read is a deployment error (Secret mode / fsGroup): stop
+        # here, visibly, rather than serve and fail every call to that provider.
+        for name, why in sorted(unreadable.items()):
+            src = next(p.credential for p in config.providers if p.name == name)
+            log.error("credential for provider %s: file %s is %s; fix the Secret volume's defaultMode "
+                      "or the pod's fsGroup", name, src.file if src else "?", why)
+        raise SystemExit(3)
+    for name, why in sorted(state.credentials.file_problems().items()):
+        log.warning("credential for provider %s is %s: its requests get 503 credential_unavailable", name, why)
     if not await state.check_redis():
         log.warning(
-            "redis at %s is not reachable yet; /readyz reports not ready until it is", _redact_url(config.redis_url)
+            "redis at %s is not reachable yet: requests that need it (budgets, recording, approvals) fail "
+            "closed with 503 until it is; /readyz reports it without failing", _redact_url(config.redis_url)
         )
 
     gate: ApprovalGate | None = None
@@ -239,16 +274,16 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     if state.gateway.approvals is not None:
         settings = state.gateway.approvals
         notifier = Notifier(settings.webhooks)
-        waiter = ApprovalWaiter(state.store.client)
+        waiter = ApprovalWaiter(state.store.client, prefix=config.redis_prefix)
         await waiter.start()
         owner = make_owner_id()
-        approval_store = ApprovalStore(state.store.client, notifier=notifier)
+        approval_store = ApprovalStore(state.store.client, prefix=config.redis_prefix, notifier=notifier)
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
     records: RecordsStore | None = None
     records_task: asyncio.Task[None] | None = None
     if state.gateway.recording is not None:
-        records = RecordsStore(state.store.client, state.gateway.recording)
+        records = RecordsStore(state.store.client, state.gateway.recording, prefix=config.redis_prefix)
         records_task = asyncio.create_task(_maintain_records(records, state.metrics))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
                                   approvals=gate, records=records)
@@ -271,7 +306,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         )
     if waiter is not None and state.gateway.approvals is not None:
         approvals_api.add_to_server(admin_grpc, redis=state.store.client, authenticator=state.authenticator,
-                                    settings=state.gateway.approvals, waiter=waiter, notifier=notifier)
+                                    settings=state.gateway.approvals, waiter=waiter, notifier=notifier,
+                                    prefix=config.redis_prefix)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
     admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
     if admin_grpc.add_insecure_port(admin_addr) == 0:
@@ -318,11 +354,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
     watcher = asyncio.create_task(reloader.watch())
+    redis_watch = asyncio.create_task(_watch_redis(state))
 
     try:
         await stop.wait()
     finally:
         watcher.cancel()
+        redis_watch.cancel()
         state.serving = False
         for svc in ("", EXT_PROC_SERVICE):
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -348,6 +386,20 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         http.close()
         await state.store.close()
         log.info("extproc stopped")
+
+
+async def _watch_redis(state: ServerState, interval: float = 5.0) -> None:
+    """Keep ``extproc_redis_up`` current when nothing probes, and log transitions once."""
+    last: bool | None = state.redis_ok
+    while True:
+        await asyncio.sleep(interval)
+        ok = await state.check_redis()
+        if ok != last:
+            if ok:
+                log.info("redis is reachable again")
+            else:
+                log.warning("redis is unreachable: budgets, recording and approvals fail closed (503)")
+            last = ok
 
 
 def _redact_url(url: str) -> str:

@@ -21,6 +21,9 @@ class Metrics:
         self.auth_failures = Counter(
             "extproc_auth_failures_total", "Requests refused for identity reasons, by code.", ["code"], registry=r
         )
+        self.redis_up = Gauge(
+            "extproc_redis_up", "1 when the last Redis ping (every 2 s at most, on probes) succeeded.", registry=r
+        )
         self.streams_inflight = Gauge(
             "extproc_streams_inflight", "ext_proc Process streams currently open.", registry=r
         )

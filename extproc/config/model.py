@@ -151,6 +151,8 @@ class Config:
     providers: tuple[ProviderConfig, ...]
     envoy: EnvoyTuning
     raw: Mapping[str, Any]
+    #: Prefix of every Redis key and channel (``redis.key_prefix``).
+    redis_prefix: str = "extproc:"
     #: Key path (``policy.rules[2].match``) -> line number, for errors raised by later loaders.
     lines: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace_seconds: float = 20.0
@@ -371,6 +373,9 @@ SYSTEM_CA_CANDIDATES = (
 )
 
 
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]{0,99}:")
+
+
 def _default_ca_file() -> str:
     # The rendered config must not depend on the machine it was rendered on, so the
     # default is the Debian path (also what the official Envoy image uses); the
@@ -579,10 +584,15 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
             raise r.error(f"{where}.port", f"port {port} is already used by {seen[port]}")
         seen[port] = where
 
-    rm = r.mapping(top.get("redis"), "redis", {"url"})
+    rm = r.mapping(top.get("redis"), "redis", {"url", "key_prefix"})
     redis_url = r.string(rm, "url", "redis", default="redis://127.0.0.1:6379/0") or ""
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
         raise r.error("redis.url", "must be a redis://, rediss://, redis+sentinel:// or unix:// URL")
+    # Every key and the pub/sub channel start with it: one prefix per tenant lets a Redis ACL
+    # user be confined to its own keys (~<prefix>*, &<prefix>*).
+    redis_prefix = r.string(rm, "key_prefix", "redis", default="extproc:") or ""
+    if not _KEY_PREFIX.fullmatch(redis_prefix):
+        raise r.error("redis.key_prefix", "must be 1-100 of [A-Za-z0-9_.-:{}] ending with ':', e.g. extproc:team-a:")
 
     im = r.mapping(top.get("identity"), "identity", {"issuers"})
     raw_issuers = im.get("issuers") or []
@@ -652,6 +662,7 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         admin=admin,
         envoy_admin=envoy_admin,
         redis_url=redis_url,
+        redis_prefix=redis_prefix,
         issuers=issuers,
         providers=providers,
         envoy=tuning,

@@ -238,13 +238,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     async def _charge(self, eff: ChargeUsage) -> None:
         ok = await budgets.charge_usage(self._store.client, eff.charges, actual_tokens=eff.actual_tokens,
-                                        estimated_tokens=eff.estimated_tokens, now=eff.reserved_at)
+                                        estimated_tokens=eff.estimated_tokens, now=eff.reserved_at,
+                                        prefix=self._store.prefix)
         if not ok:
             self._metrics.stream_errors.labels("usage_charge").inc()
 
     async def _reserve(self, machine: RequestMachine, need: NeedBudget) -> BudgetOutcome:
         out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
-                                              now=time.time())
+                                              now=time.time(), prefix=self._store.prefix)
         if out.unavailable and out.allowed:
             log.warning("budgets not enforced for request %s: redis unavailable (%s)", machine.info.request_id,
                         out.error)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from extproc.config.envoy import dump_yaml
 from extproc.config.load import load_config
+from extproc.config.envoy_launch import envoy_argv, read_cpu_limit_workers
 from extproc.dev.keys import DEV_AUDIENCE, ensure_dev_issuer, ensure_dev_tls
 from extproc.dev.procs import Proc, envoy_binary, free_port, port_in_use, start_redis, validate_envoy_config, wait_http
 
@@ -77,7 +78,9 @@ def run_dev(config_path: str, *, run_dir: Path) -> int:
             wait_http(f"http://{host}:{port}/healthz", 20, procs[-1])
         procs.append(Proc("extproc", [*exe, "serve", "--config", config_path], logs / "extproc.log", env=env).start())
         wait_http(f"http://{cfg.admin.http.address}:{cfg.admin.http.port}/readyz", 30, procs[-1])
-        procs.append(Proc("envoy", [envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn"],
+        argv = envoy_argv(envoy_binary(), str(envoy_yaml), concurrency=cfg.envoy.concurrency,
+                          cpu_limit_workers=read_cpu_limit_workers(), log_level="warn")
+        procs.append(Proc("envoy", argv,
                           logs / "envoy.log", env=env).start())
         wait_http(f"http://{cfg.envoy_admin.address}:{cfg.envoy_admin.port}/ready", 30, procs[-1])
 

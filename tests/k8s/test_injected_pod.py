@@ -49,7 +49,10 @@ def test_native_sidecars_start_before_the_app() -> None:
     assert "127.0.0.1:9100/readyz" in probe and "127.0.0.1:9901/ready" in probe
     assert server["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9100}
     assert server["command"] == ["extproc", "serve", "--config", "/etc/extproc/extproc.yaml"]
-    assert inits[0]["args"] == ["-c", "/etc/extproc/envoy.yaml", "--log-level", "info"]
+    assert inits[0]["command"] == [
+        "extproc", "envoy", "run", "--config", "/etc/extproc/extproc.yaml",
+        "--bootstrap", "/etc/extproc/envoy.yaml", "--log-level", "info",
+    ]
     mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
     assert mounts["/etc/extproc"] == "extproc-config"
     assert mounts["/var/run/secrets/extproc/providers"] == "extproc-provider-keys"
@@ -117,10 +120,20 @@ def test_redirect_init_container() -> None:
     assert first["name"] == "extproc-redirect" and "restartPolicy" not in first
     assert first["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
     script = first["command"][2]
-    assert "--uid-owner 101 -j RETURN" in script  # Envoy's own traffic leaves
+    assert "iptables -w -t nat -A EXTPROC_OUTPUT -m owner --uid-owner 47001 -j RETURN" in script  # sidecars leave
     assert "--dports 80,443 -j REDIRECT --to-ports 10000" in script
-    envoy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "extproc-envoy")
-    assert envoy["securityContext"]["runAsUser"] == 101
+    # IPv6: Envoy has no IPv6 listener, so the same ports are refused, not redirected.
+    assert (
+        "ip6tables -w -A EXTPROC_OUTPUT -p tcp -m multiport --dports 80,443 -j REJECT --reject-with tcp-reset"
+        in script
+    )
+    assert "::1]:10000" not in script and "ip6tables -w -t nat" not in script
+    # legacy iptables locks /run/xtables.lock: /run is a writable emptyDir on a read-only root.
+    assert {"name": "extproc-tmp", "mountPath": "/run", "subPath": "redirect"} in first["volumeMounts"]
+    assert first["securityContext"]["readOnlyRootFilesystem"] is True
+    for name in ("extproc-envoy", "extproc-server"):
+        sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == name)
+        assert sidecar["securityContext"]["runAsUser"] == 47001
     # Only the redirect container gains capabilities.
     for c in pod["spec"]["initContainers"][1:] + pod["spec"]["containers"]:
         assert "add" not in c.get("securityContext", {}).get("capabilities", {})
@@ -137,9 +150,9 @@ def test_envoy_configmap_content_validates(tmp_path: Path) -> None:
     for key, text in configmap["data"].items():
         (etc / key).write_text(text)
     envoy = pod["spec"]["initContainers"][0]
-    args = [a.replace("/etc/extproc", str(etc)) for a in envoy["args"]]
+    bootstrap = envoy["command"][envoy["command"].index("--bootstrap") + 1].replace("/etc/extproc", str(etc))
     run = subprocess.run(
-        [str(ENVOY), "--mode", "validate", *args],
+        [str(ENVOY), "--mode", "validate", "-c", bootstrap],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -28,6 +28,7 @@ ENTRY_POINTS = [
     *sorted((K8S / "overlays").glob("*")),
     K8S / "tenant",
     K8S / "overlays/gateway/tenant",
+    *sorted(p.parent for p in (K8S / "components").glob("*/kustomization.yaml")),
 ]
 CONFIG_DIRS = [K8S / "base/config", K8S / "overlays/gateway/config"]
 
@@ -37,6 +38,13 @@ def rel(p: Path) -> str:
 
 
 def validate(obj: dict[str, Any], version: str) -> None:
+    if str(obj.get("apiVersion", "")).startswith("cert-manager.io/"):
+        # No cert-manager CRD schemas offline: the fields we use, checked by name.
+        from tests.k8s.fake_kubectl import CERT_MANAGER
+
+        assert set(obj.get("spec", {})) <= CERT_MANAGER[obj["kind"]], obj
+        assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}
+        return
     kubernetes_validate.validate(obj, version, strict=True)
 
 

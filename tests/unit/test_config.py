@@ -113,3 +113,18 @@ def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_every_shipped_configuration_passes_config_check(path: str, capsys: pytest.CaptureFixture[str]) -> None:
     # The whole check: base sections and policy, masking, approvals, recording and tools.
     assert main(["config", "check", str(REPO / path)]) == 0, capsys.readouterr().err
+
+
+def test_redis_key_prefix(tmp_path: Path) -> None:
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples/extproc.yaml").read_text())
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(base))
+    assert load_config(f, env={}).redis_prefix == "extproc:"
+    base.setdefault("redis", {})["key_prefix"] = "extproc:${NS}:"
+    f.write_text(yaml.safe_dump(base))
+    assert load_config(f, env={"NS": "team-a"}).redis_prefix == "extproc:team-a:"
+    for bad in ("", "extproc", "ext proc:", "a*:"):
+        base["redis"]["key_prefix"] = bad
+        f.write_text(yaml.safe_dump(base))
+        with pytest.raises(ConfigError, match=r"redis\.key_prefix"):
+            load_config(f, env={})
