@@ -15,16 +15,17 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
+from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import ApprovalSettings, Binding, content_digest, new_approval
 from extproc.approvals.store import ApprovalStore
 from extproc.approvals.waiter import ApprovalWaiter
-from extproc.policy.budgets import check_and_reserve
 from extproc.config.load import load_config
+from extproc.dev.procs import Proc, find_redis_server, free_port, wait_tcp
 from extproc.identity.model import Identity
 from extproc.policy import BudgetCharge
+from extproc.policy.budgets import check_and_reserve
 from extproc.recording.model import RecordingSettings, SpoolSettings
 from extproc.recording.store import RecordsStore
-from extproc.dev.procs import Proc, find_redis_server, free_port, wait_tcp
 from tests.integration.test_records_store import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def test_a_tenant_works_and_the_other_reads_nothing(acl_redis: int, tmp_path: Pa
                               content_digest=content_digest(b'{"messages":["x"]}', api="openai"),
                               policy_version="pv1", rule_id="secrets")
             appr = await store.create(new_approval(binding, requester=ident("alice"), settings=settings,
-                                                   now=time.time()))
+                                                   now=time.time(), approval_id=new_approval_id()))
             waiting = asyncio.create_task(waiter.wait(appr.id, timeout=10))
             await asyncio.sleep(0.1)
             await store.decide(appr.id, ident("bob", "sec"), "approve", "ok")

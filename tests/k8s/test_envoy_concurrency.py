@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from extproc.config.load import load_config
 from extproc.config.envoy import dump_yaml
+from extproc.config.load import load_config
 from tests.k8s.podrunner import PodNetwork, require_root
 
 ROOT = Path(__file__).resolve().parents[2]

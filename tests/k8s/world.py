@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from extproc.dev.keys import mint_token
 from extproc.admin.http import Request, Response, serve_http
+from extproc.dev.keys import mint_token
 from extproc.dev.procs import Proc, find_redis_server, wait_tcp
 from tests.fakes.oidc import new_rsa_pem, public_jwk
 from tests.fakes.upstream import BackgroundLoop, FakeUpstream
