@@ -21,6 +21,7 @@ from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
 from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES
 from extproc.policy.rules import BudgetRule, ContentMatcher, Rule, Selector
+from extproc.text.normalise import normalise as normalise_text
 
 __all__ = [
     "BUDGET_KEYS",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 POLICY_KEYS = frozenset({"mode", "on_unparsable_body", "default", "default_message", "rules", "budgets"})
-RULE_KEYS = frozenset({"id", "description", "match", "unless", "action", "message", "mode", "masking"})
+RULE_KEYS = frozenset({"id", "description", "match", "unless", "action", "message", "mode", "masking", "normalise"})
 SELECTOR_KEYS = frozenset({"users", "groups", "issuers", "workloads", "providers", "models", "operations"})
 MATCH_KEYS = SELECTOR_KEYS | {"content"}
 CONTENT_KEYS = frozenset({"keywords", "regex", "detectors"})
@@ -207,13 +208,16 @@ def _selector(r: _Reader, m: Mapping[str, Any], path: str) -> Selector:
     )
 
 
-def _content(r: _Reader, value: Any, path: str, entities: _Entities) -> ContentMatcher:
+def _content(r: _Reader, value: Any, path: str, entities: _Entities, *, normalise: bool) -> ContentMatcher:
     m = r.mapping(value, path, CONTENT_KEYS)
     keywords = r.strings(m, "keywords", path)
     patterns = r.strings(m, "regex", path)
     detectors = r.strings(m, "detectors", path)
     if keywords is None and patterns is None and detectors is None:
         raise r.error(path, "set at least one of 'keywords', 'regex' or 'detectors'")
+    if keywords is not None and normalise:
+        # A keyword is compared with the folded view of the text, so it is folded too.
+        keywords = tuple(normalise_text(k, fold=True) for k in keywords)
     for i, k in enumerate(keywords or ()):
         try:
             keyword_pattern(k)
@@ -241,6 +245,7 @@ def _content(r: _Reader, value: Any, path: str, entities: _Entities) -> ContentM
         keywords=KeywordMatcher(keywords) if keywords else None,
         regexes=tuple(regexes),
         detectors=frozenset(detectors or ()),
+        normalise=normalise,
     )
 
 
@@ -298,7 +303,14 @@ def _rule(r: _Reader, value: Any, path: str, index: int, default_mode: str, enti
     mp = f"{path}.match"
     match = r.mapping(m.get("match"), mp, MATCH_KEYS)
     selector = _selector(r, match, mp)
-    content = _content(r, match["content"], f"{mp}.content", entities) if match.get("content") is not None else None
+    normalise = r.boolean(m, "normalise", path, True)
+    if "normalise" in m and match.get("content") is None:
+        raise r.error(f"{path}.normalise", "only applies to rules with match.content")
+    content = (
+        _content(r, match["content"], f"{mp}.content", entities, normalise=normalise)
+        if match.get("content") is not None
+        else None
+    )
     unless = None
     if m.get("unless") is not None:
         up = f"{path}.unless"
