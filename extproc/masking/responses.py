@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 from extproc.masking.profile import MaskingProfile
-from extproc.masking.streaming import ByteStreamMasker, StreamingMasker
+from extproc.masking.normalised import NormalisedByteStreamMasker, NormalisedStreamingMasker, mask_text
 
 __all__ = [
     "APIS",
@@ -119,7 +119,7 @@ def body_masker_for(
 class TextBodyMasker:
     def __init__(self, profile: MaskingProfile) -> None:
         self.counts: Counter[str] = Counter()
-        self._masker = ByteStreamMasker(profile, self.counts)
+        self._masker = NormalisedByteStreamMasker(profile, self.counts)
 
     def feed(self, chunk: bytes) -> bytes:
         return self._masker.feed(chunk)
@@ -156,7 +156,7 @@ class JsonBodyMasker:
         return _dumps(doc).encode("utf-8")
 
     def _mask_text(self, text: str) -> str:
-        masked, counts = self._profile.mask(text)
+        masked, counts = mask_text(self._profile, text)
         self.counts.update(counts)
         return masked
 
@@ -169,7 +169,7 @@ class _ValueMasker:
         self._counts = counts
 
     def text(self, value: str) -> str:
-        masked, counts = self._profile.mask(value)
+        masked, counts = mask_text(self._profile, value)
         if self._counts is not None:
             self._counts.update(counts)
         return masked
@@ -279,7 +279,7 @@ _RESPONSES_FINAL = frozenset(
 class _Stream:
     __slots__ = ("masker", "synthetic")
 
-    def __init__(self, masker: StreamingMasker) -> None:
+    def __init__(self, masker: NormalisedStreamingMasker) -> None:
         self.masker = masker
         #: Builds an event carrying held text, modelled on the stream's last event.
         self.synthetic: Callable[[str], SseEvent] = lambda _text: SseEvent()
@@ -330,7 +330,7 @@ class SseBodyMasker:
     def _stream(self, key: _Key) -> _Stream:
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream(StreamingMasker(self._profile, self.counts))
+            stream = self._streams[key] = _Stream(NormalisedStreamingMasker(self._profile, self.counts))
         return stream
 
     def _flush_where(self, pred: Callable[[_Key], bool]) -> list[SseEvent]:
