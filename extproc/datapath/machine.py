@@ -841,7 +841,9 @@ class RequestMachine:
         if approval_id:
             extra["approval_id"] = approval_id
             headers.append(("x-extproc-approval", approval_id))
-        body = error_body(status, code, message, rid, **extra)
+        api = self._provider.api if self._provider is not None else ""
+        body = error_body(status, code, message, rid, flavour=api if api in ("openai", "anthropic") else "any",
+                          **extra)
         self._record_refusal(was, status, code, body, approval_id)
         return Reply(status=status, body=body, headers=tuple(headers), code=code)
 
