@@ -69,6 +69,9 @@ class TextRef:
     #: Who the text speaks as: system, developer, user, assistant, tool, prompt, input...
     role: str
     text: str
+    #: ``text`` (the model reads it), ``metadata`` (the provider stores it) or ``unknown``
+    #: (a field the coverage map does not know; see ``policy.unknown_fields``).
+    kind: str = "text"
 
     def __post_init__(self) -> None:
         # JSON may escape lone surrogates (\ud800) that no UTF-8 matcher (RE2) accepts.
@@ -180,6 +183,8 @@ def estimate_tokens(texts: Iterable[TextRef], token_ids: int = 0) -> int:
     """ceil(chars / 4) + 4 per text item, plus token ids sent as integers (embeddings, completions)."""
     total = token_ids
     for t in texts:
+        if t.kind == "metadata":
+            continue  # stored beside the prompt, not tokenised into it
         total += math.ceil(len(t.text) / CHARS_PER_TOKEN) + PER_TEXT_OVERHEAD
     return total
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -125,6 +126,23 @@ class Policy:
                 policy_version=self.version,
             )
 
+        unknown = [t for t in ext.texts if t.kind == "unknown"]
+        if unknown and spec.unknown_fields == "refuse":
+            where = ".".join(str(step) for step in unknown[0].path)[:120]
+            message = f"request field {where!r} is not one the gateway knows how to inspect (policy.unknown_fields)"
+            return Decision(
+                action="block",
+                mode="enforce",
+                rule_id=None,
+                message=message,
+                status=400,
+                operation=ext.operation,
+                model=ext.model,
+                error=message,
+                policy_version=self.version,
+            )
+        if unknown and spec.unknown_fields == "pass":
+            ext = replace(ext, texts=tuple(t for t in ext.texts if t.kind != "unknown"))
         scans = _Scans(ext, self._scanner)
         matches: list[RuleMatch] = []
         enforced: list[Rule] = []
@@ -219,10 +237,12 @@ class _Unit:
     part it touches.
     """
 
-    __slots__ = ("_views", "bounds", "detected", "refs", "text")
+    __slots__ = ("_views", "bounds", "detected", "metadata", "refs", "text")
 
     def __init__(self, refs: list[TextRef]) -> None:
         self.refs = refs
+        #: Provider-stored metadata, not prompt text (block rules look only when asked).
+        self.metadata = refs[0].kind == "metadata"
         self.text = "".join(r.text for r in refs)
         bounds = [0]
         for r in refs:
@@ -245,7 +265,7 @@ def _units(texts: Sequence[TextRef]) -> list[_Unit]:
     groups: list[list[TextRef]] = []
     last: JsonPath | None = None
     for ref in texts:
-        group = _group(ref.path)
+        group = _group(ref.path) if ref.kind != "metadata" else None
         if group is not None and group == last:
             groups[-1].append(ref)
         else:
@@ -290,6 +310,8 @@ class _Scans:
         assert content is not None
         n = content.normalise
         for unit in self.units:
+            if unit.metadata and not content.metadata and rule.action != "mask":
+                continue
             folded = unit.view(n, True).text if content.keywords is not None else ""
             detected = self.detected(unit, n) if content.detectors else ()
             if content.matches(folded, unit.view(n, False).text, detected):

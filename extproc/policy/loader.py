@@ -35,16 +35,20 @@ __all__ = [
     "parse_policy",
 ]
 
-POLICY_KEYS = frozenset({"mode", "on_unparsable_body", "default", "default_message", "rules", "budgets"})
+POLICY_KEYS = frozenset({
+    "mode", "on_unparsable_body", "default", "default_message", "rules", "budgets", "unknown_fields", "attachments",
+})
 RULE_KEYS = frozenset({"id", "description", "match", "unless", "action", "message", "mode", "masking", "normalise"})
 SELECTOR_KEYS = frozenset({"users", "groups", "issuers", "workloads", "providers", "models", "operations"})
 MATCH_KEYS = SELECTOR_KEYS | {"content"}
-CONTENT_KEYS = frozenset({"keywords", "regex", "detectors"})
+CONTENT_KEYS = frozenset({"keywords", "regex", "detectors", "metadata"})
 MASKING_KEYS = frozenset({"replacement", "style", "styles"})
 BUDGET_KEYS = frozenset({"id", "description", "match", "unless", "per", "requests", "tokens", "window_seconds", "fail"})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_WINDOW_SECONDS = 31 * 24 * 3600
+#: Values of ``policy.unknown_fields``.
+UNKNOWN_FIELDS: tuple[str, ...] = ("inspect", "refuse", "pass")
 DEFAULT_BLOCK_MESSAGE = "This request is not allowed by the AI usage policy."
 
 
@@ -56,6 +60,8 @@ class PolicySpec:
     default_message: str
     rules: tuple[Rule, ...]
     budgets: tuple[BudgetRule, ...]
+    #: Fields the coverage map does not know: inspect (read as text) | refuse (400) | pass.
+    unknown_fields: str = "inspect"
 
 
 class _Reader(SectionReader):
@@ -126,6 +132,7 @@ def parse_policy(
     top = r.mapping(raw, path, POLICY_KEYS)
     mode = r.choice(top, "mode", path, MODES, "enforce")
     on_unparsable = r.choice(top, "on_unparsable_body", path, ("block", "allow"), "block")
+    unknown_fields = r.choice(top, "unknown_fields", path, UNKNOWN_FIELDS, "inspect")
     default = r.choice(top, "default", path, ("allow", "block"), "allow")
     default_message = r.text(top, "default_message", path, DEFAULT_BLOCK_MESSAGE) or DEFAULT_BLOCK_MESSAGE
 
@@ -159,6 +166,7 @@ def parse_policy(
         default_message=default_message,
         rules=tuple(parsed_rules),
         budgets=tuple(parsed_budgets),
+        unknown_fields=unknown_fields,
     )
 
 
@@ -213,6 +221,7 @@ def _content(r: _Reader, value: Any, path: str, entities: _Entities, *, normalis
     keywords = r.strings(m, "keywords", path)
     patterns = r.strings(m, "regex", path)
     detectors = r.strings(m, "detectors", path)
+    metadata = r.boolean(m, "metadata", path, False)
     if keywords is None and patterns is None and detectors is None:
         raise r.error(path, "set at least one of 'keywords', 'regex' or 'detectors'")
     if keywords is not None and normalise:
@@ -246,6 +255,7 @@ def _content(r: _Reader, value: Any, path: str, entities: _Entities, *, normalis
         regexes=tuple(regexes),
         detectors=frozenset(detectors or ()),
         normalise=normalise,
+        metadata=metadata,
     )
 
 

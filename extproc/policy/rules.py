@@ -70,6 +70,9 @@ class ContentMatcher:
     regexes: tuple[RegexMatcher, ...] = ()
     detectors: frozenset[str] = frozenset()
     normalise: bool = True
+    #: Also match provider-stored identifiers and metadata (``user``, ``metadata``...).
+    #: Mask rules always mask them; block and approval rules look there only when asked.
+    metadata: bool = False
 
     def matches(self, folded: str, text: str, detected: Sequence[tuple[int, int, str]]) -> bool:
         """``folded`` is the text keywords see, ``text`` the one patterns see; ``detected`` is in it."""
