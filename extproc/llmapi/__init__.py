@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -72,6 +72,10 @@ class TextRef:
     #: ``text`` (the model reads it), ``metadata`` (the provider stores it) or ``unknown``
     #: (a field the coverage map does not know; see ``policy.unknown_fields``).
     kind: str = "text"
+    #: How a masked text goes back into the body (attachments: base64 / data URL again).
+    encode: Callable[[str], str] | None = field(default=None, compare=False)
+    #: False when the text was read from a format that cannot be rewritten (PDF).
+    rewritable: bool = True
 
     def __post_init__(self) -> None:
         # JSON may escape lone surrogates (\ud800) that no UTF-8 matcher (RE2) accepts.
@@ -95,6 +99,8 @@ class Extraction:
     document: Any = None
     #: Why a governed body could not be understood; safe to show to the caller.
     error: str | None = None
+    #: Images, audio and files in the body (``extproc.llmapi.attachments.Attachment``).
+    attachments: tuple[Any, ...] = ()
 
 
 def normalize_path(path: str) -> str:

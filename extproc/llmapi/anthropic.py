@@ -13,6 +13,7 @@ from extproc.llmapi import (
     parse_json_object,
     string_leaves,
 )
+from extproc.llmapi.attachments import Attachment, find_attachments
 from extproc.llmapi.coverage import REQUEST_MAPS, part_refs, remaining_refs
 
 __all__ = ["extract", "operation_for"]
@@ -45,10 +46,13 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
     if doc is None:
         return Extraction(operation=operation, governed=True, error=error)
     texts: list[TextRef] = []
+    attachments: tuple[Attachment, ...] = ()
     if is_messages:
         _messages(doc, texts)
         # Everything the code above does not read, by the coverage map.
         texts.extend(remaining_refs(REQUEST_MAPS["messages"], doc))
+        attachments = tuple(find_attachments("messages", doc))
+        texts.extend(ref for a in attachments if (ref := a.ref("attachment")) is not None)
     elif isinstance(doc.get("prompt"), str):
         texts.append(TextRef(("prompt",), "prompt", doc["prompt"]))
     model = doc.get("model")
@@ -61,6 +65,7 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
         max_output_tokens=max_output_tokens(doc),
         prompt_tokens=estimate_tokens(texts),
         document=doc,
+        attachments=attachments,
     )
 
 

@@ -18,6 +18,7 @@ from extproc.llmapi import (
     parse_json_object,
     string_leaves,
 )
+from extproc.llmapi.attachments import find_attachments
 from extproc.llmapi.coverage import REQUEST_MAPS, FieldMap, part_refs, remaining_refs
 
 __all__ = ["extract", "operation_for"]
@@ -71,6 +72,8 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
     # Everything the code above does not read, by the coverage map: other text fields,
     # stored metadata, structure that fails its shape, unknown fields.
     texts.extend(remaining_refs(REQUEST_MAPS[operation], doc))
+    attachments = tuple(find_attachments(operation, doc))
+    texts.extend(ref for a in attachments if (ref := a.ref("attachment")) is not None)
     model = doc.get("model")
     return Extraction(
         operation=operation,
@@ -81,6 +84,7 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
         max_output_tokens=max_output_tokens(doc),
         prompt_tokens=estimate_tokens(texts, token_ids),
         document=doc,
+        attachments=attachments,
     )
 
 

@@ -29,7 +29,7 @@ from extproc.policy.detectors import DetectorScanner
 from extproc.policy.loader import PolicySpec, parse_policy
 from extproc.policy.matchers import Hit
 from extproc.policy.model import SEVERITY, BudgetCharge, Decision, PolicyRequest, RuleMatch
-from extproc.policy.rules import BudgetRule, Rule
+from extproc.policy.rules import BudgetRule, Rule, Selector
 from extproc.text.normalise import View, view
 
 __all__ = ["Policy"]
@@ -143,9 +143,13 @@ class Policy:
             )
         if unknown and spec.unknown_fields == "pass":
             ext = replace(ext, texts=tuple(t for t in ext.texts if t.kind != "unknown"))
+        held: list[Rule] = []
+        refusal = self._attachments(ext, held)
+        if refusal is not None:
+            return refusal
         scans = _Scans(ext, self._scanner)
-        matches: list[RuleMatch] = []
-        enforced: list[Rule] = []
+        matches: list[RuleMatch] = [RuleMatch(rule_id=r.id, action=r.action, mode=r.mode) for r in held]
+        enforced: list[Rule] = list(held)
         shadowed: list[Rule] = []
         for rule in spec.rules:
             if not rule.applies(req, ext.operation, ext.model):
@@ -171,7 +175,14 @@ class Policy:
         body: bytes | None = None
         counts: Mapping[str, int] = MappingProxyType({})
         if action in ("mask", "require_approval"):
-            body, counts = _mask(ext, scans, [r for r in enforced if r.action == "mask"])
+            try:
+                body, counts = _mask(ext, scans, [r for r in enforced if r.action == "mask"])
+            except _Unrewritable as exc:
+                message = (f"policy rule {exc.rule_id!r} would mask text inside a {exc.media_type} attachment, "
+                           "which cannot be rewritten; remove it from the attachment or send it as text")
+                return Decision(action="block", mode="enforce", rule_id=exc.rule_id, message=message, status=403,
+                                matches=tuple(matches), operation=ext.operation, model=ext.model,
+                                error="attachment cannot be masked", policy_version=self.version)
 
         charges: tuple[BudgetCharge, ...] = ()
         if action != "block":
@@ -197,6 +208,38 @@ class Policy:
             max_output_tokens=ext.max_output_tokens,
             policy_version=self.version,
         )
+
+    def _attachments(self, ext: Extraction, held: list[Rule]) -> Decision | None:
+        """Attachment rules: a refusal decision, or approval holds appended to ``held``."""
+        spec = self._spec
+        content_rules = any(r.content is not None for r in spec.rules)
+        if not ext.attachments or not (content_rules or spec.attachments):
+            return None
+        for a in ext.attachments:
+            if a.error is not None:
+                return self._refuse(ext, None, a.error, 400)
+            rule = next((r for r in spec.attachments if r.matches(a.media_type, a.size)), None)
+            if rule is not None:
+                action, rule_id, message = rule.action, rule.id, rule.message
+            elif a.category in ("image", "audio") or a.text is not None or not content_rules:
+                continue
+            else:
+                # A document the gateway cannot read would carry text past every content rule.
+                action, rule_id = "refuse", "attachments-default"
+                message = (f"a {a.media_type} attachment cannot be inspected by the gateway; "
+                           "send text, markdown, CSV, JSON, XML, HTML or PDF")
+            if action == "refuse":
+                return self._refuse(ext, rule_id, message or f"{a.media_type} attachments are not allowed "
+                                    f"(policy attachment rule {rule_id!r})", 403)
+            if action == "require_approval" and all(h.id != rule_id for h in held):
+                held.append(Rule(id=rule_id, index=-1, action="require_approval", mode="enforce",
+                                 message=message, description="", selector=Selector(), unless=None, content=None))
+        return None
+
+    def _refuse(self, ext: Extraction, rule_id: str | None, message: str, status: int) -> Decision:
+        return Decision(action="block", mode="enforce", rule_id=rule_id, message=message, status=status,
+                        operation=ext.operation, model=ext.model, error=message if status == 400 else None,
+                        policy_version=self.version)
 
     def _message(self, action: str, rule: Rule | None) -> str:
         if rule is None:
@@ -319,6 +362,13 @@ class _Scans:
         return False
 
 
+class _Unrewritable(Exception):
+    def __init__(self, rule_id: str, media_type: str) -> None:
+        super().__init__(rule_id)
+        self.rule_id = rule_id
+        self.media_type = media_type
+
+
 def _mask(ext: Extraction, scans: _Scans, rules: Sequence[Rule]) -> tuple[bytes | None, Mapping[str, int]]:
     counts: Counter[str] = Counter()
     replacements: dict[JsonPath, str] = {}
@@ -340,7 +390,14 @@ def _mask(ext: Extraction, scans: _Scans, rules: Sequence[Rule]) -> tuple[bytes 
             local = [Hit(max(s, lo) - lo, min(e, hi) - lo, h.label, h.replacement) for s, e, h in kept
                      if s < hi and e > lo]
             if local:
-                replacements[ref.path] = apply_hits(ref.text, local)[0]
+                if not ref.rewritable:
+                    label = local[0].label
+                    rule_id = label[5:] if label.startswith("rule:") else next(
+                        (r.id for r in rules if r.content is not None and label in r.content.detectors), label)
+                    media = next((a.media_type for a in ext.attachments if a.path == ref.path), "binary")
+                    raise _Unrewritable(rule_id, media)
+                new_text = apply_hits(ref.text, local)[0]
+                replacements[ref.path] = ref.encode(new_text) if ref.encode is not None else new_text
     if not replacements:
         return None, MappingProxyType({})
     return rewrite(ext.document, replacements), MappingProxyType(dict(sorted(counts.items())))

@@ -20,7 +20,7 @@ from extproc.llmapi import OPERATIONS
 from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
 from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES
-from extproc.policy.rules import BudgetRule, ContentMatcher, Rule, Selector
+from extproc.policy.rules import AttachmentRule, BudgetRule, ContentMatcher, Rule, Selector
 from extproc.text.normalise import normalise as normalise_text
 
 __all__ = [
@@ -62,6 +62,8 @@ class PolicySpec:
     budgets: tuple[BudgetRule, ...]
     #: Fields the coverage map does not know: inspect (read as text) | refuse (400) | pass.
     unknown_fields: str = "inspect"
+    #: ``policy.attachments``, in file order; the first matching rule decides.
+    attachments: tuple[AttachmentRule, ...] = ()
 
 
 class _Reader(SectionReader):
@@ -148,6 +150,11 @@ def parse_policy(
         seen[rule.id] = rp
         parsed_rules.append(rule)
 
+    attachment_rules = tuple(
+        _attachment_rule(r, value, f"{path}.attachments[{i}]", i) for i, value in
+        enumerate(_list(r, top, "attachments", path))
+    )
+
     budgets = _list(r, top, "budgets", path)
     parsed_budgets: list[BudgetRule] = []
     seen = {}
@@ -167,6 +174,27 @@ def parse_policy(
         rules=tuple(parsed_rules),
         budgets=tuple(parsed_budgets),
         unknown_fields=unknown_fields,
+        attachments=attachment_rules,
+    )
+
+
+ATTACHMENT_KEYS = frozenset({"id", "media_types", "max_bytes", "action", "message"})
+ATTACHMENT_ACTIONS: tuple[str, ...] = ("allow", "refuse", "require_approval")
+
+
+def _attachment_rule(r: _Reader, value: Any, path: str, index: int) -> AttachmentRule:
+    m = r.mapping(value, path, ATTACHMENT_KEYS)
+    if m.get("action") is None:
+        raise r.error(path, "missing required key 'action'")
+    action = r.choice(m, "action", path, ATTACHMENT_ACTIONS, "allow")
+    rule_id = r.ident(m, path) if m.get("id") is not None else f"attachments-{index}"
+    types = r.strings(m, "media_types", path)
+    return AttachmentRule(
+        id=rule_id,
+        media_types=GlobSet(t.lower() for t in types) if types is not None else None,
+        max_bytes=r.count(m, "max_bytes", path, 0, 1 << 40),
+        action=action,
+        message=r.text(m, "message", path),
     )
 
 

@@ -11,7 +11,7 @@ from extproc.policy.matchers import GlobSet, Hit, KeywordMatcher, RegexMatcher
 from extproc.policy.model import BudgetCharge, PolicyRequest
 from extproc.text.normalise import View
 
-__all__ = ["BudgetRule", "ContentMatcher", "Renderer", "Rule", "Selector", "budget_key_part"]
+__all__ = ["AttachmentRule", "BudgetRule", "ContentMatcher", "Renderer", "Rule", "Selector", "budget_key_part"]
 
 #: Renders a detector span: (text, start, end, entity, per-entity styles) -> replacement.
 Renderer = Callable[[str, int, int, str, Mapping[str, str]], str]
@@ -128,6 +128,26 @@ class Rule:
         if not self.selector.matches(req, operation, model):
             return False
         return self.unless is None or not self.unless.matches(req, operation, model)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRule:
+    """``policy.attachments[]``: allow, refuse or hold attachments by media type and size."""
+
+    id: str
+    #: Media types or globs (``image/*``); None matches every type.
+    media_types: GlobSet | None
+    #: The rule matches only attachments larger than this (decoded bytes); None: any size.
+    max_bytes: int | None
+    action: str
+    message: str
+
+    def matches(self, media_type: str, size: int | None) -> bool:
+        if self.media_types is not None and not self.media_types.matches(media_type.lower()):
+            return False
+        # A size limit applies to what can be measured; a referenced file (no size) is
+        # matched only by rules without one.
+        return self.max_bytes is None or (size is not None and size > self.max_bytes)
 
 
 def budget_key_part(value: str) -> str:
