@@ -5,10 +5,17 @@ Every exception the project raises on purpose derives from :class:`ExtprocError`
 (the CLI, the servicer, a test) can catch "ours" apart from bugs. Classes that callers already
 catch as ``ValueError`` keep that base too.
 
-The bodies follow OpenAI's shape, ``{"error": {"message", "type", "code"}}``, which both the
-``openai`` and ``anthropic`` SDKs surface as typed exceptions by status; ``"type": "error"``
-at the top level also makes them valid Anthropic error envelopes. Every body carries the
-request id, which also comes back in the ``x-request-id`` header.
+The bodies' shape follows the route's API, so each provider's SDK parses it as its own:
+
+* ``openai``: exactly OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (the
+  gateway's ``request_id`` and, when there is one, ``rule_id`` inside ``error``, where
+  OpenAI-compatible clients keep unknown members);
+* ``anthropic``: Anthropic's ``{"type": "error", "error": {"type", "message"}, "request_id"}``
+  (``code``, ``request_id`` and ``rule_id`` also inside ``error``, as on every route);
+* anything else (generic and MCP routes, or before a route is known): the union of both,
+  which either SDK reads.
+
+Every body carries the request id, which also comes back in the ``x-request-id`` header.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ERROR_TYPES",
+    "FLAVOURS",
     "ConfigError",
     "ExtprocError",
     "GatewayError",
@@ -92,12 +100,29 @@ class GatewayError:
     message: str
 
 
-def error_body(status: int, code: str, message: str, request_id: str, **extra: object) -> bytes:
-    err: dict[str, object] = {
-        "message": message,
-        "type": ERROR_TYPES.get(status, "api_error"),
-        "code": code,
-        "request_id": request_id,
-    }
-    err.update(extra)
-    return json.dumps({"type": "error", "error": err}, separators=(",", ":")).encode()
+#: Values of ``flavour``.
+FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "any")
+
+
+#: Values of ``flavour``.
+FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "any")
+
+
+def error_body(status: int, code: str, message: str, request_id: str, *, flavour: str = "any",
+               **extra: object) -> bytes:
+    kind = ERROR_TYPES.get(status, "api_error")
+    doc: dict[str, object]
+    if flavour == "openai":
+        err: dict[str, object] = {"message": message, "type": kind, "param": None, "code": code,
+                                  "request_id": request_id}
+        err.update(extra)
+        doc = {"error": err}
+    elif flavour == "anthropic":
+        err = {"type": kind, "message": message, "code": code, "request_id": request_id}
+        err.update(extra)
+        doc = {"type": "error", "error": err, "request_id": request_id}
+    else:
+        err = {"message": message, "type": kind, "code": code, "request_id": request_id}
+        err.update(extra)
+        doc = {"type": "error", "error": err}
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -31,7 +31,13 @@ from extproc.identity.model import AuthError, Identity, bearer_token
 from extproc.llmapi.sse import SseError
 from extproc.llmapi.usage import Usage, UsageTracker
 from extproc.masking import MaskingProfile
-from extproc.masking.responses import BodyMasker, BodyTooLarge, UnmaskableContent, body_masker_for
+from extproc.masking.responses import (
+    AnswerRefused,
+    BodyMasker,
+    BodyTooLarge,
+    UnmaskableContent,
+    body_masker_for,
+)
 from extproc.policy import Policy
 from extproc.policy.model import BudgetCharge, BudgetOutcome, PolicyRequest
 from extproc.policy.model import Decision as PolicyDecision
@@ -254,6 +260,9 @@ class ResponseMasking:
     max_buffer_bytes: int = 1 << 20
     #: Binary answers on a masked route: ``block`` (502) or ``allow``.
     on_unmaskable: str = "block"
+    #: A signed Anthropic thinking block that needed masking: ``mask`` (signature dropped)
+    #: or ``refuse`` (the answer is ended with an error).
+    signed_thinking: str = "mask"
 
     def applies(self, provider: str, identity: Identity | None) -> bool:
         if self.profile is None:
@@ -514,7 +523,7 @@ class RequestMachine:
         try:
             for stage in self._stages:
                 out = stage.finish(out) if end_of_stream else stage.feed(out)
-        except (BodyTooLarge, SseError) as exc:
+        except (BodyTooLarge, SseError, AnswerRefused) as exc:
             # Nothing unchecked may pass: end the response instead (Envoy resets it).
             return self._reply(502, "unmaskable_response", f"the answer could not be checked: {exc}")
         before = scrubber.replaced
@@ -801,7 +810,7 @@ class RequestMachine:
         profile = self._gw.literal_profiles.get(base, secrets)
         try:
             self._masker = body_masker_for(content_type or "application/octet-stream", api, profile,
-                                           max_buffer=m.max_buffer_bytes)
+                                           max_buffer=m.max_buffer_bytes, signed_thinking=m.signed_thinking)
             self._stages.append(self._masker)
         except UnmaskableContent:
             if pii and m.on_unmaskable == "block":
@@ -889,7 +898,9 @@ class RequestMachine:
         if approval_id:
             extra["approval_id"] = approval_id
             headers.append(("x-extproc-approval", approval_id))
-        body = error_body(status, code, message, rid, **extra)
+        api = self._provider.api if self._provider is not None else ""
+        body = error_body(status, code, message, rid, flavour=api if api in ("openai", "anthropic") else "any",
+                          **extra)
         self._record_refusal(was, status, code, body, approval_id)
         return Reply(status=status, body=body, headers=tuple(headers), code=code)
 

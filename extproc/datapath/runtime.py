@@ -28,7 +28,7 @@ __all__ = ["HOLD_GRACE_SECONDS", "approvals", "build_gateway", "response_masking
 #: Seconds a held request's message timeout is extended beyond the hold itself.
 HOLD_GRACE_SECONDS = 5
 
-_RESPONSE_KEYS = {"enabled", "providers", "exempt_groups", "max_buffer_bytes", "on_unmaskable"}
+_RESPONSE_KEYS = {"enabled", "providers", "exempt_groups", "max_buffer_bytes", "on_unmaskable", "signed_thinking"}
 
 
 def _profile_config(raw: Any) -> Mapping[str, Any] | None:
@@ -75,12 +75,16 @@ def response_masking(cfg: Config) -> ResponseMasking:
     on_unmaskable = resp.get("on_unmaskable", "block")
     if on_unmaskable not in ("block", "allow"):
         raise err("masking.responses.on_unmaskable", "must be 'block' or 'allow'")
+    signed_thinking = resp.get("signed_thinking", "mask")
+    if signed_thinking not in ("mask", "refuse"):
+        raise err("masking.responses.signed_thinking", "must be 'mask' or 'refuse'")
     return ResponseMasking(
         profile=profile if enabled else None,
         providers=frozenset(providers) if providers is not None else None,
         exempt_groups=frozenset(exempt),
         max_buffer_bytes=max_buffer,
         on_unmaskable=on_unmaskable,
+        signed_thinking=signed_thinking,
     )
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from extproc.strictjson import StrictJsonError, loads_strict
@@ -71,6 +71,13 @@ class TextRef:
     #: Who the text speaks as: system, developer, user, assistant, tool, prompt, input...
     role: str
     text: str
+    #: ``text`` (the model reads it), ``metadata`` (the provider stores it) or ``unknown``
+    #: (a field the coverage map does not know; see ``policy.unknown_fields``).
+    kind: str = "text"
+    #: How a masked text goes back into the body (attachments: base64 / data URL again).
+    encode: Callable[[str], str] | None = field(default=None, compare=False)
+    #: False when the text was read from a format that cannot be rewritten (PDF).
+    rewritable: bool = True
 
     def __post_init__(self) -> None:
         # JSON may escape lone surrogates (\ud800) that no UTF-8 matcher (RE2) accepts.
@@ -94,6 +101,8 @@ class Extraction:
     document: Any = None
     #: Why a governed body could not be understood; safe to show to the caller.
     error: str | None = None
+    #: Images, audio and files in the body (``extproc.llmapi.attachments.Attachment``).
+    attachments: tuple[Any, ...] = ()
 
 
 def normalize_path(path: str) -> str:
@@ -163,6 +172,8 @@ def estimate_tokens(texts: Iterable[TextRef], token_ids: int = 0) -> int:
     """ceil(chars / 4) + 4 per text item, plus token ids sent as integers (embeddings, completions)."""
     total = token_ids
     for t in texts:
+        if t.kind == "metadata":
+            continue  # stored beside the prompt, not tokenised into it
         total += math.ceil(len(t.text) / CHARS_PER_TOKEN) + PER_TEXT_OVERHEAD
     return total
 

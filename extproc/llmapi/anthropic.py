@@ -13,6 +13,8 @@ from extproc.llmapi import (
     parse_json_object,
     string_leaves,
 )
+from extproc.llmapi.attachments import Attachment, find_attachments
+from extproc.llmapi.coverage import REQUEST_MAPS, part_refs, remaining_refs
 
 __all__ = ["extract", "operation_for"]
 
@@ -44,8 +46,13 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
     if doc is None:
         return Extraction(operation=operation, governed=True, error=error)
     texts: list[TextRef] = []
+    attachments: tuple[Attachment, ...] = ()
     if is_messages:
         _messages(doc, texts)
+        # Everything the code above does not read, by the coverage map.
+        texts.extend(remaining_refs(REQUEST_MAPS["messages"], doc))
+        attachments = tuple(find_attachments("messages", doc))
+        texts.extend(ref for a in attachments if (ref := a.ref("attachment")) is not None)
     elif isinstance(doc.get("prompt"), str):
         texts.append(TextRef(("prompt",), "prompt", doc["prompt"]))
     model = doc.get("model")
@@ -58,6 +65,7 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
         max_output_tokens=max_output_tokens(doc),
         prompt_tokens=estimate_tokens(texts),
         document=doc,
+        attachments=attachments,
     )
 
 
@@ -79,11 +87,10 @@ def _messages(doc: dict[str, Any], out: list[TextRef]) -> None:
                 out.append(TextRef(path, str(role), content))
             elif isinstance(content, list):
                 _blocks(content, path, str(role), out)
-    tools = doc.get("tools")
-    if isinstance(tools, list):
-        for i, tool in enumerate(tools):
-            if isinstance(tool, dict) and isinstance(tool.get("description"), str):
-                out.append(TextRef(("tools", i, "description"), "tool_definition", tool["description"]))
+
+
+#: Block types read by the code below (attachments by the attachment inspector).
+_DEDICATED = frozenset({"text", "tool_result", "tool_use", "server_tool_use", "document", "image"})
 
 
 def _blocks(blocks: list[Any], path: JsonPath, role: str, out: list[TextRef], *, nested: bool = False) -> None:
@@ -97,6 +104,12 @@ def _blocks(blocks: list[Any], path: JsonPath, role: str, out: list[TextRef], *,
         base: JsonPath = (*path, j)
         if isinstance(block.get("text"), str):
             out.append(TextRef((*base, "text"), role, block["text"]))
+        if kind not in _DEDICATED:
+            # thinking, search results, server tool results, unknown blocks: by the map.
+            rest = {k: v for k, v in block.items() if k != "text"}
+            out.extend(part_refs(REQUEST_MAPS["messages"], rest, base, role))
+        if kind in ("tool_use", "server_tool_use") and isinstance(block.get("name"), str):
+            out.append(TextRef((*base, "name"), "tool_call", block["name"]))
         if kind == "tool_result" and not nested:
             content = block.get("content")
             if isinstance(content, str):

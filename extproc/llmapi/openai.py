@@ -18,6 +18,8 @@ from extproc.llmapi import (
     parse_json_object,
     string_leaves,
 )
+from extproc.llmapi.attachments import find_attachments
+from extproc.llmapi.coverage import REQUEST_MAPS, FieldMap, part_refs, remaining_refs
 
 __all__ = ["extract", "operation_for"]
 
@@ -67,6 +69,11 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
             texts.append(TextRef(("suffix",), "prompt", doc["suffix"]))
     else:
         token_ids = _prompts(doc, "input", texts)
+    # Everything the code above does not read, by the coverage map: other text fields,
+    # stored metadata, structure that fails its shape, unknown fields.
+    texts.extend(remaining_refs(REQUEST_MAPS[operation], doc))
+    attachments = tuple(find_attachments(operation, doc))
+    texts.extend(ref for a in attachments if (ref := a.ref("attachment")) is not None)
     model = doc.get("model")
     return Extraction(
         operation=operation,
@@ -77,6 +84,7 @@ def extract(method: str, path: str, body: bytes | None) -> Extraction:
         max_output_tokens=max_output_tokens(doc),
         prompt_tokens=estimate_tokens(texts, token_ids),
         document=doc,
+        attachments=attachments,
     )
 
 
@@ -88,13 +96,15 @@ def _chat(doc: dict[str, Any], out: list[TextRef]) -> None:
                 continue
             role = msg.get("role") if isinstance(msg.get("role"), str) else "unknown"
             base: JsonPath = ("messages", i)
-            _content(msg.get("content"), (*base, "content"), str(role), out)
+            _content(msg.get("content"), (*base, "content"), str(role), out, REQUEST_MAPS["chat"])
             if isinstance(msg.get("refusal"), str):
                 out.append(TextRef((*base, "refusal"), str(role), msg["refusal"]))
             calls = msg.get("tool_calls")
             if isinstance(calls, list):
                 for j, call in enumerate(calls):
                     fn = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+                        out.append(TextRef((*base, "tool_calls", j, "function", "name"), "tool_call", fn["name"]))
                     if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                         out.append(
                             TextRef(
@@ -104,16 +114,18 @@ def _chat(doc: dict[str, Any], out: list[TextRef]) -> None:
                             )
                         )
             legacy = msg.get("function_call")
-            if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-                out.append(TextRef((*base, "function_call", "arguments"), "tool_call", legacy["arguments"]))
+            if isinstance(legacy, dict):
+                for key in ("name", "arguments"):
+                    if isinstance(legacy.get(key), str):
+                        out.append(TextRef((*base, "function_call", key), "tool_call", legacy[key]))
     prediction = doc.get("prediction")
     if isinstance(prediction, dict):
-        _content(prediction.get("content"), ("prediction", "content"), "prediction", out)
-    _tool_descriptions(doc, out)
+        _content(prediction.get("content"), ("prediction", "content"), "prediction", out, REQUEST_MAPS["chat"])
 
 
-def _content(content: Any, path: JsonPath, role: str, out: list[TextRef]) -> None:
-    """A string, or a list of parts of which the textual ones are collected."""
+def _content(content: Any, path: JsonPath, role: str, out: list[TextRef], fmap: FieldMap) -> None:
+    """A string, or a list of parts: text parts in order (matched joined), other parts by
+    the coverage map (attachments are read by the attachment inspector)."""
     if isinstance(content, str):
         out.append(TextRef(path, role, content))
     elif isinstance(content, list):
@@ -121,9 +133,12 @@ def _content(content: Any, path: JsonPath, role: str, out: list[TextRef]) -> Non
             if isinstance(part, str):
                 out.append(TextRef((*path, j), role, part))
             elif isinstance(part, dict):
-                for key in ("text", "refusal"):
-                    if isinstance(part.get(key), str):
-                        out.append(TextRef((*path, j, key), role, part[key]))
+                if isinstance(part.get("text"), str):
+                    out.append(TextRef((*path, j, "text"), role, part["text"]))
+                    rest = {k: v for k, v in part.items() if k != "text"}
+                else:
+                    rest = dict(part)
+                out.extend(part_refs(fmap, rest, (*path, j), role))
 
 
 def _responses(doc: dict[str, Any], out: list[TextRef]) -> None:
@@ -142,40 +157,29 @@ def _responses(doc: dict[str, Any], out: list[TextRef]) -> None:
             kind = item.get("type")
             role = item.get("role") if isinstance(item.get("role"), str) else str(kind or "input")
             base: JsonPath = ("input", i)
-            _content(item.get("content"), (*base, "content"), str(role), out)
+            fmap = REQUEST_MAPS["responses"]
+            _content(item.get("content"), (*base, "content"), str(role), out, fmap)
             # Tool results the model reads, and tool calls it made earlier in the thread.
             output = item.get("output")
             if isinstance(output, str):
                 out.append(TextRef((*base, "output"), "tool", output))
             elif isinstance(output, list):
-                _content(output, (*base, "output"), "tool", out)
+                _content(output, (*base, "output"), "tool", out, fmap)
             if isinstance(item.get("arguments"), str):
                 out.append(TextRef((*base, "arguments"), "tool_call", item["arguments"]))
-            if kind == "custom_tool_call" and isinstance(item.get("input"), str):
+            if isinstance(item.get("input"), str):
                 out.append(TextRef((*base, "input"), "tool_call", item["input"]))
             summary = item.get("summary")
-            if kind == "reasoning" and isinstance(summary, list):
-                _content(summary, (*base, "summary"), "assistant", out)
+            if isinstance(summary, list):
+                _content(summary, (*base, "summary"), "assistant", out, fmap)
     prompt = doc.get("prompt")
-    if isinstance(prompt, dict) and isinstance(prompt.get("variables"), dict):
-        for p, s in string_leaves(prompt["variables"], ("prompt", "variables")):
-            out.append(TextRef(p, "user", s))
-    _tool_descriptions(doc, out)
-
-
-def _tool_descriptions(doc: dict[str, Any], out: list[TextRef]) -> None:
-    # The model reads tool descriptions too; they are a place text can be smuggled in.
-    tools = doc.get("tools")
-    if not isinstance(tools, list):
-        return
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            continue
-        if isinstance(tool.get("description"), str):
-            out.append(TextRef(("tools", i, "description"), "tool_definition", tool["description"]))
-        fn = tool.get("function")
-        if isinstance(fn, dict) and isinstance(fn.get("description"), str):
-            out.append(TextRef(("tools", i, "function", "description"), "tool_definition", fn["description"]))
+    if isinstance(prompt, dict):
+        for key, value in prompt.items():
+            if key == "variables":
+                out.extend(TextRef(p, "user", s) for p, s in string_leaves(value, ("prompt", "variables")))
+            elif not (isinstance(value, str) and len(value) <= 256 and value.isprintable()):
+                # id and version are identifiers; anything else is read.
+                out.extend(TextRef(p, "unknown", s, "unknown") for p, s in string_leaves(value, ("prompt", key)))
 
 
 def _prompts(doc: dict[str, Any], key: str, out: list[TextRef]) -> int:

@@ -38,11 +38,14 @@ from typing import Any, Protocol
 
 from extproc.errors import ExtprocError
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
+from extproc.masking.normalised import NormalisedByteStreamMasker, NormalisedStreamingMasker, mask_text
 from extproc.masking.profile import MaskingProfile
-from extproc.masking.streaming import ByteStreamMasker, StreamingMasker
 
 __all__ = [
     "APIS",
+    "SIGNED_THINKING",
+    "STRUCTURAL_KEYS",
+    "AnswerRefused",
     "BodyMasker",
     "BodyTooLarge",
     "JsonBodyMasker",
@@ -99,18 +102,37 @@ def is_text_content_type(content_type: str) -> bool:
 
 
 def body_masker_for(
-    content_type: str, api: str, profile: MaskingProfile, *, max_buffer: int = 1 << 20
+    content_type: str,
+    api: str,
+    profile: MaskingProfile,
+    *,
+    max_buffer: int = 1 << 20,
+    signed_thinking: str = "mask",
 ) -> BodyMasker:
+    """``signed_thinking``: ``mask`` (a thinking block whose text was masked loses its
+    signature) or ``refuse`` (such an answer is refused with :class:`AnswerRefused`)."""
     if api not in APIS:
         raise ValueError(f"unknown api {api!r} (expected one of {', '.join(APIS)})")
+    if signed_thinking not in SIGNED_THINKING:
+        raise ValueError(f"signed_thinking must be one of {', '.join(SIGNED_THINKING)}")
     media = media_type(content_type)
     if media == "text/event-stream":
-        return SseBodyMasker(profile, max_event_size=max(max_buffer, DEFAULT_MAX_EVENT_SIZE))
+        return SseBodyMasker(profile, max_event_size=max(max_buffer, DEFAULT_MAX_EVENT_SIZE),
+                             signed_thinking=signed_thinking)
     if media in _JSON_TYPES or media.endswith("+json"):
-        return JsonBodyMasker(profile, api, max_buffer=max_buffer)
+        return JsonBodyMasker(profile, api, max_buffer=max_buffer, signed_thinking=signed_thinking)
     if is_text_content_type(content_type):
         return TextBodyMasker(profile)
     raise UnmaskableContent(f"cannot mask content type {content_type!r}")
+
+
+#: How a signed Anthropic thinking block whose text needed masking is handled.
+SIGNED_THINKING: tuple[str, ...] = ("mask", "refuse")
+
+
+class AnswerRefused(Exception):
+    """The answer cannot be delivered masked and intact (a signed thinking block with
+    ``signed_thinking: refuse``); fail closed."""
 
 
 # ---------------------------------------------------------------------------
@@ -120,7 +142,7 @@ def body_masker_for(
 class TextBodyMasker:
     def __init__(self, profile: MaskingProfile) -> None:
         self.counts: Counter[str] = Counter()
-        self._masker = ByteStreamMasker(profile, self.counts)
+        self._masker = NormalisedByteStreamMasker(profile, self.counts)
 
     def feed(self, chunk: bytes) -> bytes:
         return self._masker.feed(chunk)
@@ -130,12 +152,14 @@ class TextBodyMasker:
 
 
 class JsonBodyMasker:
-    def __init__(self, profile: MaskingProfile, api: str, *, max_buffer: int = 1 << 20) -> None:
+    def __init__(self, profile: MaskingProfile, api: str, *, max_buffer: int = 1 << 20,
+                 signed_thinking: str = "mask") -> None:
         self.counts: Counter[str] = Counter()
         self._profile = profile
         self._api = api
         self._max = max_buffer
         self._buf = bytearray()
+        self._signed_thinking = signed_thinking
 
     def feed(self, chunk: bytes) -> bytes:
         self._buf += chunk
@@ -151,26 +175,39 @@ class JsonBodyMasker:
             doc = json.loads(text)
         except ValueError:
             return self._mask_text(text).encode("utf-8")
-        masker = _ValueMasker(self._profile, self.counts)
-        if self._api == "generic" or not mask_answer_fields(doc, masker):
-            doc = masker.all_strings(doc)
+        masker = _ValueMasker(self._profile, self.counts, signed_thinking=self._signed_thinking)
+        doc = masker.all_strings(doc) if self._api == "generic" else masker.answer(doc)
         return _dumps(doc).encode("utf-8")
 
     def _mask_text(self, text: str) -> str:
-        masked, counts = self._profile.mask(text)
+        masked, counts = mask_text(self._profile, text)
         self.counts.update(counts)
         return masked
+
+
+#: Answer members that are identifiers, enums or opaque tokens, never text a user reads:
+#: masking them could only corrupt them (a signature, an encrypted reasoning blob).
+STRUCTURAL_KEYS = frozenset({
+    "id", "object", "model", "role", "type", "finish_reason", "stop_reason", "status",
+    "system_fingerprint", "service_tier", "signature", "encrypted_content", "call_id", "item_id",
+    "tool_call_id", "tool_use_id", "previous_response_id", "name", "event_id", "response_id",
+})
+#: Token-by-token copies of the answer text: a value split over tokens cannot be masked
+#: there, so on a masked route they are withheld (null).
+WITHHELD_KEYS = frozenset({"logprobs", "top_logprobs"})
 
 
 class _ValueMasker:
     """Masks whole strings in parsed JSON, optionally counting."""
 
-    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None) -> None:
+    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None, *,
+                 signed_thinking: str = "mask") -> None:
         self._profile = profile
         self._counts = counts
+        self._signed_thinking = signed_thinking
 
     def text(self, value: str) -> str:
-        masked, counts = self._profile.mask(value)
+        masked, counts = mask_text(self._profile, value)
         if self._counts is not None:
             self._counts.update(counts)
         return masked
@@ -188,64 +225,34 @@ class _ValueMasker:
             return {k: self.all_strings(v) for k, v in value.items()}
         return value
 
+    def answer(self, value: Any) -> Any:
+        """Every text a client reads masked: content, reasoning, refusals, tool arguments and
+        unknown fields alike; identifiers and opaque tokens (``STRUCTURAL_KEYS``) kept."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.answer(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        kind = value.get("type")
+        if kind == "redacted_thinking":
+            return value  # encrypted by the provider: nothing readable to mask
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k in WITHHELD_KEYS and v is not None:
+                out[k] = None
+            elif k in STRUCTURAL_KEYS and not isinstance(v, dict | list):
+                out[k] = v
+            else:
+                out[k] = self.answer(v)
+        if kind == "thinking" and isinstance(value.get("thinking"), str) and out.get("thinking") != value["thinking"]:
+            self.thinking_altered()
+            out["signature"] = ""
+        return out
 
-def mask_answer_fields(doc: Any, masker: _ValueMasker) -> bool:
-    """Mask the answer texts of a known non-streamed response shape in place.
-
-    Returns False when the shape is not recognised.
-    """
-    if not isinstance(doc, dict):
-        return False
-    if isinstance(doc.get("choices"), list):  # OpenAI chat / legacy completions
-        for choice in doc["choices"]:
-            if not isinstance(choice, dict):
-                continue
-            masker.field(choice, "text")
-            message = choice.get("message")
-            if isinstance(message, dict):
-                _mask_chat_message(message, masker)
-        return True
-    if isinstance(doc.get("output"), list):  # OpenAI Responses
-        for item in doc["output"]:
-            _mask_response_item(item, masker)
-        masker.field(doc, "output_text")
-        return True
-    if doc.get("type") == "message" and isinstance(doc.get("content"), list):  # Anthropic
-        for block in doc["content"]:
-            _mask_anthropic_block(block, masker)
-        return True
-    return False
-
-
-def _mask_chat_message(message: dict[str, Any], masker: _ValueMasker) -> None:
-    content = message.get("content")
-    if isinstance(content, str):
-        message["content"] = masker.text(content)
-    elif isinstance(content, list):
-        for part in content:
-            masker.field(part, "text")
-    masker.field(message, "refusal")
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            masker.field(call.get("function"), "arguments")
-    masker.field(message.get("function_call"), "arguments")
-
-
-def _mask_response_item(item: Any, masker: _ValueMasker) -> None:
-    if not isinstance(item, dict):
-        return
-    for part in item.get("content") or ():
-        masker.field(part, "text")
-        masker.field(part, "refusal")
-    masker.field(item, "arguments")
-
-
-def _mask_anthropic_block(block: Any, masker: _ValueMasker) -> None:
-    if not isinstance(block, dict):
-        return
-    masker.field(block, "text")
-    if block.get("type") == "tool_use" and "input" in block:
-        block["input"] = masker.all_strings(block["input"])
+    def thinking_altered(self) -> None:
+        if self._signed_thinking == "refuse":
+            raise AnswerRefused("a signed thinking block needed masking (masking.responses.signed_thinking: refuse)")
 
 
 def _dumps(doc: Any) -> str:
@@ -263,38 +270,40 @@ def _dumps(doc: Any) -> str:
 _Key = tuple[Hashable, ...]
 _ANTHROPIC_TYPES = frozenset({
     "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-    "message_delta", "message_stop", "ping",
+    "message_delta", "message_stop", "ping", "error",
 })
-# Responses API: delta event type -> (done event type, field in the done event)
-_RESPONSES_STREAMS = {
-    "response.output_text.delta": ("response.output_text.done", "text"),
-    "response.refusal.delta": ("response.refusal.done", "refusal"),
-    "response.function_call_arguments.delta": ("response.function_call_arguments.done", "arguments"),
-}
-_RESPONSES_DONE = {done: (delta, field) for delta, (done, field) in _RESPONSES_STREAMS.items()}
 _RESPONSES_FINAL = frozenset(
     {"response.completed", "response.incomplete", "response.failed", "response.done"}
 )
+# Chat delta members that are not text.
+_CHAT_DELTA_STRUCTURE = frozenset({"role"})
 
 
 class _Stream:
     __slots__ = ("masker", "synthetic")
 
-    def __init__(self, masker: StreamingMasker) -> None:
+    def __init__(self, masker: NormalisedStreamingMasker) -> None:
         self.masker = masker
         #: Builds an event carrying held text, modelled on the stream's last event.
         self.synthetic: Callable[[str], SseEvent] = lambda _text: SseEvent()
 
 
 class SseBodyMasker:
-    def __init__(self, profile: MaskingProfile, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+    def __init__(self, profile: MaskingProfile, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+                 signed_thinking: str = "mask") -> None:
         self.counts: Counter[str] = Counter()
         self._profile = profile
         self._parser = SseParser(max_event_size=max_event_size)
         self._streams: dict[_Key, _Stream] = {}
-        self._whole = _ValueMasker(profile, self.counts)
+        self._whole = _ValueMasker(profile, self.counts, signed_thinking=signed_thinking)
         # Final recaps repeat text already counted through the deltas.
-        self._recap = _ValueMasker(profile, None)
+        self._recap = _ValueMasker(profile, None, signed_thinking=signed_thinking)
+        # Responses API: synthetic events get numbers of their own, so every later event
+        # moves up by the number inserted before it; numbers stay unique and consecutive.
+        self._seq_shift = 0
+        self._last_seq: int | None = None
+        # Anthropic thinking blocks (by index) whose text was altered by masking.
+        self._thinking_altered: set[Any] = set()
 
     def feed(self, chunk: bytes) -> bytes:
         return self._write(self._parser.feed(chunk))
@@ -326,19 +335,22 @@ class SseBodyMasker:
             return self._responses(ev, obj, kind)
         if kind in _ANTHROPIC_TYPES:
             return self._anthropic(ev, obj, kind)
-        return [_with_data(ev, _dumps(self._whole.all_strings(obj)))]
+        return [_with_data(ev, _dumps(self._whole.answer(obj)))]
 
     def _stream(self, key: _Key) -> _Stream:
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream(StreamingMasker(self._profile, self.counts))
+            stream = self._streams[key] = _Stream(NormalisedStreamingMasker(self._profile, self.counts))
         return stream
 
     def _flush_where(self, pred: Callable[[_Key], bool]) -> list[SseEvent]:
         out = []
         for key in [k for k in self._streams if pred(k)]:
             stream = self._streams.pop(key)
+            before = sum(self.counts.values())
             text = stream.masker.flush()
+            if key[0] == "anthropic" and key[2] == "thinking" and sum(self.counts.values()) != before:
+                self._thinking_altered.add(key[1])
             if text:
                 out.append(stream.synthetic(text))
         return out
@@ -358,11 +370,19 @@ class SseBodyMasker:
             finished = choice.get("finish_reason") is not None
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                for field in ("content", "refusal"):
-                    if isinstance(delta.get(field), str):
-                        key = ("chat", index, field)
-                        delta[field] = self._feed_chat(key, delta[field], ev, envelope, index,
+                # Every text member streams through its own masker: content, refusal,
+                # reasoning_content / reasoning (reasoning models), and any unknown one.
+                for field in list(delta):
+                    value = delta[field]
+                    if field in _CHAT_DELTA_STRUCTURE or field == "tool_calls":
+                        continue
+                    if isinstance(value, str):
+                        delta[field] = self._feed_chat(("chat", index, field), value, ev, envelope, index,
                                                        _field_delta(field))
+                    elif field in WITHHELD_KEYS:
+                        delta[field] = None
+                    elif value is not None:
+                        delta[field] = self._whole.answer(value)
                 for call in delta.get("tool_calls") or ():
                     fn = call.get("function") if isinstance(call, dict) else None
                     if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
@@ -372,6 +392,9 @@ class SseBodyMasker:
             if isinstance(choice.get("text"), str):
                 choice["text"] = self._feed_chat(("chat", index, "text"), choice["text"], ev, envelope, index,
                                                  None)
+            for field in WITHHELD_KEYS:
+                if choice.get(field) is not None:
+                    choice[field] = None
             if finished:
                 self._finish_choice(choice, index)
         return [_with_data(ev, _dumps(obj))]
@@ -426,42 +449,54 @@ class SseBodyMasker:
 
     # -- OpenAI Responses API --------------------------------------------------------------
 
+    def _renumber(self, obj: dict[str, Any]) -> None:
+        seq = obj.get("sequence_number")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            obj["sequence_number"] = seq + self._seq_shift
+            self._last_seq = obj["sequence_number"]
+
+    def _next_seq(self) -> int | None:
+        if self._last_seq is None:
+            return None
+        self._seq_shift += 1
+        self._last_seq += 1
+        return self._last_seq
+
     def _responses(self, ev: SseEvent, obj: dict[str, Any], kind: str) -> list[SseEvent]:
-        if kind in _RESPONSES_STREAMS and isinstance(obj.get("delta"), str):
+        # Every "*.delta" with a text delta streams through its own masker: output text,
+        # refusals, function-call arguments, reasoning summaries and reasoning text, audio
+        # transcripts, and any delta type added later.
+        if kind.endswith(".delta") and isinstance(obj.get("delta"), str):
             key = _responses_key(kind, obj)
             stream = self._stream(key)
-            template = dict(obj)
+            template = {k: v for k, v in obj.items() if k not in WITHHELD_KEYS}
 
             def synthetic(held: str) -> SseEvent:
-                return _with_data(ev, _dumps({**template, "delta": held}))
+                event = {**template, "delta": held}
+                seq = self._next_seq()
+                if seq is not None and "sequence_number" in event:
+                    event["sequence_number"] = seq
+                return _with_data(ev, _dumps(event))
 
             stream.synthetic = synthetic
             obj["delta"] = stream.masker.feed(obj["delta"])
+            for field in WITHHELD_KEYS:
+                if obj.get(field) is not None:
+                    obj[field] = None
+            self._renumber(obj)
             return [_with_data(ev, _dumps(obj))]
-        if kind in _RESPONSES_DONE:
-            delta_kind, field = _RESPONSES_DONE[kind]
-            key = _responses_key(delta_kind, obj)
+        pre: list[SseEvent] = []
+        if kind.endswith(".done"):
+            key = _responses_key(kind[: -len(".done")] + ".delta", obj)
             pre = self._flush_where(lambda k: k == key)
-            self._recap.field(obj, field)
-            return [*pre, _with_data(ev, _dumps(obj))]
-        if kind == "response.content_part.done":
-            part = obj.get("part")
-            self._recap.field(part, "text")
-            self._recap.field(part, "refusal")
-            return [_with_data(ev, _dumps(obj))]
-        if kind == "response.output_item.done":
-            _mask_response_item(obj.get("item"), self._recap)
-            return [_with_data(ev, _dumps(obj))]
-        if kind in _RESPONSES_FINAL:
+        elif kind in _RESPONSES_FINAL:
             pre = self._flush_where(lambda k: k[0] == "responses")
-            response = obj.get("response")
-            if isinstance(response, dict):
-                for item in response.get("output") or ():
-                    _mask_response_item(item, self._recap)
-            return [*pre, _with_data(ev, _dumps(obj))]
-        if kind == "response.error" or kind.endswith(".failed"):
-            return [_with_data(ev, _dumps(self._whole.all_strings(obj)))]
-        return [ev]
+        # Recaps (*.done, content_part.*, output_item.*, response.created/completed...) carry
+        # whole texts already counted through their deltas; masked whole, not counted again.
+        masker = self._whole if kind == "response.error" or kind.endswith(".failed") else self._recap
+        out = masker.answer(obj)
+        self._renumber(out)
+        return [*pre, _with_data(ev, _dumps(out))]
 
     # -- Anthropic messages ------------------------------------------------------------------
 
@@ -470,27 +505,48 @@ class SseBodyMasker:
         if kind == "content_block_start":
             block = obj.get("content_block")
             if isinstance(block, dict):
-                if isinstance(block.get("text"), str) and block["text"]:
+                btype = block.get("type")
+                if btype == "thinking" and isinstance(block.get("thinking"), str) and block["thinking"]:
+                    block["thinking"] = self._feed_anthropic(ev, index, "thinking_delta", "thinking",
+                                                             block["thinking"])
+                elif isinstance(block.get("text"), str) and block["text"]:
                     block["text"] = self._feed_anthropic(ev, index, "text_delta", "text", block["text"])
-                elif block.get("type") == "tool_use" and block.get("input"):
-                    block["input"] = self._whole.all_strings(block["input"])
+                elif btype != "redacted_thinking":
+                    obj["content_block"] = self._whole.answer(block)
             return [_with_data(ev, _dumps(obj))]
         if kind == "content_block_delta":
             delta = obj.get("delta")
-            if isinstance(delta, dict):
-                for dtype, field in (("text_delta", "text"), ("input_json_delta", "partial_json")):
-                    if delta.get("type") == dtype and isinstance(delta.get(field), str):
-                        delta[field] = self._feed_anthropic(ev, index, dtype, field, delta[field])
-                        return [_with_data(ev, _dumps(obj))]
-            return [ev]
+            if not isinstance(delta, dict):
+                return [ev]
+            dtype = delta.get("type")
+            if dtype == "signature_delta":
+                # The signature covers the thinking text: once masking changed it, the
+                # signature would not verify, so it is dropped (or the answer refused).
+                pre = self._flush_where(lambda k: k == ("anthropic", index, "thinking"))
+                if index in self._thinking_altered:
+                    self._whole.thinking_altered()
+                    delta["signature"] = ""
+                    return [*pre, _with_data(ev, _dumps(obj))]
+                return [*pre, ev]
+            for field, value in list(delta.items()):
+                if field != "type" and isinstance(value, str):
+                    delta[field] = self._feed_anthropic(ev, index, str(dtype), field, value)
+                    return [_with_data(ev, _dumps(obj))]
+            # citations_delta and any delta without a text member: masked whole.
+            obj["delta"] = self._whole.answer(delta)
+            return [_with_data(ev, _dumps(obj))]
         if kind == "content_block_stop":
-            return [*self._flush_where(lambda k: k == ("anthropic", index)), ev]
+            return [*self._flush_where(lambda k: k[0] == "anthropic" and k[1] == index), ev]
         if kind == "message_stop":
             return [*self._flush_where(lambda k: k[0] == "anthropic"), ev]
+        if kind in ("message_start", "message_delta", "error"):
+            return [_with_data(ev, _dumps(self._whole.answer(obj)))]
         return [ev]
 
     def _feed_anthropic(self, ev: SseEvent, index: Any, dtype: str, field: str, text: str) -> str:
-        stream = self._stream(("anthropic", index))
+        thinking = dtype == "thinking_delta"
+        key: _Key = ("anthropic", index, "thinking" if thinking else field)
+        stream = self._stream(key)
         name = "content_block_delta" if ev.event is not None else None
 
         def synthetic(held: str) -> SseEvent:
@@ -498,7 +554,11 @@ class SseBodyMasker:
             return SseEvent(data=_dumps(payload), event=name)
 
         stream.synthetic = synthetic
-        return stream.masker.feed(text)
+        before = sum(self.counts.values())
+        out = stream.masker.feed(text)
+        if thinking and sum(self.counts.values()) != before:
+            self._thinking_altered.add(index)
+        return out
 
 
 def _field_delta(field: str) -> Callable[[str], dict[str, Any]]:
@@ -510,9 +570,9 @@ def _tool_delta(index: Any) -> Callable[[str], dict[str, Any]]:
 
 
 def _responses_key(delta_kind: str, obj: dict[str, Any]) -> _Key:
-    return ("responses", delta_kind, obj.get("item_id", obj.get("output_index")), obj.get("content_index"))
+    return ("responses", delta_kind, obj.get("item_id", obj.get("output_index")), obj.get("content_index"),
+            obj.get("summary_index"))
 
 
 def _with_data(ev: SseEvent, data: str) -> SseEvent:
     return SseEvent(data=data, event=ev.event, id=ev.id, retry=ev.retry, comments=ev.comments)
-

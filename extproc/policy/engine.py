@@ -20,15 +20,17 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from extproc.llmapi import Extraction, JsonPath, extract, rewrite
+from extproc.llmapi import Extraction, JsonPath, TextRef, extract, rewrite
 from extproc.policy.detectors import DetectorScanner
 from extproc.policy.loader import PolicySpec, parse_policy
 from extproc.policy.matchers import Hit
 from extproc.policy.model import SEVERITY, BudgetCharge, Decision, PolicyRequest, RuleMatch
-from extproc.policy.rules import BudgetRule, Rule
+from extproc.policy.rules import BudgetRule, Rule, Selector
+from extproc.text.normalise import View, view
 
 __all__ = ["Policy"]
 
@@ -124,9 +126,30 @@ class Policy:
                 policy_version=self.version,
             )
 
+        unknown = [t for t in ext.texts if t.kind == "unknown"]
+        if unknown and spec.unknown_fields == "refuse":
+            where = ".".join(str(step) for step in unknown[0].path)[:120]
+            message = f"request field {where!r} is not one the gateway knows how to inspect (policy.unknown_fields)"
+            return Decision(
+                action="block",
+                mode="enforce",
+                rule_id=None,
+                message=message,
+                status=400,
+                operation=ext.operation,
+                model=ext.model,
+                error=message,
+                policy_version=self.version,
+            )
+        if unknown and spec.unknown_fields == "pass":
+            ext = replace(ext, texts=tuple(t for t in ext.texts if t.kind != "unknown"))
+        held: list[Rule] = []
+        refusal = self._attachments(ext, held)
+        if refusal is not None:
+            return refusal
         scans = _Scans(ext, self._scanner)
-        matches: list[RuleMatch] = []
-        enforced: list[Rule] = []
+        matches: list[RuleMatch] = [RuleMatch(rule_id=r.id, action=r.action, mode=r.mode) for r in held]
+        enforced: list[Rule] = list(held)
         shadowed: list[Rule] = []
         for rule in spec.rules:
             if not rule.applies(req, ext.operation, ext.model):
@@ -152,7 +175,14 @@ class Policy:
         body: bytes | None = None
         counts: Mapping[str, int] = MappingProxyType({})
         if action in ("mask", "require_approval"):
-            body, counts = _mask(ext, scans, [r for r in enforced if r.action == "mask"])
+            try:
+                body, counts = _mask(ext, scans, [r for r in enforced if r.action == "mask"])
+            except _Unrewritable as exc:
+                message = (f"policy rule {exc.rule_id!r} would mask text inside a {exc.media_type} attachment, "
+                           "which cannot be rewritten; remove it from the attachment or send it as text")
+                return Decision(action="block", mode="enforce", rule_id=exc.rule_id, message=message, status=403,
+                                matches=tuple(matches), operation=ext.operation, model=ext.model,
+                                error="attachment cannot be masked", policy_version=self.version)
 
         charges: tuple[BudgetCharge, ...] = ()
         if action != "block":
@@ -178,6 +208,38 @@ class Policy:
             max_output_tokens=ext.max_output_tokens,
             policy_version=self.version,
         )
+
+    def _attachments(self, ext: Extraction, held: list[Rule]) -> Decision | None:
+        """Attachment rules: a refusal decision, or approval holds appended to ``held``."""
+        spec = self._spec
+        content_rules = any(r.content is not None for r in spec.rules)
+        if not ext.attachments or not (content_rules or spec.attachments):
+            return None
+        for a in ext.attachments:
+            if a.error is not None:
+                return self._refuse(ext, None, a.error, 400)
+            rule = next((r for r in spec.attachments if r.matches(a.media_type, a.size)), None)
+            if rule is not None:
+                action, rule_id, message = rule.action, rule.id, rule.message
+            elif a.category in ("image", "audio") or a.text is not None or not content_rules:
+                continue
+            else:
+                # A document the gateway cannot read would carry text past every content rule.
+                action, rule_id = "refuse", "attachments-default"
+                message = (f"a {a.media_type} attachment cannot be inspected by the gateway; "
+                           "send text, markdown, CSV, JSON, XML, HTML or PDF")
+            if action == "refuse":
+                return self._refuse(ext, rule_id, message or f"{a.media_type} attachments are not allowed "
+                                    f"(policy attachment rule {rule_id!r})", 403)
+            if action == "require_approval" and all(h.id != rule_id for h in held):
+                held.append(Rule(id=rule_id, index=-1, action="require_approval", mode="enforce",
+                                 message=message, description="", selector=Selector(), unless=None, content=None))
+        return None
+
+    def _refuse(self, ext: Extraction, rule_id: str | None, message: str, status: int) -> Decision:
+        return Decision(action="block", mode="enforce", rule_id=rule_id, message=message, status=status,
+                        operation=ext.operation, model=ext.model, error=message if status == 400 else None,
+                        policy_version=self.version)
 
     def _message(self, action: str, rule: Rule | None) -> str:
         if rule is None:
@@ -210,21 +272,75 @@ def _most_restrictive(rules: Sequence[Rule]) -> Rule | None:
     return best
 
 
-class _Scans:
-    """Detector findings per text, computed at most once per request and only if needed."""
+class _Unit:
+    """One text as the model reads it: the parts of one message's content, joined.
 
-    __slots__ = ("_detected", "_scanner", "texts")
+    A phrase split over two content parts (``"project blue"``, ``"bird"``) is one phrase to
+    the model, so it is matched joined, and a value split over parts is masked in every
+    part it touches.
+    """
+
+    __slots__ = ("_views", "bounds", "detected", "metadata", "refs", "text")
+
+    def __init__(self, refs: list[TextRef]) -> None:
+        self.refs = refs
+        #: Provider-stored metadata, not prompt text (block rules look only when asked).
+        self.metadata = refs[0].kind == "metadata"
+        self.text = "".join(r.text for r in refs)
+        bounds = [0]
+        for r in refs:
+            bounds.append(bounds[-1] + len(r.text))
+        #: Where each part starts in ``text`` (and, last, where the unit ends).
+        self.bounds = bounds
+        self._views: dict[tuple[bool, bool], View] = {}
+        #: Detector findings, keyed by "normalised": computed at most once each.
+        self.detected: dict[bool, list[tuple[int, int, str]]] = {}
+
+    def view(self, normalised: bool, fold: bool) -> View:
+        key = (normalised, fold)
+        got = self._views.get(key)
+        if got is None:
+            got = self._views[key] = view(self.text, fold=fold) if normalised else View(self.text, self.text)
+        return got
+
+
+def _units(texts: Sequence[TextRef]) -> list[_Unit]:
+    groups: list[list[TextRef]] = []
+    last: JsonPath | None = None
+    for ref in texts:
+        group = _group(ref.path) if ref.kind != "metadata" else None
+        if group is not None and group == last:
+            groups[-1].append(ref)
+        else:
+            groups.append([ref])
+        last = group
+    return [_Unit(refs) for refs in groups]
+
+
+def _group(path: JsonPath) -> JsonPath | None:
+    """The content a text is a part of: ``(..., "content", j, "text")`` and ``(..., "content", j)``."""
+    if len(path) >= 3 and path[-1] == "text" and isinstance(path[-2], int):
+        return path[:-2]
+    if len(path) >= 2 and isinstance(path[-1], int) and path[-2] in ("content", "system"):
+        return path[:-1]
+    return None
+
+
+class _Scans:
+    """Views and detector findings per unit, computed at most once per request and only if needed."""
+
+    __slots__ = ("_scanner", "units")
 
     def __init__(self, ext: Extraction, scanner: DetectorScanner | None) -> None:
-        self.texts = ext.texts
+        self.units = _units(ext.texts)
         self._scanner = scanner
-        self._detected: list[list[tuple[int, int, str]] | None] = [None] * len(ext.texts)
 
-    def detected(self, i: int) -> list[tuple[int, int, str]]:
-        got = self._detected[i]
+    def detected(self, unit: _Unit, normalised: bool) -> list[tuple[int, int, str]]:
+        got = unit.detected.get(normalised)
         if got is None:
-            got = self._scanner.find(self.texts[i].text) if self._scanner is not None else []
-            self._detected[i] = got
+            text = unit.view(normalised, False).text
+            got = self._scanner.find(text) if self._scanner is not None else []
+            unit.detected[normalised] = got
         return got
 
     def render(self, text: str, start: int, end: int, entity: str, styles: Mapping[str, str]) -> str:
@@ -235,32 +351,60 @@ class _Scans:
     def any_match(self, rule: Rule) -> bool:
         content = rule.content
         assert content is not None
-        for i, t in enumerate(self.texts):
-            if content.matches(t.text, self.detected(i) if content.detectors else ()):
+        n = content.normalise
+        for unit in self.units:
+            if unit.metadata and not content.metadata and rule.action != "mask":
+                continue
+            folded = unit.view(n, True).text if content.keywords is not None else ""
+            detected = self.detected(unit, n) if content.detectors else ()
+            if content.matches(folded, unit.view(n, False).text, detected):
                 return True
         return False
+
+
+class _Unrewritable(Exception):
+    def __init__(self, rule_id: str, media_type: str) -> None:
+        super().__init__(rule_id)
+        self.rule_id = rule_id
+        self.media_type = media_type
 
 
 def _mask(ext: Extraction, scans: _Scans, rules: Sequence[Rule]) -> tuple[bytes | None, Mapping[str, int]]:
     counts: Counter[str] = Counter()
     replacements: dict[JsonPath, str] = {}
-    for i, t in enumerate(scans.texts):
+    for unit in scans.units:
         hits: list[Hit] = []
         for rule in rules:
-            assert rule.content is not None
-            detected = scans.detected(i) if rule.content.detectors else ()
-            hits.extend(rule.content.hits(t.text, detected, rule, scans.render))
-        if hits:
-            new_text, kept = apply_hits(t.text, hits)
-            counts.update(h.label for h in kept)
-            replacements[t.path] = new_text
+            content = rule.content
+            assert content is not None
+            n = content.normalise
+            detected = scans.detected(unit, n) if content.detectors else ()
+            hits.extend(content.hits(unit.view(n, True), unit.view(n, False), detected, rule, scans.render))
+        if not hits:
+            continue
+        kept = merge_hits(hits)
+        counts.update(h.label for _, _, h in kept)
+        for k, ref in enumerate(unit.refs):
+            lo, hi = unit.bounds[k], unit.bounds[k + 1]
+            # Each part gets the replacement for the piece of a match it holds.
+            local = [Hit(max(s, lo) - lo, min(e, hi) - lo, h.label, h.replacement) for s, e, h in kept
+                     if s < hi and e > lo]
+            if local:
+                if not ref.rewritable:
+                    label = local[0].label
+                    rule_id = label[5:] if label.startswith("rule:") else next(
+                        (r.id for r in rules if r.content is not None and label in r.content.detectors), label)
+                    media = next((a.media_type for a in ext.attachments if a.path == ref.path), "binary")
+                    raise _Unrewritable(rule_id, media)
+                new_text = apply_hits(ref.text, local)[0]
+                replacements[ref.path] = ref.encode(new_text) if ref.encode is not None else new_text
     if not replacements:
         return None, MappingProxyType({})
     return rewrite(ext.document, replacements), MappingProxyType(dict(sorted(counts.items())))
 
 
-def apply_hits(text: str, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
-    """Replace every hit; overlapping hits merge into the one that starts first (longest on a tie)."""
+def merge_hits(hits: Sequence[Hit]) -> list[tuple[int, int, Hit]]:
+    """Overlapping hits merged into the one that starts first (longest on a tie)."""
     merged: list[tuple[int, int, Hit]] = []
     for h in sorted(hits, key=lambda h: (h.start, -h.end)):
         if merged and h.start < merged[-1][1]:
@@ -268,6 +412,12 @@ def apply_hits(text: str, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
             merged[-1] = (start, max(end, h.end), first)
         else:
             merged.append((h.start, h.end, h))
+    return merged
+
+
+def apply_hits(text: str, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
+    """Replace every hit; overlapping hits merge into the one that starts first (longest on a tie)."""
+    merged = merge_hits(hits)
     parts: list[str] = []
     pos = 0
     for start, end, h in merged:

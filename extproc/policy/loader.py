@@ -20,7 +20,8 @@ from extproc.llmapi import OPERATIONS
 from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
 from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES
-from extproc.policy.rules import BudgetRule, ContentMatcher, Rule, Selector
+from extproc.policy.rules import AttachmentRule, BudgetRule, ContentMatcher, Rule, Selector
+from extproc.text.normalise import normalise as normalise_text
 
 __all__ = [
     "BUDGET_KEYS",
@@ -34,16 +35,20 @@ __all__ = [
     "parse_policy",
 ]
 
-POLICY_KEYS = frozenset({"mode", "on_unparsable_body", "default", "default_message", "rules", "budgets"})
-RULE_KEYS = frozenset({"id", "description", "match", "unless", "action", "message", "mode", "masking"})
+POLICY_KEYS = frozenset({
+    "mode", "on_unparsable_body", "default", "default_message", "rules", "budgets", "unknown_fields", "attachments",
+})
+RULE_KEYS = frozenset({"id", "description", "match", "unless", "action", "message", "mode", "masking", "normalise"})
 SELECTOR_KEYS = frozenset({"users", "groups", "issuers", "workloads", "providers", "models", "operations"})
 MATCH_KEYS = SELECTOR_KEYS | {"content"}
-CONTENT_KEYS = frozenset({"keywords", "regex", "detectors"})
+CONTENT_KEYS = frozenset({"keywords", "regex", "detectors", "metadata"})
 MASKING_KEYS = frozenset({"replacement", "style", "styles"})
 BUDGET_KEYS = frozenset({"id", "description", "match", "unless", "per", "requests", "tokens", "window_seconds", "fail"})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_WINDOW_SECONDS = 31 * 24 * 3600
+#: Values of ``policy.unknown_fields``.
+UNKNOWN_FIELDS: tuple[str, ...] = ("inspect", "refuse", "pass")
 DEFAULT_BLOCK_MESSAGE = "This request is not allowed by the AI usage policy."
 
 
@@ -55,6 +60,10 @@ class PolicySpec:
     default_message: str
     rules: tuple[Rule, ...]
     budgets: tuple[BudgetRule, ...]
+    #: Fields the coverage map does not know: inspect (read as text) | refuse (400) | pass.
+    unknown_fields: str = "inspect"
+    #: ``policy.attachments``, in file order; the first matching rule decides.
+    attachments: tuple[AttachmentRule, ...] = ()
 
 
 class _Reader(SectionReader):
@@ -125,6 +134,7 @@ def parse_policy(
     top = r.mapping(raw, path, POLICY_KEYS)
     mode = r.choice(top, "mode", path, MODES, "enforce")
     on_unparsable = r.choice(top, "on_unparsable_body", path, ("block", "allow"), "block")
+    unknown_fields = r.choice(top, "unknown_fields", path, UNKNOWN_FIELDS, "inspect")
     default = r.choice(top, "default", path, ("allow", "block"), "allow")
     default_message = r.text(top, "default_message", path, DEFAULT_BLOCK_MESSAGE) or DEFAULT_BLOCK_MESSAGE
 
@@ -139,6 +149,11 @@ def parse_policy(
             raise r.error(f"{rp}.id", f"rule id {rule.id!r} is already used by {seen[rule.id]}")
         seen[rule.id] = rp
         parsed_rules.append(rule)
+
+    attachment_rules = tuple(
+        _attachment_rule(r, value, f"{path}.attachments[{i}]", i) for i, value in
+        enumerate(_list(r, top, "attachments", path))
+    )
 
     budgets = _list(r, top, "budgets", path)
     parsed_budgets: list[BudgetRule] = []
@@ -158,6 +173,28 @@ def parse_policy(
         default_message=default_message,
         rules=tuple(parsed_rules),
         budgets=tuple(parsed_budgets),
+        unknown_fields=unknown_fields,
+        attachments=attachment_rules,
+    )
+
+
+ATTACHMENT_KEYS = frozenset({"id", "media_types", "max_bytes", "action", "message"})
+ATTACHMENT_ACTIONS: tuple[str, ...] = ("allow", "refuse", "require_approval")
+
+
+def _attachment_rule(r: _Reader, value: Any, path: str, index: int) -> AttachmentRule:
+    m = r.mapping(value, path, ATTACHMENT_KEYS)
+    if m.get("action") is None:
+        raise r.error(path, "missing required key 'action'")
+    action = r.choice(m, "action", path, ATTACHMENT_ACTIONS, "allow")
+    rule_id = r.ident(m, path) if m.get("id") is not None else f"attachments-{index}"
+    types = r.strings(m, "media_types", path)
+    return AttachmentRule(
+        id=rule_id,
+        media_types=GlobSet(t.lower() for t in types) if types is not None else None,
+        max_bytes=r.count(m, "max_bytes", path, 0, 1 << 40),
+        action=action,
+        message=r.text(m, "message", path),
     )
 
 
@@ -207,13 +244,17 @@ def _selector(r: _Reader, m: Mapping[str, Any], path: str) -> Selector:
     )
 
 
-def _content(r: _Reader, value: Any, path: str, entities: _Entities) -> ContentMatcher:
+def _content(r: _Reader, value: Any, path: str, entities: _Entities, *, normalise: bool) -> ContentMatcher:
     m = r.mapping(value, path, CONTENT_KEYS)
     keywords = r.strings(m, "keywords", path)
     patterns = r.strings(m, "regex", path)
     detectors = r.strings(m, "detectors", path)
+    metadata = r.boolean(m, "metadata", path, False)
     if keywords is None and patterns is None and detectors is None:
         raise r.error(path, "set at least one of 'keywords', 'regex' or 'detectors'")
+    if keywords is not None and normalise:
+        # A keyword is compared with the folded view of the text, so it is folded too.
+        keywords = tuple(normalise_text(k, fold=True) for k in keywords)
     for i, k in enumerate(keywords or ()):
         try:
             keyword_pattern(k)
@@ -241,6 +282,8 @@ def _content(r: _Reader, value: Any, path: str, entities: _Entities) -> ContentM
         keywords=KeywordMatcher(keywords) if keywords else None,
         regexes=tuple(regexes),
         detectors=frozenset(detectors or ()),
+        normalise=normalise,
+        metadata=metadata,
     )
 
 
@@ -298,7 +341,14 @@ def _rule(r: _Reader, value: Any, path: str, index: int, default_mode: str, enti
     mp = f"{path}.match"
     match = r.mapping(m.get("match"), mp, MATCH_KEYS)
     selector = _selector(r, match, mp)
-    content = _content(r, match["content"], f"{mp}.content", entities) if match.get("content") is not None else None
+    normalise = r.boolean(m, "normalise", path, True)
+    if "normalise" in m and match.get("content") is None:
+        raise r.error(f"{path}.normalise", "only applies to rules with match.content")
+    content = (
+        _content(r, match["content"], f"{mp}.content", entities, normalise=normalise)
+        if match.get("content") is not None
+        else None
+    )
     unless = None
     if m.get("unless") is not None:
         up = f"{path}.unless"

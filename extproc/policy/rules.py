@@ -9,8 +9,9 @@ from urllib.parse import quote
 
 from extproc.policy.matchers import GlobSet, Hit, KeywordMatcher, RegexMatcher
 from extproc.policy.model import BudgetCharge, PolicyRequest
+from extproc.text.normalise import View
 
-__all__ = ["BudgetRule", "ContentMatcher", "Renderer", "Rule", "Selector", "budget_key_part"]
+__all__ = ["AttachmentRule", "BudgetRule", "ContentMatcher", "Renderer", "Rule", "Selector", "budget_key_part"]
 
 #: Renders a detector span: (text, start, end, entity, per-entity styles) -> replacement.
 Renderer = Callable[[str, int, int, str, Mapping[str, str]], str]
@@ -57,33 +58,51 @@ class Selector:
 
 @dataclass(frozen=True, slots=True)
 class ContentMatcher:
-    """Keywords, RE2 patterns and detector entities; any one finding something is a match."""
+    """Keywords, RE2 patterns and detector entities; any one finding something is a match.
+
+    With ``normalise`` (the default) they run on the normalised view of the text
+    (:mod:`extproc.text.normalise`): keywords on the case-folded view (the keywords
+    themselves are normalised the same way when compiled), patterns and detectors on the
+    view without case folding. Hits are reported in original offsets.
+    """
 
     keywords: KeywordMatcher | None = None
     regexes: tuple[RegexMatcher, ...] = ()
     detectors: frozenset[str] = frozenset()
+    normalise: bool = True
+    #: Also match provider-stored identifiers and metadata (``user``, ``metadata``...).
+    #: Mask rules always mask them; block and approval rules look there only when asked.
+    metadata: bool = False
 
-    def matches(self, text: str, detected: Sequence[tuple[int, int, str]]) -> bool:
-        if self.keywords is not None and self.keywords.search(text):
+    def matches(self, folded: str, text: str, detected: Sequence[tuple[int, int, str]]) -> bool:
+        """``folded`` is the text keywords see, ``text`` the one patterns see; ``detected`` is in it."""
+        if self.keywords is not None and self.keywords.search(folded):
             return True
         if any(r.search(text) for r in self.regexes):
             return True
         return any(entity in self.detectors for _, _, entity in detected)
 
     def hits(
-        self, text: str, detected: Sequence[tuple[int, int, str]], rule: Rule, render: Renderer | None
+        self,
+        folded: View,
+        text: View,
+        detected: Sequence[tuple[int, int, str]],
+        rule: Rule,
+        render: Renderer | None,
     ) -> list[Hit]:
+        """Every span to replace, in offsets of the original text (``folded.original``)."""
         label = f"rule:{rule.id}"
         literal = rule.replacement.format(rule=rule.id)
         out: list[Hit] = []
         if self.keywords is not None:
-            out.extend(Hit(s, e, label, literal) for s, e in self.keywords.spans(text))
+            out.extend(Hit(*folded.to_original(s, e), label, literal) for s, e in self.keywords.spans(folded.text))
         for r in self.regexes:
-            out.extend(Hit(s, e, label, literal) for s, e in r.spans(text))
+            out.extend(Hit(*text.to_original(s, e), label, literal) for s, e in r.spans(text.text))
         for s, e, entity in detected:
             if entity in self.detectors:
-                value = render(text, s, e, entity, rule.styles) if render is not None else f"[{entity}]"
-                out.append(Hit(s, e, entity, value))
+                # Rendered from the view: the same value hashes alike however it was disguised.
+                value = render(text.text, s, e, entity, rule.styles) if render is not None else f"[{entity}]"
+                out.append(Hit(*text.to_original(s, e), entity, value))
         return out
 
 
@@ -109,6 +128,26 @@ class Rule:
         if not self.selector.matches(req, operation, model):
             return False
         return self.unless is None or not self.unless.matches(req, operation, model)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRule:
+    """``policy.attachments[]``: allow, refuse or hold attachments by media type and size."""
+
+    id: str
+    #: Media types or globs (``image/*``); None matches every type.
+    media_types: GlobSet | None
+    #: The rule matches only attachments larger than this (decoded bytes); None: any size.
+    max_bytes: int | None
+    action: str
+    message: str
+
+    def matches(self, media_type: str, size: int | None) -> bool:
+        if self.media_types is not None and not self.media_types.matches(media_type.lower()):
+            return False
+        # A size limit applies to what can be measured; a referenced file (no size) is
+        # matched only by rules without one.
+        return self.max_bytes is None or (size is not None and size > self.max_bytes)
 
 
 def budget_key_part(value: str) -> str:

@@ -11,6 +11,8 @@ Headers it understands:
   x-fake-delay-ms: N          sleep N ms before each chunk / event
   x-fake-usage: N             report N total tokens (prompt 5 + completion N-5) in the usage
   x-fake-tools: JSON list     for mode sse-tools: tool calls [{"name", "arguments"}] after the text
+  x-fake-field: NAME          modes chat and sse: the message / delta member carrying the texts
+                              (default content; e.g. reasoning_content as reasoning models send)
 Every request is recorded in `requests`.
 """
 
@@ -103,13 +105,13 @@ def _sse_openai_tools(texts: list[str], tools: list[dict[str, str]]) -> list[byt
     return out
 
 
-def _sse_openai(texts: list[str], usage_total: int | None = None) -> list[bytes]:
+def _sse_openai(texts: list[str], usage_total: int | None = None, field: str = "content") -> list[bytes]:
     out = []
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
     out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                            "finish_reason": None}]}).encode() + b"\n\n")
     for t in texts:
-        out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {"content": t},
+        out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {field: t},
                                                                "finish_reason": None}]}).encode() + b"\n\n")
     total = usage_total if usage_total is not None else 5 + len(texts)
     out.append(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
@@ -178,7 +180,8 @@ class FakeUpstream:
             pieces = [h.get("x-fake-body", "").encode()]
         elif mode == "sse":
             ctype = "text/event-stream"
-            pieces = _sse_openai(texts, int(h["x-fake-usage"]) if "x-fake-usage" in h else None)
+            pieces = _sse_openai(texts, int(h["x-fake-usage"]) if "x-fake-usage" in h else None,
+                                 h.get("x-fake-field", "content"))
         elif mode == "sse-tools":
             ctype = "text/event-stream"
             pieces = _sse_openai_tools(texts, json.loads(h.get("x-fake-tools", "[]")))
@@ -197,7 +200,8 @@ class FakeUpstream:
             ctype = "application/json"
             pieces = [json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
                                   "model": "fake-model",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)},
+                                  "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                       h.get("x-fake-field", "content"): "".join(texts)},
                                                "finish_reason": "stop"}],
                                   "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}).encode()]
         if status >= 400 and mode not in ("text", "echo"):

@@ -71,6 +71,8 @@ def test_system_messages_and_blocks() -> None:
         ("messages", 2, "content", 1, "content"): ("tool", "string result"),
         ("messages", 2, "content", 3, "source", "data"): ("user", "doc text"),
         ("tools", 0, "description"): ("tool_definition", "searches"),
+        ("tools", 0, "name"): ("tool_definition", "search"),
+        ("messages", 1, "content", 1, "name"): ("tool_call", "search"),
     }
 
 

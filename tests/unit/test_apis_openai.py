@@ -76,8 +76,10 @@ def test_chat_messages_parts_and_tool_calls() -> None:
         (("messages", 1, "content", 0, "text"), "developer", "dev note"),
         (("messages", 2, "content", 1, "text"), "user", "what is this"),
         (("messages", 3, "tool_calls", 0, "function", "arguments"), "tool_call", '{"q": "secret arg"}'),
+        (("messages", 3, "tool_calls", 0, "function", "name"), "tool_call", "f"),
         (("messages", 4, "content"), "tool", "tool said hi"),
         (("tools", 0, "function", "description"), "tool_definition", "looks things up"),
+        (("tools", 0, "function", "name"), "tool_definition", "f"),
     }
 
 
@@ -108,6 +110,7 @@ def test_responses_input_forms() -> None:
         ("input", 1, "content", 0, "text"): "part",
         ("input", 2, "content", 0, "text"): "earlier",
         ("input", 3, "arguments"): '{"a":1}',
+        ("input", 3, "name"): "f",
         ("input", 4, "output"): "result text",
     }
     assert ex.max_output_tokens == 10

@@ -249,6 +249,28 @@ def test_response_masking_of_split_sse_and_unmaskable_content() -> None:
     assert isinstance(r, Reply) and r.status == 502 and r.code == "unmaskable_response"
 
 
+def test_error_shape_follows_the_route_api() -> None:
+    # OpenAI routes: exactly OpenAI's envelope, no top-level "type"; Anthropic routes: Anthropic's.
+    m = RequestMachine(gateway())
+    d = m.on_request_headers(headers("/openai/v1/chat/completions"), False)
+    assert isinstance(d, Reply) and d.status == 401
+    body = json.loads(d.body)
+    assert set(body) == {"error"}
+    assert {"message", "type", "param", "code"} <= set(body["error"])
+    assert body["error"]["type"] == "authentication_error" and body["error"]["param"] is None
+    m = RequestMachine(gateway())
+    d = m.on_request_headers(headers("/anthropic/v1/messages"), False)
+    assert isinstance(d, Reply)
+    body = json.loads(d.body)
+    assert body["type"] == "error" and body["request_id"] == "rid-1"
+    assert body["error"]["type"] == "authentication_error" and isinstance(body["error"]["message"], str)
+    m = RequestMachine(gateway())
+    d = m.on_request_headers(headers("/nowhere"), False)
+    assert isinstance(d, Reply)
+    body = json.loads(d.body)
+    assert body["type"] == "error" and body["error"]["request_id"] == "rid-1"
+
+
 # ---------------------------------------------------------------------------
 # the state table, walked exhaustively
 

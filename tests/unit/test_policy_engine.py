@@ -203,10 +203,10 @@ def test_mask_rules_combine_and_only_text_changes() -> None:
     out = json.loads(d.body)
     assert out["messages"][0]["content"] == "[REDACTED:codename] is a codename"
     assert out["messages"][1]["content"][0]["text"] == "ticket [TICKET] about [REDACTED:codename]"
-    # Everything the model does not read as text is left alone.
+    # Structure is left alone; stored metadata values are masked too (issue 17), keys are not.
     assert out["messages"][1]["content"][1] == body["messages"][1]["content"][1]  # type: ignore[index]
-    assert out["metadata"] == body["metadata"] and out["temperature"] == 0.2
-    assert dict(d.mask_counts) == {"rule:codename": 2, "rule:tickets": 1}
+    assert out["metadata"] == {"falcon": "[REDACTED:codename]"} and out["temperature"] == 0.2
+    assert dict(d.mask_counts) == {"rule:codename": 3, "rule:tickets": 1}
 
 
 def test_overlapping_mask_spans_merge() -> None:

@@ -1,0 +1,152 @@
+"""Masking on the normalised view (:mod:`extproc.text.normalise`), whole or streamed.
+
+An answer can carry the same disguises as a prompt (a user asks the model to put
+zero-width spaces into the addresses it writes), so answers are scanned in the view and
+the original spans are replaced, invisible characters inside them included.
+
+The view maps each original character on its own, so the view of a stream is the
+concatenation of the views of its pieces. The streaming masker keeps the raw text and
+its view side by side, decides exactly as :class:`~extproc.masking.streaming.StreamingMasker`
+does on the view (same hold-back rule, same left context), and cuts the raw text where
+the view is cut. Hence, for every chunking, ``feed* + flush == mask_text(whole)``.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from extproc.masking.detectors import LEFT_CONTEXT
+from extproc.masking.spans import Span
+from extproc.text.normalise import normalise_char
+from extproc.text.normalise import view as text_view
+
+if TYPE_CHECKING:
+    from extproc.masking.profile import MaskingProfile
+
+__all__ = ["NormalisedByteStreamMasker", "NormalisedStreamingMasker", "mask_text"]
+
+
+def mask_text(profile: MaskingProfile, text: str, counts: Counter[str] | None = None) -> tuple[str, Counter[str]]:
+    """``text`` with every value found in its view replaced in the original."""
+    counts = counts if counts is not None else Counter()
+    v = text_view(text)
+    if v.identity:
+        return profile.render(text, profile.engine.find(text), 0, len(text), counts), counts
+    spans = profile.engine.find(v.text)
+    return _splice(profile, text, v.text, spans, [v.to_original(s.start, s.end) for s in spans], counts), counts
+
+
+def _splice(
+    profile: MaskingProfile,
+    raw: str,
+    normal: str,
+    spans: list[Span],
+    originals: list[tuple[int, int]],
+    counts: Counter[str],
+    lo: int = 0,
+    hi: int | None = None,
+) -> str:
+    out: list[str] = []
+    pos = lo
+    for span, (start, end) in zip(spans, originals, strict=True):
+        out.append(raw[pos:start])
+        # Rendered from the view, so last4/hash see the value, not its disguise.
+        out.append(profile.render(normal, [span], span.start, span.end, counts))
+        pos = end
+    out.append(raw[pos:hi])
+    return "".join(out)
+
+
+class NormalisedStreamingMasker:
+    """``feed(text) -> str`` safe to emit now; ``flush() -> str`` at end of stream."""
+
+    __slots__ = ("_ctx", "_origin", "_profile", "_raw", "_view", "counts")
+
+    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
+        self._profile = profile
+        self._ctx = ""  # the last LEFT_CONTEXT view characters already emitted
+        self._raw = ""  # raw text received, not yet emitted
+        self._view = ""  # its view
+        self._origin: list[int] = []  # index in _raw of each view character
+        self.counts: Counter[str] = counts if counts is not None else Counter()
+
+    @property
+    def held(self) -> int:
+        return len(self._raw)
+
+    def feed(self, text: str) -> str:
+        if not text:
+            return ""
+        base = len(self._raw)
+        pieces: list[str] = []
+        if text.isascii():
+            pieces.append(text)
+            self._origin.extend(range(base, base + len(text)))
+        else:
+            for i, ch in enumerate(text):
+                mapped = normalise_char(ch)
+                if mapped:
+                    pieces.append(mapped)
+                    self._origin.extend([base + i] * len(mapped))
+        self._raw += text
+        self._view += "".join(pieces)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        out = self._advance(final=True)
+        self._ctx = ""
+        return out
+
+    def _advance(self, *, final: bool) -> str:
+        if not self._raw:
+            return ""
+        engine = self._profile.engine
+        work = self._ctx + self._view
+        lo = len(self._ctx)
+        cut = len(work) if final else engine.undetermined_start(work, lo)
+        spans = engine.find(work, lo, cut) if cut > lo else []
+        if spans and spans[-1].end > cut:
+            cut = spans[-1].end
+        origin = self._origin
+        # Where the raw text is cut: before the character that makes view position
+        # ``cut``, or everything when the whole view is decided (trailing invisible
+        # characters included: a later match would start after them).
+        raw_cut = len(self._raw) if cut >= len(work) else origin[cut - lo]
+        if raw_cut == 0:
+            return ""
+        originals = [(origin[s.start - lo], origin[s.end - 1 - lo] + 1) for s in spans]
+        out = _splice(self._profile, self._raw, work, spans, originals, self.counts, 0, raw_cut)
+        consumed = cut - lo
+        self._ctx = work[max(0, cut - LEFT_CONTEXT) : cut]
+        self._raw = self._raw[raw_cut:]
+        self._view = self._view[consumed:]
+        self._origin = [o - raw_cut for o in origin[consumed:]]
+        return out
+
+
+class NormalisedByteStreamMasker:
+    """UTF-8 bytes in and out; chunks may split multi-byte characters (invalid bytes: U+FFFD)."""
+
+    __slots__ = ("_decoder", "_text")
+
+    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = NormalisedStreamingMasker(profile, counts)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self._text.counts
+
+    @property
+    def held(self) -> int:
+        return self._text.held
+
+    def feed(self, data: bytes) -> bytes:
+        return self._text.feed(self._decoder.decode(data)).encode("utf-8", "surrogatepass")
+
+    def flush(self) -> bytes:
+        tail = self._text.feed(self._decoder.decode(b"", final=True))
+        self._decoder.reset()
+        return (tail + self._text.flush()).encode("utf-8", "surrogatepass")
