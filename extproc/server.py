@@ -37,6 +37,7 @@ from extproc.config.model import Config, ConfigError, load_config
 from extproc.datapath.machine import Gateway
 from extproc.datapath.runtime import build_gateway
 from extproc.datapath.servicer import ExternalProcessor
+from extproc.datapath.workers import InspectorPool
 from extproc.identity.credentials import CredentialStore
 from extproc.identity.jwt import Authenticator
 from extproc.recording import api as sessions_api
@@ -161,7 +162,7 @@ class Reloader:
     """
 
     RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
-    RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools")
+    RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools", "inspection")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
         self._state = state
@@ -247,8 +248,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     if state.gateway.recording is not None:
         records = RecordsStore(state.store.client, state.gateway.recording)
         records_task = asyncio.create_task(_maintain_records(records, state.metrics))
+    inspector: InspectorPool | None = None
+    if state.gateway.inspection.workers and state.gateway.inspection_spec is not None:
+        inspector = InspectorPool(state.gateway.inspection.workers)
+        await inspector.start(state.gateway.inspection_spec)
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
-                                  approvals=gate, records=records)
+                                  approvals=gate, records=records, inspector=inspector,
+                                  max_message_timeout=config.envoy.max_message_timeout_seconds)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
@@ -343,6 +349,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         if notifier is not None:
             await notifier.close()
         http.close()
+        if inspector is not None:
+            inspector.close()
         await state.store.close()
         log.info("extproc stopped")
 

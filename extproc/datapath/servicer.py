@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2
 
 from extproc.admin.metrics import Metrics
 from extproc.approvals.gate import ApprovalGate
+from extproc.datapath.inspect import Compiled, Inspection, InspectionFailed, run_job
 from extproc.datapath.machine import (
     ApprovalResult,
     ChargeUsage,
@@ -31,6 +32,7 @@ from extproc.datapath.machine import (
     NeedApproval,
     NeedBudget,
     NeedIdentity,
+    NeedInspection,
     NeedRecordStart,
     ProtocolError,
     RecordEntries,
@@ -39,6 +41,7 @@ from extproc.datapath.machine import (
     Step,
 )
 from extproc.datapath.runtime import HOLD_MARGIN
+from extproc.datapath.workers import InspectorPool
 from extproc.identity.jwt import Authenticator, AuthError
 from extproc.policy import budgets
 from extproc.policy.model import BudgetOutcome
@@ -131,6 +134,14 @@ class _Held:
     need: NeedApproval
 
 
+@dataclass(frozen=True, slots=True)
+class _Offload:
+    """A request body that a worker process inspects: see ``ExternalProcessor._offloaded``."""
+
+    kind: str
+    need: NeedInspection
+
+
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -140,6 +151,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         store: RedisStore,
         approvals: ApprovalGate | None = None,
         records: RecordsStore | None = None,
+        inspector: InspectorPool | None = None,
+        max_message_timeout: int = 600,
     ) -> None:
         # Callables, so a configuration reload swaps what new streams see while streams in
         # flight keep the objects they started with.
@@ -149,6 +162,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._store = store
         self._approvals = approvals
         self._records = records
+        self._inspector = inspector
+        self._inline_compiled: Compiled | None = None
+        self._max_message_timeout = max_message_timeout
         self._background: set[asyncio.Task[None]] = set()
         # Labelled children looked up once: a label look-up per message is measurable.
         self._message_seconds = {
@@ -173,12 +189,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 kind = req.WhichOneof("request")
                 t0 = time.perf_counter()
                 resp = await self._handle(machine, auth, req, kind)
-                if isinstance(resp, _Held):
-                    # Envoy waits message_timeout for an answer; extend it (once per
-                    # processing state, at most max_message_timeout) before holding.
+                extended = False
+                if isinstance(resp, _Offload):
+                    # Envoy waits message_timeout for an answer; extend it (once per processing
+                    # state, at most max_message_timeout) to cover the inspection and, since the
+                    # same state may then hold for an approval, the hold too.
+                    wait = resp.need.timeout_seconds + HOLD_MARGIN
+                    if gateway.approvals is not None:
+                        wait += gateway.approvals.hold_seconds + HOLD_MARGIN
                     yield ep.ProcessingResponse(
-                        override_message_timeout=duration_pb2.Duration(seconds=resp.need.hold_seconds + HOLD_MARGIN)
-                    )
+                        override_message_timeout=duration_pb2.Duration(seconds=min(wait, self._max_message_timeout)))
+                    extended = True
+                    resp = await self._offloaded(machine, resp)
+                if isinstance(resp, _Held):
+                    if not extended:
+                        yield ep.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
+                            seconds=resp.need.hold_seconds + HOLD_MARGIN))
                     resp = await self._hold(machine, gateway, resp)
                 hist = self._message_seconds.get(kind or "")
                 if hist is not None:
@@ -280,6 +306,24 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             else:
                 return d
 
+    async def _offloaded(self, machine: RequestMachine, off: _Offload) -> ep.ProcessingResponse | _Held:
+        job = off.need.job
+        result: Inspection | InspectionFailed
+        self._metrics.inspections_inflight.inc()
+        try:
+            if self._inspector is not None:
+                result = await self._inspector.run(job, off.need.timeout_seconds)
+            else:  # no worker processes: the same job, on the loop
+                self._inline_compiled = self._inline_compiled or Compiled()
+                result = run_job(job, self._inline_compiled, time.perf_counter)
+        finally:
+            self._metrics.inspections_inflight.dec()
+        self._metrics.inspections.labels("ok" if isinstance(result, Inspection) else result.reason).inc()
+        d = machine.on_inspection(result)
+        if isinstance(d, NeedApproval):
+            return _Held(off.kind, d)
+        return self._request_response(off.kind, await self._resolve(machine, d))
+
     async def _hold(self, machine: RequestMachine, gateway: Gateway, held: _Held) -> ep.ProcessingResponse:
         gate, settings, ident = self._approvals, gateway.approvals, machine.info.identity
         if gate is None or settings is None or ident is None:
@@ -303,7 +347,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     async def _handle(
         self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest, kind: str | None
-    ) -> ep.ProcessingResponse | _Held:
+    ) -> ep.ProcessingResponse | _Held | _Offload:
         d: Step
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
@@ -334,7 +378,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
         else:
             raise ProtocolError(f"unsupported ext_proc message {kind!r}")
-        # request side: identity done; an approval hold waits in Process, the rest resolves here
+        # request side: identity done; an approval hold and an offloaded inspection wait in
+        # Process, the rest resolves here
+        if isinstance(d, NeedInspection):
+            return _Offload(kind, d)
         if isinstance(d, NeedApproval):
             return _Held(kind, d)
         return self._request_response(kind, await self._resolve(machine, d))

@@ -65,6 +65,7 @@ __all__ = [
     "merge_interaction",
     "new_session_id",
     "next_session",
+    "record_body",
     "recording_profile",
     "session_from_header",
     "summarize",
@@ -433,6 +434,21 @@ def _usage_fields(usage: Usage | Mapping[str, int] | None) -> dict[str, int] | N
     return out
 
 
+def record_body(profile: MaskingProfile, limit: int, body: bytes) -> dict[str, Any]:
+    """The ``request`` field of a ``start`` entry: ``body`` masked with ``profile``, cut at ``limit``.
+
+    A function of its arguments only, so a worker process can compute it for a large body
+    (``extproc.datapath.inspect``) and the recorder take it as given."""
+    keep = body[: limit + profile.max_match_length + HOLD_MARGIN + _CONTEXT_BYTES]
+    pieces, truncated, counts = mask_pieces(profile, [keep], limit, complete=len(keep) == len(body))
+    return {
+        "body": "".join(pieces),
+        "bytes": len(body),
+        "truncated": truncated,
+        "masked": dict(sorted(counts.items())),
+    }
+
+
 # ---------------------------------------------------------------------------
 # the builder the data path uses
 
@@ -527,12 +543,15 @@ class InteractionRecorder:
         model: str | None = None,
         operation: str | None = None,
         now: float,
+        recorded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The ``start`` entry, just before the request goes upstream; ``body`` is the body as
-        forwarded (after any policy rewrite)."""
+        forwarded (after any policy rewrite). ``recorded`` is ``record_body`` of it, when a
+        worker already computed it."""
         self.forwarded_at = now
         self._stream = bool(decision.stream) if decision is not None else False
-        return self._start_entry(body, decision, approval_id, model, operation, forwarded=True, now=now)
+        return self._start_entry(body, decision, approval_id, model, operation, forwarded=True, now=now,
+                                 recorded=recorded)
 
     def refused(
         self,
@@ -546,10 +565,12 @@ class InteractionRecorder:
         model: str | None = None,
         operation: str | None = None,
         now: float,
+        recorded: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Both entries of an interaction the gateway answered itself (blocked, denied, 503...).
         ``body`` is the request body as received, ``reply`` the gateway's own answer."""
-        start = self._start_entry(body, decision, approval_id, model, operation, forwarded=False, now=now)
+        start = self._start_entry(body, decision, approval_id, model, operation, forwarded=False, now=now,
+                                  recorded=recorded)
         self._status = status
         self._content_type = "application/json"
         if reply:
@@ -567,6 +588,7 @@ class InteractionRecorder:
         *,
         forwarded: bool,
         now: float,
+        recorded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if not self._start:
             raise RuntimeError("InteractionRecorder.request() must be called first")
@@ -580,7 +602,7 @@ class InteractionRecorder:
             "stream": self._stream,
             "decision": _decision_fields(decision),
             "approval_id": approval_id,
-            "request": self._body(body),
+            "request": recorded if recorded is not None and body is not None else self._body(body),
         })
         if self.tools is not None:
             entry["tools"] = self.tools
@@ -590,15 +612,7 @@ class InteractionRecorder:
     def _body(self, body: bytes | None) -> dict[str, Any] | None:
         if body is None:
             return None
-        limit = self.settings.max_body_bytes
-        keep = body[: limit + self.profile.max_match_length + HOLD_MARGIN + _CONTEXT_BYTES]
-        pieces, truncated, counts = mask_pieces(self.profile, [keep], limit, complete=len(keep) == len(body))
-        return {
-            "body": "".join(pieces),
-            "bytes": len(body),
-            "truncated": truncated,
-            "masked": dict(sorted(counts.items())),
-        }
+        return record_body(self.profile, self.settings.max_body_bytes, body)
 
     # -- response side -------------------------------------------------------------
 
