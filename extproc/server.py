@@ -75,6 +75,7 @@ class ServerState:
     serving: bool = False
     redis_ok: bool = False
     redis_checked_at: float = 0.0
+    records: RecordsStore | None = None
 
     async def check_redis(self) -> bool:
         now = time.monotonic()
@@ -125,10 +126,13 @@ def _admin_http(state: ServerState) -> Callable[[Request], Awaitable[Response]]:
             return Response.json(200, b'{"status":"ok"}')
         if req.path == "/readyz":
             ok = state.serving and await state.check_redis()
+            # The recording backlog is detail, not a reason to stop routing here: requests are
+            # served (and recorded directly) while the spool drains in the background.
+            detail = {"recording": state.records.status()} if state.records is not None else {}
             if ok:
-                return Response.json(200, b'{"status":"ready"}')
+                return Response.json(200, json.dumps({"status": "ready", **detail}).encode())
             why = "shutting down" if not state.serving else "redis unreachable"
-            return Response.json(503, json.dumps({"status": "not ready", "reason": why}).encode())
+            return Response.json(503, json.dumps({"status": "not ready", "reason": why, **detail}).encode())
         if req.path == "/metrics":
             body = generate_latest(state.metrics.registry)
             return Response(200, [("content-type", CONTENT_TYPE_LATEST)], body)
@@ -213,12 +217,16 @@ class Reloader:
 
 
 async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: float = 2.0) -> None:
-    """Flush the spool, apply retention, and export the store's counters."""
+    """Apply retention and export the store's counters (the spool is flushed by
+    ``RecordsStore.run_flusher``, in the background)."""
+    ticks = 0
     while True:
-        await records.maintain(time.time())
+        if ticks % 15 == 0:
+            await records.maintain(time.time())
+        ticks += 1
         for name, value in records.counters().items():
             metrics.records.labels(name).set(value)
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval / 15)
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
@@ -244,10 +252,16 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
     records: RecordsStore | None = None
-    records_task: asyncio.Task[None] | None = None
+    records_redis: RedisStore | None = None
+    records_tasks: list[asyncio.Task[None]] = []
     if state.gateway.recording is not None:
-        records = RecordsStore(state.store.client, state.gateway.recording)
-        records_task = asyncio.create_task(_maintain_records(records, state.metrics))
+        # A client of its own: one retry, no backoff (the default backs off for seconds, which
+        # kept requests waiting after Redis came back).
+        records_redis = RedisStore(config.redis_url, retries=1)
+        records = RecordsStore(records_redis.client, state.gateway.recording)
+        state.records = records
+        records_tasks = [asyncio.create_task(_maintain_records(records, state.metrics)),
+                         asyncio.create_task(records.run_flusher())]
     inspector: InspectorPool | None = None
     if state.gateway.inspection.workers and state.gateway.inspection_spec is not None:
         inspector = InspectorPool(state.gateway.inspection.workers)
@@ -339,8 +353,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
-        if records_task is not None:
-            records_task.cancel()
+        for task in records_tasks:
+            task.cancel()
         if records is not None:
             with contextlib.suppress(Exception):
                 await records.maintain(time.time())  # flush what was spooled while we can
@@ -352,6 +366,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         if inspector is not None:
             inspector.close()
         await state.store.close()
+        if records_redis is not None:
+            await records_redis.close()
         log.info("extproc stopped")
 
 

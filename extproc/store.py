@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 __all__ = ["RedisStore", "StateStore", "StoreUnavailable"]
@@ -36,11 +38,16 @@ class StateStore(Protocol):
 class RedisStore:
     """``StateStore`` on redis-py's asyncio client. Accepts redis://, rediss://, unix://."""
 
-    def __init__(self, url: str, *, prefix: str = "extproc:", timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "extproc:", timeout: float = 2.0, retries: int | None = None) -> None:
         self.prefix = prefix
         self._url = url
+        extra: dict[str, Any] = {}
+        if retries is not None:
+            # redis-py's default retries ten times with backoff (seconds): a caller that must
+            # fail fast or move on (records spool while Redis is away) retries once, at once.
+            extra["retry"] = Retry(NoBackoff(), retries)
         self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30, **extra
         )
 
     def key(self, key: str) -> str:
