@@ -893,16 +893,16 @@ class RequestMachine:
     def _complete_record(self, error: str | None = None) -> None:
         if self._rec is not None and self._start_entry is not None:
             complete = self._rec.complete(self.info.usage, now=self._gw.clock(), error=error)
-            guard = self._guard
+            guard, label = self._guard, self._rec.label
             if guard is not None and guard.decisions:
                 complete["model_tool_calls"] = [
-                    {"tool": td.tool, "action": td.action, "rule_id": td.rule_id, "mode": td.mode}
+                    {"tool": label(td.tool), "action": td.action, "rule_id": td.rule_id, "mode": td.mode}
                     for td in guard.decisions
                 ]
             f = self._mcp_filter
             if f is not None and (f.removed or f.pin_mismatches):
-                complete["tools_hidden"] = list(f.removed)
-                complete["pin_mismatches"] = list(f.pin_mismatches)
+                complete["tools_hidden"] = [label(t) for t in f.removed]
+                complete["pin_mismatches"] = [label(t) for t in f.pin_mismatches]
             self.effects.append(RecordEntries(self._start_entry, complete))
             self._start_entry = None
 

@@ -43,9 +43,10 @@ from extproc.datapath.machine import (
 from extproc.datapath.runtime import HOLD_MARGIN
 from extproc.datapath.workers import InspectorPool
 from extproc.identity.jwt import Authenticator, AuthError
+from extproc.masking import MaskingProfile, default_profile
 from extproc.policy import budgets
 from extproc.policy.model import BudgetOutcome
-from extproc.recording.model import interaction_log_line
+from extproc.recording.model import interaction_log_line, safe_token
 from extproc.recording.store import RecordingUnavailable, RecordsStore
 from extproc.store import RedisStore
 
@@ -56,6 +57,16 @@ log = logging.getLogger("extproc.servicer")
 interaction_log = logging.getLogger("extproc.interactions")
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+_LOG_PROFILE: list[MaskingProfile] = []
+
+
+def _log_id(request_id: str) -> str:
+    """A request id as it may be logged: it can come from the caller (see docs/recording.md)."""
+    if not _LOG_PROFILE:
+        _LOG_PROFILE.append(default_profile())
+    return safe_token(request_id, _LOG_PROFILE[0]) or "-"
 
 
 def _headers(msg: ep.HttpHeaders) -> dict[str, str]:
@@ -217,7 +228,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except ProtocolError as exc:
             outcome = "protocol_error"
             m.stream_errors.labels("protocol").inc()
-            log.warning("ext_proc protocol error for request %s: %s", machine.info.request_id, exc)
+            log.warning("ext_proc protocol error for request %s: %s", _log_id(machine.info.request_id), exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         finally:
             self.inflight -= 1
@@ -282,7 +293,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
                                               now=time.time())
         if out.unavailable and out.allowed:
-            log.warning("budgets not enforced for request %s: redis unavailable (%s)", machine.info.request_id,
+            log.warning("budgets not enforced for request %s: redis unavailable (%s)", _log_id(machine.info.request_id),
                         out.error)
         return out
 

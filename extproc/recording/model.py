@@ -67,6 +67,8 @@ __all__ = [
     "next_session",
     "record_body",
     "recording_profile",
+    "safe_label",
+    "safe_token",
     "session_from_header",
     "summarize",
     "verify_chain",
@@ -79,6 +81,12 @@ MODES: tuple[str, ...] = ("required", "best_effort")
 DEFAULT_SPOOL_PATH = ".run/recording-spool.jsonl"
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
+#: What a caller-supplied identifier (request id, model, tool name) may look like to be stored as
+#: given: no spaces, no ``@``, nothing that needs escaping; anything else is masked or replaced.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
+_METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_LABEL_CHARS = 128
 _HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _MAX_PATH_CHARS = 2048
 #: Extra bytes collected past ``max_body_bytes`` so a value straddling the cut is still seen
@@ -297,12 +305,45 @@ def verify_chain(
 # sessions
 
 
-def session_from_header(value: str | None) -> str | None:
-    """A caller-supplied session id, if usable as one (else the time-gap rule applies)."""
+def session_from_header(value: str | None, profile: MaskingProfile | None = None) -> str | None:
+    """A caller-supplied session id, if usable as one (else the time-gap rule applies): the
+    right shape and, with ``profile``, nothing in it that the recording profile would mask."""
     if value is None:
         return None
     value = value.strip()
-    return value if _SESSION_RE.match(value) else None
+    if not _SESSION_RE.match(value):
+        return None
+    if profile is not None and profile.find(value):
+        return None
+    return value
+
+
+def _unglued(value: str) -> str:
+    # Detectors anchor on word boundaries, and ``_`` is a word character: ``lookup_4242...``
+    # would hide a card number from them.
+    return value.replace("_", " ")
+
+
+def safe_token(value: str | None, profile: MaskingProfile) -> str | None:
+    """``value`` if it is a plain identifier that holds nothing ``profile`` masks, else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not _TOKEN_RE.match(value) or profile.find(value) or profile.find(_unglued(value)):
+        return None
+    return value
+
+
+def safe_label(value: str | None, profile: MaskingProfile) -> str | None:
+    """A caller-supplied name (model, tool) as it may be stored and indexed: as given when it is
+    a plain identifier without PII, else masked (``_`` read as a space), without control
+    characters, cut to 128."""
+    if value is None:
+        return None
+    if safe_token(value, profile) is not None:
+        return value.strip()
+    masked, _ = profile.mask(_unglued(value[: 4 * _MAX_LABEL_CHARS]))
+    return _CONTROL_RE.sub("", masked)[:_MAX_LABEL_CHARS]
 
 
 def new_session_id() -> str:
@@ -509,9 +550,13 @@ class InteractionRecorder:
     ) -> None:
         """What is known from the request headers. ``session_header`` is the raw value of
         ``settings.session_header`` (None when absent)."""
-        self.request_id = request_id or "-"
+        # Caller-supplied values are stored only when they cannot carry PII (see docs/recording.md);
+        # a request id that could is replaced by this interaction's own id.
+        rid = request_id or "-"
+        self.request_id = rid if rid == "-" else (safe_token(rid, self.profile) or f"iid-{self.interaction_id}")
         self.user = caller.user if caller is not None else None
-        self.session_id = session_from_header(session_header)
+        self.session_id = session_from_header(session_header, self.profile)
+        method = method if _METHOD_RE.match(method or "") else "-"
         masked_path, _ = self.profile.mask(path[:_MAX_PATH_CHARS])
         masked_route, _ = self.profile.mask(route.split("?", 1)[0][:_MAX_PATH_CHARS])
         self._start = {
@@ -596,7 +641,7 @@ class InteractionRecorder:
         entry.update({
             "forwarded": forwarded,
             "forwarded_at_ms": _ms(now) if forwarded else None,
-            "model": model if model is not None else (decision.model if decision is not None else None),
+            "model": self.label(model if model is not None else (decision.model if decision is not None else None)),
             "operation": operation if operation is not None else (
                 decision.operation if decision is not None else None),
             "stream": self._stream,
@@ -605,7 +650,7 @@ class InteractionRecorder:
             "request": recorded if recorded is not None and body is not None else self._body(body),
         })
         if self.tools is not None:
-            entry["tools"] = self.tools
+            entry["tools"] = [{**t, "tool": self.label(t.get("tool"))} for t in self.tools]
         self._start = entry
         return dict(entry)
 
@@ -613,6 +658,10 @@ class InteractionRecorder:
         if body is None:
             return None
         return record_body(self.profile, self.settings.max_body_bytes, body)
+
+    def label(self, value: str | None) -> str | None:
+        """A caller- or model-supplied name (model, tool) as it may be recorded: see ``safe_label``."""
+        return safe_label(value, self.profile)
 
     # -- response side -------------------------------------------------------------
 

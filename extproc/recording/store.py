@@ -7,16 +7,20 @@ Key layout (``<p>`` is the key prefix, ``extproc:`` by default)::
     <p>records:head                  hash {hash, id}: the last entry of the chain
     <p>records:anchor                hash {prev_hash, first_id}: what the first entry left by
                                      the last trim points to (the chain's start after trimming)
-    <p>records:session:<user>        hash {sid, seen}: the user's current gap-based session
+    <p>records:session:<h(user)>     hash {sid, seen}: the user's current gap-based session
+    <p>records:index_key             the deployment's HMAC key for index names (made once)
     <p>records:uid:<iid>:<kind>      short-lived marker that an entry was written (de-duplicates
                                      spool flushes after an ambiguous failure)
     <p>idx:all                       sorted sets of *start* entry ids, scored by the time the
-    <p>idx:user:<user>               request was received (ms); each expires after the
-    <p>idx:session:<sid>             retention age and is cleaned when the stream is trimmed
+    <p>idx:user:<h(user)>            request was received (ms); each expires after the
+    <p>idx:session:<h(sid)>          retention age and is cleaned when the stream is trimmed
     <p>idx:decision:<action>
     <p>idx:provider:<provider>
-    <p>idx:model:<model>
-    <p>idx:request:<request id>      start and complete entry ids of that request id
+    <p>idx:model:<h(model)>
+    <p>idx:request:<h(request id)>   start and complete entry ids of that request id
+
+``h(v)`` is ``HMAC-SHA256(index_key, kind || 0x00 || v)``, 32 hex digits: values that come from
+callers, bodies or tokens never appear in key names; look-ups hash the query the same way.
 
 Appending is one Lua script: it reads the head, computes ``hash = sha256(prev_hash || digest)``
 (``digest`` is the SHA-256 of the entry, computed here; SHA-256 of the 128-byte link input is
@@ -36,9 +40,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +80,9 @@ _PAGE = 500
 _FLUSH_BATCH = 200
 #: Interactions whose start was lost remembered at most (their completions are not reserved).
 _LOST_MAX = 100_000
+#: Index kinds whose values come from callers, bodies or tokens: keyed by HMAC, never raw.
+#: (``decision`` and ``provider`` values come from the configuration.)
+_HASHED_INDEXES = frozenset({"user", "session", "model", "request"})
 
 _SHA256_LUA = r"""
 local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
@@ -211,8 +221,12 @@ class RecordKeys:
     def anchor(self) -> str:
         return f"{self.prefix}records:anchor"
 
-    def session(self, user: str) -> str:
-        return f"{self.prefix}records:session:{user}"
+    @property
+    def index_secret(self) -> str:
+        return f"{self.prefix}records:index_key"
+
+    def session(self, user_digest: str) -> str:
+        return f"{self.prefix}records:session:{user_digest}"
 
     def dedupe(self, interaction_id: str, kind: str) -> str:
         return f"{self.prefix}records:uid:{interaction_id}:{kind}"
@@ -394,6 +408,7 @@ class RecordsStore:
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._lost_starts: set[str] = set()
+        self._secret: bytes | None = None
         self._append = client.register_script(_APPEND)
         self._trim = client.register_script(_TRIM)
         self._session = client.register_script(_SESSION)
@@ -545,7 +560,8 @@ class RecordsStore:
                 entry["session_id"] = doc["session_id"]  # so the caller's log line shows it
         data = canonical_json(doc)
         k = self.keys
-        idx = [k.index("request", str(doc.get("request_id") or "-"))]
+        await self._index_secret()
+        idx = [self._index("request", str(doc.get("request_id") or "-"))]
         if kind == "start":
             score = int(doc.get("received_at_ms") or 0)
             idx.append(k.index("all"))
@@ -558,7 +574,7 @@ class RecordsStore:
                 ("model", doc.get("model")),
             ):
                 if value:
-                    idx.append(k.index(name, str(value)))
+                    idx.append(self._index(name, str(value)))
         else:
             score = int(doc.get("completed_at_ms") or 0)
         age = self.settings.retention.max_age_hours
@@ -566,6 +582,32 @@ class RecordsStore:
         dedupe_key = k.dedupe(str(doc.get("interaction_id") or ""), str(kind))
         return ([k.stream, k.head, dedupe_key, *idx],
                 [data, entry_digest(data), score, index_ttl, dedupe_ttl if doc.get("interaction_id") else 0])
+
+    async def _index_secret(self) -> bytes:
+        """The deployment's HMAC key for index key names: made once (``SET NX``) and shared by
+        every replica through Redis; see docs/recording.md for why it lives there."""
+        if self._secret is None:
+            key = self.keys.index_secret
+            await self.client.set(key, secrets.token_hex(32), nx=True)
+            got = await self.client.get(key)
+            if got is None:  # deleted between the two calls: try once more next time
+                raise RedisError("the index key vanished")
+            self._secret = got if isinstance(got, bytes) else str(got).encode()
+        return self._secret
+
+    async def _digest(self, kind: str, value: str) -> str:
+        await self._index_secret()
+        return self._hmac(kind, value)
+
+    def _hmac(self, kind: str, value: str) -> str:
+        assert self._secret is not None
+        return hmac.new(self._secret, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _index(self, kind: str, value: str) -> str:
+        """An index key: caller-, body- or identity-supplied values appear only as an HMAC."""
+        if kind in _HASHED_INDEXES:
+            return self.keys.index(kind, self._hmac(kind, value))
+        return self.keys.index(kind, value)
 
     async def resolve_session(self, user: str, *, now: float) -> str:
         """The user's gap-based session at ``now`` (see ``extproc.recording.model.next_session``).
@@ -580,7 +622,7 @@ class RecordsStore:
         if hit is not None and 0 <= now - hit[1] < fresh:
             return hit[0]
         sid = _s(await self._session(
-            keys=[self.keys.session(user)],
+            keys=[self.keys.session(await self._digest("user", user))],
             args=[round(now * 1000), gap * 1000, new_session_id(), gap + 3600],
         ))
         if len(self._sessions) > 10_000:
@@ -650,7 +692,7 @@ class RecordsStore:
         docs = [(s, _parse(s)) for s in starts]
         pipe = self.client.pipeline(transaction=False)
         for _, d in docs:
-            pipe.zrange(self.keys.index("request", str((d or {}).get("request_id") or "-")), 0, -1)
+            pipe.zrange(self._index("request", str((d or {}).get("request_id") or "-")), 0, -1)
         related = await pipe.execute()
         ids = sorted({_s(i) for group in related for i in group} - {s.id for s in starts})
         others = await self._entries(ids)
@@ -686,7 +728,8 @@ class RecordsStore:
     ) -> builtins.list[dict[str, Any]]:
         """Interaction summaries, newest first, from the indexes (never a scan of the stream)."""
         k = self.keys
-        filters = [k.index(n, v) for n, v in (("user", user), ("session", session), ("decision", decision),
+        await self._index_secret()
+        filters = [self._index(n, v) for n, v in (("user", user), ("session", session), ("decision", decision),
                                                ("provider", provider), ("model", model)) if v]
         keys = filters or [k.index("all")]
         lo = "-inf" if since is None else round(since * 1000)
@@ -720,7 +763,8 @@ class RecordsStore:
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         """The merged start+complete view of the latest interaction with this request id."""
-        ids = [_s(i) for i in await self.client.zrange(self.keys.index("request", request_id), 0, -1)]
+        await self._index_secret()
+        ids = [_s(i) for i in await self.client.zrange(self._index("request", request_id), 0, -1)]
         entries = await self._entries(ids)
         starts = [e for e in entries.values() if (_parse(e) or {}).get("kind") == "start"]
         if starts:

@@ -93,7 +93,7 @@ class Traffic:
     def _run(self, n: int) -> None:
         i = 0
         while not self._stop.is_set():
-            status, rid, text = post(self.s, self.token, f"traffic {n}-{i}")
+            status, _, text = post(self.s, self.token, f"traffic {n}-{i}")
             self.results.append((time.monotonic(), status, text[:200]))
             i += 1
 
