@@ -11,6 +11,11 @@ while a big body is scanned.
 Bound on work: a job that is not done within its timeout (queueing included) is answered with
 ``InspectionFailed("timeout")`` and its worker is killed and replaced, so a pathological body
 costs at most ``timeout_seconds`` of one core. A worker that dies fails only its own job.
+
+Like every ``spawn``/``forkserver`` child, a worker re-imports the parent's main script unless
+it is a package ``__main__`` (``python -m extproc``) or guarded by ``if __name__ ==
+"__main__"`` (the ``extproc`` console script is); a custom launcher must be guarded too.
+Memory: an idle worker is about 60 MB resident; scanning a body costs a few times its size.
 """
 
 from __future__ import annotations
