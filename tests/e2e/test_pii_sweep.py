@@ -131,3 +131,37 @@ def test_no_user_controlled_value_is_stored_or_logged_raw(sweep: Stack) -> None:
     assert "[EMAIL]" in text and "/fake/files/" in text
     summary: dict[str, Any] = {"keys": len(list(r.scan_iter())), "bytes": len(stored)}
     assert summary["keys"] > 5, summary
+
+
+def test_lookups_by_session_model_and_request_id_still_work_through_the_cli(sweep: Stack) -> None:
+    s = sweep
+    tag = uuid.uuid4().hex[:8]
+    model, session = f"sweep-model-{tag}", f"conv-{tag}"
+    c = http.client.HTTPConnection("127.0.0.1", s.ports["http"], timeout=60)
+    try:
+        c.request("POST", "/fake/chat/completions",
+                  body=json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+                  headers={"authorization": f"Bearer {s.token('looker')}", "content-type": "application/json",
+                           "x-session-id": session})
+        resp = c.getresponse()
+        resp.read()
+        rid = resp.getheader("x-request-id") or ""
+    finally:
+        c.close()
+    assert resp.status == 200 and rid
+    auditor = s.token("audrey", groups=("auditors",))
+    deadline = time.monotonic() + 10
+    while True:
+        shown = s.cli("sessions", "show", rid, "--json", token=auditor)
+        if shown.returncode == 0 and json.loads(shown.stdout).get("complete"):
+            break
+        assert time.monotonic() < deadline, shown.stderr
+        time.sleep(0.2)
+    assert json.loads(shown.stdout)["model"] == model
+    for flag, value in (("--model", model), ("--session", session)):
+        out = s.cli("sessions", "list", flag, value, "--json", token=auditor)
+        assert out.returncode == 0, out.stderr
+        assert [json.loads(x)["request_id"] for x in out.stdout.splitlines() if x.strip()] == [rid], flag
+    names = b"\n".join(redis.Redis.from_url(s.redis_url).scan_iter(count=1000))
+    for raw in (model, session, rid):
+        assert raw.encode() not in names  # indexed by HMAC only
