@@ -319,6 +319,17 @@ def main() -> int:
     print(f"MCP tools/call through the gateway: p50 {tools['gateway_p50_ms']} ms vs {tools['direct_p50_ms']} ms "
           f"direct (adds {tools['added_p50_ms']} ms); p99 {tools['gateway_p99_ms']} vs {tools['direct_p99_ms']} ms")
 
+    from bench.isolation import bench_isolation
+
+    iso = bench_isolation()
+    results["isolation"] = iso
+    ratios["isolation small during/idle p50"] = iso["small_during/idle p50"]
+    print()
+    print(f"isolation: a {iso['big_bytes'] / 1e6:.1f} MB dense-PII prompt (status {iso['big_status']}, "
+          f"{iso['big_seconds']} s) vs another caller's small requests: p50 {iso['small_idle_p50_ms']} ms idle, "
+          f"{iso['small_during_p50_ms']} ms during (+{iso['small_added_p50_ms']} ms, n={iso['small_during_n']}), "
+          f"errors {iso['small_errors']}  (target: +100 ms at most, no errors)")
+
     results["ratios"] = ratios
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -104,10 +104,6 @@ class GatewayError:
 FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "any")
 
 
-#: Values of ``flavour``.
-FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "any")
-
-
 def error_body(status: int, code: str, message: str, request_id: str, *, flavour: str = "any",
                **extra: object) -> bytes:
     kind = ERROR_TYPES.get(status, "api_error")

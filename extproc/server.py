@@ -40,6 +40,7 @@ from extproc.config.model import Config
 from extproc.datapath.machine import Gateway
 from extproc.datapath.runtime import build_gateway
 from extproc.datapath.servicer import ExternalProcessor
+from extproc.datapath.workers import InspectorPool
 from extproc.errors import ConfigError
 from extproc.identity.credentials import CredentialStore
 from extproc.identity.jwt import Authenticator
@@ -78,6 +79,7 @@ class ServerState:
     serving: bool = False
     redis_ok: bool = False
     redis_checked_at: float = 0.0
+    records: RecordsStore | None = None
 
     async def check_redis(self) -> bool:
         now = time.monotonic()
@@ -99,6 +101,10 @@ class ServerState:
             "redis": "up" if redis_ok else "down",
             "credentials": {p.name: creds.get(p.name, "ok") for p in self.config.providers if p.credential},
         }
+        if self.records is not None:
+            # The recording backlog is detail, not a reason to stop routing here: requests are
+            # served (and recorded directly) while the spool drains in the background.
+            detail["recording"] = self.records.status()
         reasons = []
         if not self.serving:
             reasons.append("shutting down")
@@ -187,7 +193,7 @@ class Reloader:
     """
 
     RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
-    RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools")
+    RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools", "inspection")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
         self._state = state
@@ -238,12 +244,16 @@ class Reloader:
 
 
 async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: float = 2.0) -> None:
-    """Flush the spool, apply retention, and export the store's counters."""
+    """Apply retention and export the store's counters (the spool is flushed by
+    ``RecordsStore.run_flusher``, in the background)."""
+    ticks = 0
     while True:
-        await records.maintain(time.time())
+        if ticks % 15 == 0:
+            await records.maintain(time.time())
+        ticks += 1
         for name, value in records.counters().items():
             metrics.records.labels(name).set(value)
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval / 15)
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
@@ -281,12 +291,23 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
     records: RecordsStore | None = None
-    records_task: asyncio.Task[None] | None = None
+    records_redis: RedisStore | None = None
+    records_tasks: list[asyncio.Task[None]] = []
     if state.gateway.recording is not None:
-        records = RecordsStore(state.store.client, state.gateway.recording, prefix=config.redis_prefix)
-        records_task = asyncio.create_task(_maintain_records(records, state.metrics))
+        # A client of its own: one retry, no backoff (the default backs off for seconds, which
+        # kept requests waiting after Redis came back).
+        records_redis = RedisStore(config.redis_url, retries=1)
+        records = RecordsStore(records_redis.client, state.gateway.recording, prefix=config.redis_prefix)
+        state.records = records
+        records_tasks = [asyncio.create_task(_maintain_records(records, state.metrics)),
+                         asyncio.create_task(records.run_flusher())]
+    inspector: InspectorPool | None = None
+    if state.gateway.inspection.workers and state.gateway.inspection_spec is not None:
+        inspector = InspectorPool(state.gateway.inspection.workers)
+        await inspector.start(state.gateway.inspection_spec)
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
-                                  approvals=gate, records=records)
+                                  approvals=gate, records=records, inspector=inspector,
+                                  max_message_timeout=config.envoy.max_message_timeout_seconds)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
@@ -374,8 +395,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
-        if records_task is not None:
-            records_task.cancel()
+        for task in records_tasks:
+            task.cancel()
         if records is not None:
             with contextlib.suppress(Exception):
                 await records.maintain(time.time())  # flush what was spooled while we can
@@ -384,7 +405,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         if notifier is not None:
             await notifier.close()
         http.close()
+        if inspector is not None:
+            inspector.close()
         await state.store.close()
+        if records_redis is not None:
+            await records_redis.close()
         log.info("extproc stopped")
 
 

@@ -9,8 +9,11 @@ caller fails closed.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from extproc.errors import StoreUnavailable
@@ -26,10 +29,16 @@ DEFAULT_PREFIX = "extproc:"
 class RedisStore:
     """redis-py's asyncio client for one URL (redis://, rediss://, unix://) and a key prefix."""
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 2.0,
+                 retries: int | None = None) -> None:
         self.prefix = prefix
+        extra: dict[str, Any] = {}
+        if retries is not None:
+            # redis-py's default retries ten times with backoff (seconds): a caller that must
+            # fail fast or move on (records spool while Redis is away) retries once, at once.
+            extra["retry"] = Retry(NoBackoff(), retries)
         self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30, **extra
         )
 
     async def ping(self) -> bool:

@@ -78,6 +78,15 @@ class Metrics:
         self.tool_pin_mismatches = Counter(
             "extproc_tool_pin_mismatches_total", "Pinned tools whose definition changed.", ["server"], registry=r,
         )
+        self.inspections = Counter(
+            "extproc_offloaded_inspections_total",
+            "Large request bodies inspected in a worker process, by outcome (ok, timeout, error).",
+            ["outcome"], registry=r,
+        )
+        self.inspections_inflight = Gauge(
+            "extproc_offloaded_inspections_inflight", "Request bodies being inspected in (or queued for) a worker.",
+            registry=r,
+        )
         self.message_seconds = Histogram(
             "extproc_message_seconds",
             "Time to decide one ext_proc message, by message kind.",

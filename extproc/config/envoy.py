@@ -90,12 +90,14 @@ __all__ = ["EXT_PROC_CLUSTER", "dump_yaml", "render_bootstrap", "render_envoy"]
 EXT_PROC_CLUSTER = "extproc"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-#: JSON access log: no headers, no query strings, nothing that could carry a credential.
+#: JSON access log: no headers, no query strings, nothing that could carry a credential. Not the
+#: path either: it is caller-controlled and Envoy cannot mask it (the masked path is in the
+#: interaction log line); the route names the provider.
 _ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
-    "path": "%PATH(WQ)%",
+    "route": "%ROUTE_NAME%",
     "status": "%RESPONSE_CODE%",
     "details": "%RESPONSE_CODE_DETAILS%",
     "flags": "%RESPONSE_FLAGS%",

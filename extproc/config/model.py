@@ -523,7 +523,7 @@ def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
 
 
 #: Top-level keys owned by later capabilities; validated by their own modules.
-_EXTENSION_KEYS = {"policy", "masking", "approvals", "recording", "tools"}
+_EXTENSION_KEYS = {"policy", "masking", "approvals", "recording", "tools", "inspection"}
 
 def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | None = None,
                  env: Mapping[str, str], text: str | None = None) -> Config:

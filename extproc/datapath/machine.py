@@ -16,15 +16,25 @@ Phases::
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from extproc.approvals.model import ApprovalSettings, Binding, content_digest
 from extproc.config.model import ProviderConfig
+from extproc.datapath.inspect import (
+    Inspection,
+    InspectionFailed,
+    InspectionJob,
+    InspectionSettings,
+    InspectionSpec,
+    RecordSpec,
+    forward_body,
+)
 from extproc.datapath.scrub import LiteralScrubber
 from extproc.errors import ExtprocError, error_body
 from extproc.identity.model import AuthError, Identity, bearer_token
@@ -56,6 +66,7 @@ __all__ = [
     "NeedApproval",
     "NeedBudget",
     "NeedIdentity",
+    "NeedInspection",
     "NeedRecordStart",
     "ProtocolError",
     "RecordEntries",
@@ -119,6 +130,15 @@ class NeedBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedInspection:
+    """The servicer must run ``inspect.run_job(job)`` off the event loop (a worker process: the
+    body is large) and call ``on_inspection`` with the result or an ``InspectionFailed``."""
+
+    job: InspectionJob
+    timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class NeedApproval:
     """The servicer must hold the request until a human decides (or the hold runs out) and
     call ``on_approval``. ``binding`` is what a grant must match exactly."""
@@ -170,7 +190,7 @@ class ChargeUsage:
 
 Decision = Continue | Reply
 #: What a request-side event returns: a decision, or a request for I/O.
-Step = Continue | Reply | NeedIdentity | NeedBudget | NeedApproval | NeedRecordStart
+Step = Continue | Reply | NeedIdentity | NeedBudget | NeedApproval | NeedRecordStart | NeedInspection
 
 
 class ProtocolError(ExtprocError):
@@ -181,6 +201,7 @@ class Phase(enum.Enum):
     START = "start"
     AUTH = "auth"
     REQUEST = "request"
+    INSPECT = "inspect"
     HOLD = "hold"
     BUDGET = "budget"
     RECORD = "record"
@@ -196,6 +217,7 @@ class Event(enum.Enum):
     IDENTITY = "an identity"
     REQUEST_BODY = "a request body"
     REQUEST_TRAILERS = "request trailers"
+    INSPECTION = "an inspection result"
     APPROVAL = "an approval outcome"
     BUDGET = "a budget outcome"
     RECORD_START = "a recording outcome"
@@ -215,7 +237,9 @@ TRANSITIONS: Mapping[tuple[Phase, Event], frozenset[Phase]] = {
     (Phase.AUTH, Event.IDENTITY): frozenset(
         {Phase.REQUEST, Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
     (Phase.REQUEST, Event.REQUEST_BODY): frozenset(
-        {Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+        {Phase.INSPECT, Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+    # A large body was inspected in a worker process; the decision then goes on as for any body.
+    (Phase.INSPECT, Event.INSPECTION): frozenset({Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
     # The body was skipped (nothing governs it), but Envoy may still send one: let it pass.
     (Phase.FORWARDED, Event.REQUEST_BODY): frozenset({Phase.FORWARDED}),
     (Phase.REQUEST, Event.REQUEST_TRAILERS): frozenset({Phase.FORWARDED}),
@@ -320,6 +344,10 @@ class Gateway:
     model_tool_calls: str = "remove"
     masking: ResponseMasking = field(default_factory=ResponseMasking)
     literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
+    #: Where request bodies are inspected (inline, or in a worker process when large).
+    inspection: InspectionSettings = field(default_factory=InspectionSettings)
+    #: What a worker process needs to inspect like this gateway; None: always inline.
+    inspection_spec: InspectionSpec | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -380,6 +408,8 @@ class RequestMachine:
         self._mcp_filter: mcp.McpResponseFilter | None = None
         self._guard: ToolCallGuard | None = None
         self._reserved_at = 0.0
+        #: From an offloaded inspection: the body to forward and the record's request fields.
+        self._inspected: Inspection | None = None
 
     # -- request side --------------------------------------------------------
 
@@ -441,13 +471,62 @@ class RequestMachine:
         if not end_of_stream:
             # BUFFERED mode sends the whole body at once; a partial one means a config drift.
             raise ProtocolError("request body arrived in pieces; the request body mode must be BUFFERED")
+        limits = self._gw.inspection
+        if len(body) > limits.max_bytes:
+            return self._reply(413, "body_too_large",
+                               f"the request body ({len(body)} bytes) is larger than the {limits.max_bytes} bytes "
+                               "this gateway inspects; nothing was sent")
         p = self._provider
         if p is not None and p.api == "mcp":
             return self._decide_mcp(body, Continue())
+        if self._gw.inspection_spec is not None and limits.workers and len(body) >= limits.offload_bytes:
+            return self._offload(body)
         if not self._gw.governed:
             self._raw_body = body
             return self._release(Continue())
         return self._decide(body, Continue())
+
+    def _offload(self, body: bytes) -> NeedInspection:
+        """A large body: policy and the record's masking run in a worker (see ``inspect``)."""
+        spec = self._gw.inspection_spec
+        assert spec is not None
+        self._raw_body = body
+        self.phase = Phase.INSPECT
+        self._pending_body = Continue()
+        req = self._policy_request(body) if self._gw.governed else None
+        record: RecordSpec | None = None
+        rec, settings = self._rec, self._gw.recording
+        if rec is not None and settings is not None:
+            profile = self._gw.literal_profiles.get(settings.masking, self._gw.all_credentials())
+            extra = (self._token,) if self._token and "JWT" not in profile.entities else ()
+            record = RecordSpec(credentials=tuple(self._gw.all_credentials()), extra=extra,
+                                max_body_bytes=settings.max_body_bytes, raw_too=True)
+        api = self._provider.api if self._provider is not None else ""
+        job = InspectionJob(spec=spec, body=body, api=api, request=req, record=record)
+        return NeedInspection(job, self._gw.inspection.timeout_seconds)
+
+    def on_inspection(self, result: Inspection | InspectionFailed) -> Step:
+        self._accept(Event.INSPECTION)
+        self.phase = Phase.REQUEST
+        forward = self._pending_body or Continue()
+        if isinstance(result, InspectionFailed):
+            # The record keeps the size only: masking the body here is the work that failed.
+            size = len(self._raw_body or b"")
+            self._inspected = Inspection(None, None, None, {"body": "", "bytes": size, "truncated": True,
+                                                            "masked": {}})
+            if result.reason == "timeout":
+                return self._reply(503, "inspection_timeout",
+                                   f"the request body could not be inspected within "
+                                   f"{self._gw.inspection.timeout_seconds}s; nothing was sent")
+            return self._reply(503, "inspection_failed", "the request body could not be inspected; nothing was sent")
+        self._inspected = result
+        d = result.decision
+        if d is None:  # recorded only: no policy governs this route
+            return self._release(forward)
+        if not isinstance(d.mask_counts, MappingProxyType):
+            d = dataclasses.replace(d, mask_counts=MappingProxyType(dict(d.mask_counts)))
+        self.info.policy_seconds = result.policy_seconds
+        return self._decided(d, forward)
 
     def on_record_start(self, written: bool) -> Decision:
         self._accept(Event.RECORD_START)
@@ -569,12 +648,11 @@ class RequestMachine:
         remove = tuple(h for h in CALLER_AUTH_HEADERS if h not in setting)
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
-    def _decide(self, body: bytes | None, forward: Continue) -> Step:
-        """Policy on the whole request; ``forward`` is what to send when it passes."""
+    def _policy_request(self, body: bytes | None) -> PolicyRequest:
         p, ident = self._provider, self.info.identity
         assert p is not None
         path = self.info.path.split("?", 1)[0][len(p.prefix):] or "/"
-        req = PolicyRequest(
+        return PolicyRequest(
             user=ident.user if ident else "",
             groups=ident.groups if ident else (),
             issuer=ident.issuer if ident else "",
@@ -586,10 +664,20 @@ class RequestMachine:
             content_type=self._headers.get("content-type", ""),
             body=body,
         )
+
+    def _decide(self, body: bytes | None, forward: Continue) -> Step:
+        """Policy on the whole request; ``forward`` is what to send when it passes."""
+        req = self._policy_request(body)
         self._raw_body = body
         t0 = self._gw.timer()
         d = self._gw.policy.evaluate(req)
         self.info.policy_seconds = self._gw.timer() - t0
+        return self._decided(d, forward)
+
+    def _decided(self, d: PolicyDecision, forward: Continue) -> Step:
+        p, ident, body = self._provider, self.info.identity, self._raw_body
+        assert p is not None
+        path = self.info.path.split("?", 1)[0][len(p.prefix):] or "/"
         self.info.decision = d
         if d.action == "block":
             code = "policy_blocked" if d.status != 400 else "unreadable_body"
@@ -747,9 +835,8 @@ class RequestMachine:
         """After policy (and any approval): rewritten body, usage reporting, budgets."""
         p, body = self._provider, self._raw_body
         assert p is not None
-        new_body = d.body
-        if body is not None and d.stream and p.api == "openai" and any(c.tokens_limit for c in d.budgets):
-            new_body = _with_stream_usage(new_body if new_body is not None else body)
+        ins = self._inspected
+        new_body = ins.forward if ins is not None else forward_body(d, body, p.api)
         if new_body is not None:
             forward = Continue(
                 set_headers=(*forward.set_headers, ("content-length", str(len(new_body)))),
@@ -770,10 +857,14 @@ class RequestMachine:
             return forward
         d = self.info.decision
         body = forward.body if forward.body is not None else self._raw_body
+        ins = self._inspected
+        # A worker masked the body it would forward; anything else is masked here.
+        recorded = ins.recorded if ins is not None and (forward.body is None or forward.body is ins.forward) else None
         self._rec.tools = self._tool_records()
         self._start_entry = self._rec.forwarded(
             body, decision=d, approval_id=self.info.approval.approval_id if self.info.approval else None,
             model=d.model if d else None, operation=d.operation if d else None, now=self._gw.clock(),
+            recorded=recorded,
         )
         self.phase = Phase.RECORD
         self._pending_body = forward
@@ -862,16 +953,16 @@ class RequestMachine:
     def _complete_record(self, error: str | None = None) -> None:
         if self._rec is not None and self._start_entry is not None:
             complete = self._rec.complete(self.info.usage, now=self._gw.clock(), error=error)
-            guard = self._guard
+            guard, label = self._guard, self._rec.label
             if guard is not None and guard.decisions:
                 complete["model_tool_calls"] = [
-                    {"tool": td.tool, "action": td.action, "rule_id": td.rule_id, "mode": td.mode}
+                    {"tool": label(td.tool), "action": td.action, "rule_id": td.rule_id, "mode": td.mode}
                     for td in guard.decisions
                 ]
             f = self._mcp_filter
             if f is not None and (f.removed or f.pin_mismatches):
-                complete["tools_hidden"] = list(f.removed)
-                complete["pin_mismatches"] = list(f.pin_mismatches)
+                complete["tools_hidden"] = [label(t) for t in f.removed]
+                complete["pin_mismatches"] = [label(t) for t in f.pin_mismatches]
             self.effects.append(RecordEntries(self._start_entry, complete))
             self._start_entry = None
 
@@ -915,26 +1006,14 @@ class RequestMachine:
             return
         d = self.info.decision
         rec.tools = self._tool_records()
+        ins = self._inspected
         start, complete = rec.refused(status, code, body=self._raw_body, reply=reply, decision=d,
                                       approval_id=approval_id, model=d.model if d else None,
-                                      operation=d.operation if d else None, now=self._gw.clock())
+                                      operation=d.operation if d else None, now=self._gw.clock(),
+                                      recorded=ins.recorded_raw if ins is not None else None)
         self.effects.append(RecordEntries(start, complete, write_start=True))
 
     def _accept(self, event: Event) -> None:
         if (self.phase, event) not in TRANSITIONS:
             raise ProtocolError(f"unexpected {event.value} in phase {self.phase.value}")
 
-
-def _with_stream_usage(body: bytes) -> bytes:
-    """Ask OpenAI to report usage in the final stream chunk, so token budgets are charged."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(doc, dict):
-        return body
-    opts = doc.get("stream_options")
-    if isinstance(opts, dict) and opts.get("include_usage") is True:
-        return body
-    doc["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -15,6 +15,7 @@ from typing import Any
 
 from extproc.approvals.model import ApprovalSettings
 from extproc.config.model import Config
+from extproc.datapath.inspect import InspectionSettings, InspectionSpec, inspection_settings
 from extproc.datapath.machine import Gateway, ResponseMasking, Router
 from extproc.errors import ConfigError, located_error
 from extproc.identity.credentials import CredentialStore
@@ -133,9 +134,26 @@ def tools(cfg: Config) -> tuple[ToolPolicy, str]:
     return ToolPolicy.from_config(rest, file=cfg.source, lines=cfg.lines), model_calls
 
 
+def inspection(cfg: Config) -> InspectionSettings:
+    try:
+        return inspection_settings(cfg.raw.get("inspection"),
+                                   max_message_timeout_seconds=cfg.envoy.max_message_timeout_seconds)
+    except ConfigError as exc:
+        raise _located(cfg)(exc.path or "inspection", exc.message) from None
+
+
+def inspection_spec(cfg: Config) -> InspectionSpec:
+    """The sections a worker process compiles to inspect exactly like this gateway."""
+    rec = recording(cfg)
+    raw_rec = cfg.raw.get("recording")
+    return InspectionSpec.of(cfg.raw.get("policy"), _profile_config(cfg.raw.get("masking")),
+                             raw_rec.get("masking") if isinstance(raw_rec, Mapping) else None, rec is not None)
+
+
 def validate_sections(cfg: Config) -> None:
     """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
     policy(cfg)
+    inspection(cfg)
     response_masking(cfg)
     approvals(cfg)
     recording(cfg)
@@ -158,6 +176,8 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         tools=tool_policy,
         model_tool_calls=model_calls,
         masking=response_masking(cfg),
+        inspection=inspection(cfg),
+        inspection_spec=inspection_spec(cfg),
     )
 
 

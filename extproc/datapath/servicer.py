@@ -22,6 +22,7 @@ from google.protobuf import duration_pb2
 
 from extproc.admin.metrics import Metrics
 from extproc.approvals.gate import ApprovalGate
+from extproc.datapath.inspect import Compiled, Inspection, InspectionFailed, run_job
 from extproc.datapath.machine import (
     ApprovalResult,
     ChargeUsage,
@@ -31,6 +32,7 @@ from extproc.datapath.machine import (
     NeedApproval,
     NeedBudget,
     NeedIdentity,
+    NeedInspection,
     NeedRecordStart,
     ProtocolError,
     RecordEntries,
@@ -39,11 +41,13 @@ from extproc.datapath.machine import (
     Step,
 )
 from extproc.datapath.runtime import HOLD_GRACE_SECONDS
+from extproc.datapath.workers import InspectorPool
 from extproc.identity.jwt import Authenticator
 from extproc.identity.model import AuthError, Identity
+from extproc.masking import MaskingProfile, default_profile
 from extproc.policy import budgets
 from extproc.policy.model import BudgetOutcome
-from extproc.recording.model import interaction_log_line
+from extproc.recording.model import interaction_log_line, safe_token
 from extproc.recording.store import RecordingUnavailable, RecordsStore
 from extproc.store import RedisStore
 
@@ -54,6 +58,16 @@ log = logging.getLogger("extproc.servicer")
 interaction_log = logging.getLogger("extproc.interactions")
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+_LOG_PROFILE: list[MaskingProfile] = []
+
+
+def _log_id(request_id: str) -> str:
+    """A request id as it may be logged: it can come from the caller (see docs/recording.md)."""
+    if not _LOG_PROFILE:
+        _LOG_PROFILE.append(default_profile())
+    return safe_token(request_id, _LOG_PROFILE[0]) or "-"
 
 
 def _headers(msg: ep.HttpHeaders) -> dict[str, str]:
@@ -133,6 +147,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         store: RedisStore,
         approvals: ApprovalGate | None = None,
         records: RecordsStore | None = None,
+        inspector: InspectorPool | None = None,
+        max_message_timeout: int = 600,
     ) -> None:
         # Callables, so a configuration reload swaps what new streams see while streams in
         # flight keep the objects they started with.
@@ -142,6 +158,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._store = store
         self._approvals = approvals
         self._records = records
+        self._inspector = inspector
+        self._inline_compiled: Compiled | None = None
+        self._max_message_timeout = max_message_timeout
         self._background: set[asyncio.Task[None]] = set()
         # Labelled children looked up once: a label look-up per message is measurable.
         self._message_seconds = {
@@ -181,7 +200,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except ProtocolError as exc:
             outcome = "protocol_error"
             m.stream_errors.labels("protocol").inc()
-            log.warning("ext_proc protocol error for request %s: %s", machine.info.request_id, exc)
+            log.warning("ext_proc protocol error for request %s: %s", _log_id(machine.info.request_id), exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         finally:
             self.inflight -= 1
@@ -247,7 +266,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
                                               now=time.time(), prefix=self._store.prefix)
         if out.unavailable and out.allowed:
-            log.warning("budgets not enforced for request %s: redis unavailable (%s)", machine.info.request_id,
+            log.warning("budgets not enforced for request %s: redis unavailable (%s)", _log_id(machine.info.request_id),
                         out.error)
         return out
 
@@ -281,20 +300,49 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         decides, then yield the decision. Before an approval hold it yields the message-timeout
         extension Envoy must get first (Envoy waits ``message_timeout`` for an answer; the
         override lasts one processing state, at most ``max_message_timeout``)."""
+        extended = False
         while True:
-            if isinstance(d, NeedIdentity):
+            if isinstance(d, NeedInspection):
+                # Envoy waits message_timeout for an answer; extend it once (per processing state,
+                # at most max_message_timeout) to cover the inspection and, since the same state
+                # may then hold for an approval, the hold too.
+                wait = d.timeout_seconds + HOLD_GRACE_SECONDS
+                if gateway.approvals is not None:
+                    wait += gateway.approvals.hold_seconds + HOLD_GRACE_SECONDS
+                yield ep.ProcessingResponse(
+                    override_message_timeout=duration_pb2.Duration(seconds=min(wait, self._max_message_timeout)))
+                extended = True
+                d = machine.on_inspection(await self._inspect(d))
+            elif isinstance(d, NeedIdentity):
                 d = machine.on_identity(await self._authenticate(auth, d))
             elif isinstance(d, NeedBudget):
                 d = machine.on_budget(await self._reserve(machine, d))
             elif isinstance(d, NeedRecordStart):
                 d = machine.on_record_start(await self._record_start(d))
             elif isinstance(d, NeedApproval):
-                yield ep.ProcessingResponse(
-                    override_message_timeout=duration_pb2.Duration(seconds=d.hold_seconds + HOLD_GRACE_SECONDS))
+                if not extended:
+                    yield ep.ProcessingResponse(
+                        override_message_timeout=duration_pb2.Duration(seconds=d.hold_seconds + HOLD_GRACE_SECONDS))
                 d = machine.on_approval(await self._approve(machine, gateway, d))
             else:
                 yield d
                 return
+
+    async def _inspect(self, need: NeedInspection) -> Inspection | InspectionFailed:
+        """A large body's policy and masking, in a worker process (off the event loop)."""
+        job = need.job
+        result: Inspection | InspectionFailed
+        self._metrics.inspections_inflight.inc()
+        try:
+            if self._inspector is not None:
+                result = await self._inspector.run(job, need.timeout_seconds)
+            else:  # no worker processes: the same job, on the loop
+                self._inline_compiled = self._inline_compiled or Compiled()
+                result = run_job(job, self._inline_compiled, time.perf_counter)
+        finally:
+            self._metrics.inspections_inflight.dec()
+        self._metrics.inspections.labels("ok" if isinstance(result, Inspection) else result.reason).inc()
+        return result
 
     @staticmethod
     def _request_response(kind: str, d: Step) -> ep.ProcessingResponse:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import quote
 
+from extproc.masking import MaskingProfile, default_profile
 from extproc.policy.matchers import GlobSet, Hit, KeywordMatcher, RegexMatcher
 from extproc.policy.model import BudgetCharge, PolicyRequest
 from extproc.text.normalise import View
@@ -155,6 +158,21 @@ def budget_key_part(value: str) -> str:
     return quote(value, safe="@._-+=~")
 
 
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
+_MODEL_PROFILE: list[MaskingProfile] = []
+
+
+def model_key_part(model: str) -> str:
+    """The body's ``model`` in a Redis key name: caller-supplied, so kept readable only when it
+    is a plain identifier holding nothing a detector would mask; otherwise a SHA-256 digest."""
+    if not _MODEL_PROFILE:
+        _MODEL_PROFILE.append(default_profile())
+    profile = _MODEL_PROFILE[0]
+    if _MODEL_RE.match(model) and not profile.find(model) and not profile.find(model.replace("_", " ")):
+        return budget_key_part(model)
+    return "h-" + hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetRule:
     id: str
@@ -182,7 +200,7 @@ class BudgetRule:
         elif self.per == "route":
             keys = [f"{base}:route:{budget_key_part(req.provider)}"]
         elif self.per == "model":
-            keys = [f"{base}:model:{budget_key_part(req.provider)}:{budget_key_part(model or '-')}"]
+            keys = [f"{base}:model:{budget_key_part(req.provider)}:{model_key_part(model or '-')}"]
         else:
             keys = [f"{base}:global"]
         return [

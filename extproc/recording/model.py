@@ -63,7 +63,10 @@ __all__ = [
     "mask_pieces",
     "merge_interaction",
     "next_session",
+    "record_body",
     "recording_profile",
+    "safe_label",
+    "safe_token",
     "session_from_header",
     "summarize",
     "verify_chain",
@@ -76,6 +79,12 @@ MODES: tuple[str, ...] = ("required", "best_effort")
 DEFAULT_SPOOL_PATH = ".run/recording-spool.jsonl"
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
+#: What a caller-supplied identifier (request id, model, tool name) may look like to be stored as
+#: given: no spaces, no ``@``, nothing that needs escaping; anything else is masked or replaced.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
+_METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_LABEL_CHARS = 128
 _HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _MAX_PATH_CHARS = 2048
 #: Extra bytes collected past ``max_body_bytes`` so a value straddling the cut is still seen
@@ -294,12 +303,45 @@ def verify_chain(
 # sessions
 
 
-def session_from_header(value: str | None) -> str | None:
-    """A caller-supplied session id, if usable as one (else the time-gap rule applies)."""
+def session_from_header(value: str | None, profile: MaskingProfile | None = None) -> str | None:
+    """A caller-supplied session id, if usable as one (else the time-gap rule applies): the
+    right shape and, with ``profile``, nothing in it that the recording profile would mask."""
     if value is None:
         return None
     value = value.strip()
-    return value if _SESSION_RE.match(value) else None
+    if not _SESSION_RE.match(value):
+        return None
+    if profile is not None and profile.find(value):
+        return None
+    return value
+
+
+def _unglued(value: str) -> str:
+    # Detectors anchor on word boundaries, and ``_`` is a word character: ``lookup_4242...``
+    # would hide a card number from them.
+    return value.replace("_", " ")
+
+
+def safe_token(value: str | None, profile: MaskingProfile) -> str | None:
+    """``value`` if it is a plain identifier that holds nothing ``profile`` masks, else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not _TOKEN_RE.match(value) or profile.find(value) or profile.find(_unglued(value)):
+        return None
+    return value
+
+
+def safe_label(value: str | None, profile: MaskingProfile) -> str | None:
+    """A caller-supplied name (model, tool) as it may be stored and indexed: as given when it is
+    a plain identifier without PII, else masked (``_`` read as a space), without control
+    characters, cut to 128."""
+    if value is None:
+        return None
+    if safe_token(value, profile) is not None:
+        return value.strip()
+    masked, _ = profile.mask(_unglued(value[: 4 * _MAX_LABEL_CHARS]))
+    return _CONTROL_RE.sub("", masked)[:_MAX_LABEL_CHARS]
 
 
 def next_session(
@@ -427,6 +469,21 @@ def _usage_fields(usage: Usage | Mapping[str, int] | None) -> dict[str, int] | N
     return out
 
 
+def record_body(profile: MaskingProfile, limit: int, body: bytes) -> dict[str, Any]:
+    """The ``request`` field of a ``start`` entry: ``body`` masked with ``profile``, cut at ``limit``.
+
+    A function of its arguments only, so a worker process can compute it for a large body
+    (``extproc.datapath.inspect``) and the recorder take it as given."""
+    keep = body[: limit + profile.max_match_length + HOLD_MARGIN + _CONTEXT_BYTES]
+    pieces, truncated, counts = mask_pieces(profile, [keep], limit, complete=len(keep) == len(body))
+    return {
+        "body": "".join(pieces),
+        "bytes": len(body),
+        "truncated": truncated,
+        "masked": dict(sorted(counts.items())),
+    }
+
+
 # ---------------------------------------------------------------------------
 # the builder the data path uses
 
@@ -487,9 +544,13 @@ class InteractionRecorder:
     ) -> None:
         """What is known from the request headers. ``session_header`` is the raw value of
         ``settings.session_header`` (None when absent)."""
-        self.request_id = request_id or "-"
+        # Caller-supplied values are stored only when they cannot carry PII (see docs/recording.md);
+        # a request id that could is replaced by this interaction's own id.
+        rid = request_id or "-"
+        self.request_id = rid if rid == "-" else (safe_token(rid, self.profile) or f"iid-{self.interaction_id}")
         self.user = caller.user if caller is not None else None
-        self.session_id = session_from_header(session_header)
+        self.session_id = session_from_header(session_header, self.profile)
+        method = method if _METHOD_RE.match(method or "") else "-"
         masked_path, _ = self.profile.mask(path[:_MAX_PATH_CHARS])
         masked_route, _ = self.profile.mask(route.split("?", 1)[0][:_MAX_PATH_CHARS])
         self._start = {
@@ -521,12 +582,15 @@ class InteractionRecorder:
         model: str | None = None,
         operation: str | None = None,
         now: float,
+        recorded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The ``start`` entry, just before the request goes upstream; ``body`` is the body as
-        forwarded (after any policy rewrite)."""
+        forwarded (after any policy rewrite). ``recorded`` is ``record_body`` of it, when a
+        worker already computed it."""
         self.forwarded_at = now
         self._stream = bool(decision.stream) if decision is not None else False
-        return self._start_entry(body, decision, approval_id, model, operation, forwarded=True, now=now)
+        return self._start_entry(body, decision, approval_id, model, operation, forwarded=True, now=now,
+                                 recorded=recorded)
 
     def refused(
         self,
@@ -540,10 +604,12 @@ class InteractionRecorder:
         model: str | None = None,
         operation: str | None = None,
         now: float,
+        recorded: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Both entries of an interaction the gateway answered itself (blocked, denied, 503...).
         ``body`` is the request body as received, ``reply`` the gateway's own answer."""
-        start = self._start_entry(body, decision, approval_id, model, operation, forwarded=False, now=now)
+        start = self._start_entry(body, decision, approval_id, model, operation, forwarded=False, now=now,
+                                  recorded=recorded)
         self._status = status
         self._content_type = "application/json"
         if reply:
@@ -561,6 +627,7 @@ class InteractionRecorder:
         *,
         forwarded: bool,
         now: float,
+        recorded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if not self._start:
             raise RuntimeError("InteractionRecorder.request() must be called first")
@@ -568,31 +635,27 @@ class InteractionRecorder:
         entry.update({
             "forwarded": forwarded,
             "forwarded_at_ms": _ms(now) if forwarded else None,
-            "model": model if model is not None else (decision.model if decision is not None else None),
+            "model": self.label(model if model is not None else (decision.model if decision is not None else None)),
             "operation": operation if operation is not None else (
                 decision.operation if decision is not None else None),
             "stream": self._stream,
             "decision": _decision_fields(decision),
             "approval_id": approval_id,
-            "request": self._body(body),
+            "request": recorded if recorded is not None and body is not None else self._body(body),
         })
         if self.tools is not None:
-            entry["tools"] = self.tools
+            entry["tools"] = [{**t, "tool": self.label(t.get("tool"))} for t in self.tools]
         self._start = entry
         return dict(entry)
 
     def _body(self, body: bytes | None) -> dict[str, Any] | None:
         if body is None:
             return None
-        limit = self.settings.max_body_bytes
-        keep = body[: limit + self.profile.max_match_length + HOLD_MARGIN + _CONTEXT_BYTES]
-        pieces, truncated, counts = mask_pieces(self.profile, [keep], limit, complete=len(keep) == len(body))
-        return {
-            "body": "".join(pieces),
-            "bytes": len(body),
-            "truncated": truncated,
-            "masked": dict(sorted(counts.items())),
-        }
+        return record_body(self.profile, self.settings.max_body_bytes, body)
+
+    def label(self, value: str | None) -> str | None:
+        """A caller- or model-supplied name (model, tool) as it may be recorded: see ``safe_label``."""
+        return safe_label(value, self.profile)
 
     # -- response side -------------------------------------------------------------
 

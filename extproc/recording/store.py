@@ -7,16 +7,20 @@ Key layout (``<p>`` is the key prefix, ``extproc:`` by default)::
     <p>records:head                  hash {hash, id}: the last entry of the chain
     <p>records:anchor                hash {prev_hash, first_id}: what the first entry left by
                                      the last trim points to (the chain's start after trimming)
-    <p>records:session:<user>        hash {sid, seen}: the user's current gap-based session
+    <p>records:session:<h(user)>     hash {sid, seen}: the user's current gap-based session
+    <p>records:index_key             the deployment's HMAC key for index names (made once)
     <p>records:uid:<iid>:<kind>      short-lived marker that an entry was written (de-duplicates
                                      spool flushes after an ambiguous failure)
     <p>idx:all                       sorted sets of *start* entry ids, scored by the time the
-    <p>idx:user:<user>               request was received (ms); each expires after the
-    <p>idx:session:<sid>             retention age and is cleaned when the stream is trimmed
+    <p>idx:user:<h(user)>            request was received (ms); each expires after the
+    <p>idx:session:<h(sid)>          retention age and is cleaned when the stream is trimmed
     <p>idx:decision:<action>
     <p>idx:provider:<provider>
-    <p>idx:model:<model>
-    <p>idx:request:<request id>      start and complete entry ids of that request id
+    <p>idx:model:<h(model)>
+    <p>idx:request:<h(request id)>   start and complete entry ids of that request id
+
+``h(v)`` is ``HMAC-SHA256(index_key, kind || 0x00 || v)``, 32 hex digits: values that come from
+callers, bodies or tokens never appear in key names; look-ups hash the query the same way.
 
 Appending is one Lua script: it reads the head, computes ``hash = sha256(prev_hash || digest)``
 (``digest`` is the SHA-256 of the entry, computed here; SHA-256 of the 128-byte link input is
@@ -35,18 +39,22 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from extproc.errors import StoreUnavailable
 from extproc.recording.model import (
@@ -69,6 +77,13 @@ _ERRORS = (RedisError, OSError, TimeoutError)
 _DEDUPE_DIRECT_SECONDS = 3600
 _DEDUPE_FLUSH_SECONDS = 86400
 _PAGE = 500
+#: Spooled entries written per pipelined round trip when flushing.
+_FLUSH_BATCH = 200
+#: Interactions whose start was lost remembered at most (their completions are not reserved).
+_LOST_MAX = 100_000
+#: Index kinds whose values come from callers, bodies or tokens: keyed by HMAC, never raw.
+#: (``decision`` and ``provider`` values come from the configuration.)
+_HASHED_INDEXES = frozenset({"user", "session", "model", "request"})
 
 _SHA256_LUA = r"""
 local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
@@ -212,8 +227,12 @@ class RecordKeys:
     def anchor(self) -> str:
         return f"{self.prefix}records:anchor"
 
-    def session(self, user: str) -> str:
-        return f"{self.prefix}records:session:{user}"
+    @property
+    def index_secret(self) -> str:
+        return f"{self.prefix}records:index_key"
+
+    def session(self, user_digest: str) -> str:
+        return f"{self.prefix}records:session:{user_digest}"
 
     def dedupe(self, interaction_id: str, kind: str) -> str:
         return f"{self.prefix}records:uid:{interaction_id}:{kind}"
@@ -255,21 +274,40 @@ def _parse(e: ChainEntry) -> dict[str, Any] | None:
 
 
 class Spool:
-    """A bounded, append-only JSON-lines file of entries waiting for Redis (one process each)."""
+    """A bounded, append-only JSON-lines file of entries waiting for Redis (one process each).
+
+    New entries go to ``path``. A flush first *claims* what is there by renaming it to
+    ``<path>.flushing`` (so entries spooled meanwhile never mix with it), then writes it in
+    batches, recording after each how far it got in ``<path>.flushing.offset``; a crash
+    mid-flush resumes there (the store's de-duplication markers absorb a repeated batch).
+    """
 
     def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None:
         self.path = Path(path)
+        self.flushing = self.path.with_name(self.path.name + ".flushing")
+        self._offset_path = self.path.with_name(self.path.name + ".flushing.offset")
         self.max_bytes = max_bytes
         self.pending = 0
         self.size = 0
-        if self.path.exists():
-            data = self.path.read_bytes()
-            self.size = len(data)
-            self.pending = sum(1 for line in data.splitlines() if line.strip())
+        for f in (self.path, self.flushing):
+            if f.exists():
+                data = f.read_bytes()
+                if f == self.flushing:
+                    data = data[self._offset():]
+                self.size += len(data)
+                self.pending += sum(1 for line in data.splitlines() if line.strip())
 
-    def add(self, entry: Mapping[str, Any]) -> bool:
+    def _offset(self) -> int:
+        try:
+            return int(self._offset_path.read_text() or "0")
+        except (OSError, ValueError):
+            return 0
+
+    def add(self, entry: Mapping[str, Any], *, reserved: bool = False) -> bool:
+        """Append ``entry``; False when the spool is full. ``reserved`` entries (completions
+        of interactions whose start is already recorded) are taken past the bound."""
         line = canonical_json(entry) + b"\n"
-        if self.size + len(line) > self.max_bytes:
+        if not reserved and self.size + len(line) > self.max_bytes:
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -279,36 +317,72 @@ class Spool:
         self.pending += 1
         return True
 
-    def read(self) -> builtins.list[dict[str, Any]]:
+    def claim(self) -> bool:
+        """Make the spooled entries the ones being flushed (unless a flush is unfinished)."""
+        if self.flushing.exists():
+            return True
         if not self.path.exists():
-            return []
-        out: builtins.list[dict[str, Any]] = []
-        for line in self.path.read_bytes().splitlines():
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError:  # a torn last line after a crash
-                log.warning("recording spool %s: skipping an unreadable line", self.path)
-                continue
-            if isinstance(doc, dict):
-                out.append(doc)
-        return out
+            return False
+        os.replace(self.path, self.flushing)
+        self._offset_path.unlink(missing_ok=True)
+        return True
 
-    def replace(self, entries: Sequence[Mapping[str, Any]]) -> None:
-        """Keep only ``entries`` (what is left after a partial flush), atomically."""
-        if not entries:
-            self.path.unlink(missing_ok=True)
-            self.size = self.pending = 0
+    def batches(self, size: int) -> Iterator[tuple[builtins.list[dict[str, Any]], int, int]]:
+        """``(entries, end offset, bytes)`` of the claimed file from where the last flush stopped."""
+        if not self.flushing.exists():
             return
-        data = b"".join(canonical_json(e) + b"\n" for e in entries)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.path)
-        self.size = len(data)
-        self.pending = len(entries)
+        with self.flushing.open("rb") as fh:
+            fh.seek(self._offset())
+            while True:
+                batch: builtins.list[dict[str, Any]] = []
+                used = 0
+                while len(batch) < size:
+                    line = fh.readline()
+                    if not line:
+                        break
+                    used += len(line)
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except ValueError:  # a torn last line after a crash
+                        log.warning("recording spool %s: skipping an unreadable line", self.flushing)
+                        self.pending -= 1
+                        self.size -= len(line)
+                        continue
+                    if isinstance(doc, dict):
+                        batch.append(doc)
+                if not batch and not used:
+                    return
+                yield batch, fh.tell(), used
+
+    def advance(self, offset: int, count: int, nbytes: int) -> None:
+        """A batch is in Redis: remember how far the claimed file is done."""
+        tmp = self._offset_path.with_name(self._offset_path.name + ".tmp")
+        tmp.write_text(str(offset))
+        os.replace(tmp, self._offset_path)
+        self.pending = max(0, self.pending - count)
+        self.size = max(0, self.size - nbytes)
+
+    def finish(self) -> None:
+        """The claimed file is flushed completely."""
+        self.flushing.unlink(missing_ok=True)
+        self._offset_path.unlink(missing_ok=True)
+        if not self.path.exists():
+            self.pending = self.size = 0
+
+    def read(self) -> builtins.list[dict[str, Any]]:
+        """Every waiting entry, claimed ones first (for inspection and tests)."""
+        out: builtins.list[dict[str, Any]] = []
+        for f, start in ((self.flushing, self._offset()), (self.path, 0)):
+            if not f.exists():
+                continue
+            for line in f.read_bytes()[start:].splitlines():
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(line)
+                    if isinstance(doc, dict):
+                        out.append(doc)
+        return out
 
 
 class RecordsStore:
@@ -337,14 +411,28 @@ class RecordsStore:
         self._retry_interval = retry_interval
         self._monotonic = monotonic
         self._down_until = 0.0
-        self._lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._lost_starts: set[str] = set()
+        self._secret: bytes | None = None
         self._append = client.register_script(_APPEND)
         self._trim = client.register_script(_TRIM)
         self._session = client.register_script(_SESSION)
 
     def counters(self) -> dict[str, int]:
         return {"written": self.written, "spooled": self.spooled, "failed": self.failed, "flushed": self.flushed,
-                "spool_pending": self.spool.pending}
+                "spool_pending": self.spool.pending, "spool_bytes": self.spool.size}
+
+    @property
+    def redis_up(self) -> bool:
+        """False from a failed write until Redis answers again (a probe or a write)."""
+        return self._monotonic() >= self._down_until
+
+    def status(self) -> dict[str, Any]:
+        """For ``/readyz``: whether records reach Redis, and the backlog waiting in the spool."""
+        return {"mode": self.settings.mode, "redis": "up" if self.redis_up else "down",
+                "spool_pending": self.spool.pending, "spool_bytes": self.spool.size,
+                "flushing": self._flush_lock.locked()}
 
     # -- writing -------------------------------------------------------------------
 
@@ -357,59 +445,117 @@ class RecordsStore:
         return await self._append_entry(entry, refuse=self.settings.mode == "required")
 
     async def append_complete(self, entry: Mapping[str, Any]) -> str | None:
-        """Record a ``complete`` entry; spooled when Redis is unreachable, in either mode."""
-        return await self._append_entry(entry, refuse=False)
+        """Record a ``complete`` entry; spooled when Redis is unreachable, in either mode.
 
-    async def _append_entry(self, entry: Mapping[str, Any], *, refuse: bool) -> str | None:
+        The completion of an interaction whose start is recorded (written or spooled) is
+        never lost to the spool's size bound."""
+        iid = str(entry.get("interaction_id") or "")
+        lost = iid in self._lost_starts
+        self._lost_starts.discard(iid)
+        return await self._append_entry(entry, refuse=False, reserved=not lost)
+
+    async def _append_entry(self, entry: Mapping[str, Any], *, refuse: bool, reserved: bool = False) -> str | None:
+        # Never waits for the spool: what is spooled is flushed in the background
+        # (``run_flusher``), and entries written meanwhile simply land before it.
         error = "redis was unreachable moments ago"
-        if self._monotonic() >= self._down_until:
-            if self.spool.pending or self._lock.locked():
-                await self.flush_spool()  # spooled entries go first, in order
-            if not self.spool.pending:
-                try:
-                    sid = await self._write(entry, dedupe_ttl=_DEDUPE_DIRECT_SECONDS)
-                except _ERRORS as exc:
-                    self._down_until = self._monotonic() + self._retry_interval
-                    error = f"{type(exc).__name__}: {exc}"[:200]
-                else:
-                    self.written += 1
-                    return sid
+        if self.redis_up:
+            try:
+                sid = await self._write(entry, dedupe_ttl=_DEDUPE_DIRECT_SECONDS)
+            except _ERRORS as exc:
+                self._mark_down()
+                error = f"{type(exc).__name__}: {exc}"[:200]
             else:
-                error = "redis is unreachable (entries are waiting in the spool)"
+                self.written += 1
+                return sid
         if refuse:
             self.failed += 1
+            self._lose_start(entry)
             raise RecordingUnavailable(f"the interaction cannot be recorded: {error}")
-        async with self._lock:
-            if self.spool.add(entry):
-                self.spooled += 1
-                return None
+        if self.spool.add(entry, reserved=reserved):
+            self.spooled += 1
+            return None
         self.failed += 1
+        self._lose_start(entry)
         log.error("recording spool %s is full (%d bytes): an entry of request %s is lost",
                   self.spool.path, self.spool.max_bytes, entry.get("request_id"))
         return None
 
+    def _lose_start(self, entry: Mapping[str, Any]) -> None:
+        if entry.get("kind") == "start" and entry.get("interaction_id"):
+            if len(self._lost_starts) > _LOST_MAX:
+                self._lost_starts.clear()
+            self._lost_starts.add(str(entry["interaction_id"]))
+
+    def _mark_down(self) -> None:
+        self._down_until = self._monotonic() + self._retry_interval
+        self._wake.set()  # the flusher probes until Redis answers
+
     async def flush_spool(self) -> int:
-        """Write spooled entries to Redis in order; returns how many were moved. Stops at the
-        first failure and keeps the rest."""
-        async with self._lock:
-            entries = self.spool.read()
-            if not entries:
-                self.spool.replace([])
-                return 0
-            done = 0
-            try:
-                for e in entries:
-                    await self._write(e, dedupe_ttl=_DEDUPE_FLUSH_SECONDS)
-                    done += 1
-            except _ERRORS as exc:
-                self._down_until = self._monotonic() + self._retry_interval
-                log.warning("recording spool flush stopped after %d of %d entries: %s",
-                            done, len(entries), type(exc).__name__)
-            self.spool.replace(entries[done:])
-            self.flushed += done
-            return done
+        """Write spooled entries to Redis in pipelined batches, oldest first; returns how many
+        were moved. Stops at the first failure and keeps the rest (and where it stopped)."""
+        done = 0
+        async with self._flush_lock:
+            while self.spool.claim():
+                for batch, offset, nbytes in self.spool.batches(_FLUSH_BATCH):
+                    try:
+                        await self._write_batch(batch)
+                    except _ERRORS as exc:
+                        self._mark_down()
+                        log.warning("recording spool flush stopped after %d entries: %s", done,
+                                    type(exc).__name__)
+                        return done
+                    self.spool.advance(offset, len(batch), nbytes)
+                    done += len(batch)
+                    self.flushed += len(batch)
+                    await asyncio.sleep(0)  # let requests run between batches
+                self.spool.finish()
+        return done
+
+    async def _write_batch(self, batch: Sequence[Mapping[str, Any]]) -> None:
+        if not batch:
+            return
+        calls = [await self._prepare(e, dedupe_ttl=_DEDUPE_FLUSH_SECONDS) for e in batch]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            await self._append(keys=keys, args=args, client=pipe)
+        try:
+            await pipe.execute()
+        except ResponseError:
+            # One entry Redis refuses must not block every later one: write them one by one
+            # and drop (and count) those it refuses.
+            for keys, args in calls:
+                try:
+                    await self._append(keys=keys, args=args)
+                except ResponseError as exc:
+                    self.failed += 1
+                    log.error("recording spool: Redis refused an entry (%s); it is dropped", exc)
+
+    async def run_flusher(self, *, interval: float = 2.0, probe: float = 0.1) -> None:
+        """Background task: while Redis is away, probe it every ``probe`` seconds (so requests are
+        recorded again the moment it answers); flush the spool whenever it is reachable."""
+        while True:
+            if not self.redis_up or self.spool.pending:
+                try:
+                    ok = bool(await self.client.ping())
+                except _ERRORS:
+                    ok = False
+                if ok:
+                    self._down_until = 0.0
+                    if self.spool.pending:
+                        await self.flush_spool()
+                else:
+                    self._down_until = max(self._down_until, self._monotonic() + probe)
+            self._wake.clear()
+            wait = probe if (not self.redis_up or self.spool.pending) else interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _write(self, entry: Mapping[str, Any], *, dedupe_ttl: int) -> str:
+        keys, args = await self._prepare(entry, dedupe_ttl=dedupe_ttl)
+        res = await self._append(keys=keys, args=args)
+        return _s(res[0])
+
+    async def _prepare(self, entry: Mapping[str, Any], *, dedupe_ttl: int) -> tuple[list[str], list[Any]]:
         doc = dict(entry)
         kind = doc.get("kind")
         caller = doc.get("caller") or {}
@@ -420,7 +566,8 @@ class RecordsStore:
                 entry["session_id"] = doc["session_id"]  # so the caller's log line shows it
         data = canonical_json(doc)
         k = self.keys
-        idx = [k.index("request", str(doc.get("request_id") or "-"))]
+        await self._index_secret()
+        idx = [self._index("request", str(doc.get("request_id") or "-"))]
         if kind == "start":
             score = int(doc.get("received_at_ms") or 0)
             idx.append(k.index("all"))
@@ -433,17 +580,40 @@ class RecordsStore:
                 ("model", doc.get("model")),
             ):
                 if value:
-                    idx.append(k.index(name, str(value)))
+                    idx.append(self._index(name, str(value)))
         else:
             score = int(doc.get("completed_at_ms") or 0)
         age = self.settings.retention.max_age_hours
         index_ttl = age * 3600 + 86400 if age else 0
         dedupe_key = k.dedupe(str(doc.get("interaction_id") or ""), str(kind))
-        res = await self._append(
-            keys=[k.stream, k.head, dedupe_key, *idx],
-            args=[data, entry_digest(data), score, index_ttl, dedupe_ttl if doc.get("interaction_id") else 0],
-        )
-        return _s(res[0])
+        return ([k.stream, k.head, dedupe_key, *idx],
+                [data, entry_digest(data), score, index_ttl, dedupe_ttl if doc.get("interaction_id") else 0])
+
+    async def _index_secret(self) -> bytes:
+        """The deployment's HMAC key for index key names: made once (``SET NX``) and shared by
+        every replica through Redis; see docs/recording.md for why it lives there."""
+        if self._secret is None:
+            key = self.keys.index_secret
+            await self.client.set(key, secrets.token_hex(32), nx=True)
+            got = await self.client.get(key)
+            if got is None:  # deleted between the two calls: try once more next time
+                raise RedisError("the index key vanished")
+            self._secret = got if isinstance(got, bytes) else str(got).encode()
+        return self._secret
+
+    async def _digest(self, kind: str, value: str) -> str:
+        await self._index_secret()
+        return self._hmac(kind, value)
+
+    def _hmac(self, kind: str, value: str) -> str:
+        assert self._secret is not None
+        return hmac.new(self._secret, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _index(self, kind: str, value: str) -> str:
+        """An index key: caller-, body- or identity-supplied values appear only as an HMAC."""
+        if kind in _HASHED_INDEXES:
+            return self.keys.index(kind, self._hmac(kind, value))
+        return self.keys.index(kind, value)
 
     async def resolve_session(self, user: str, *, now: float) -> str:
         """The user's gap-based session at ``now`` (see ``extproc.recording.model.next_session``).
@@ -458,7 +628,7 @@ class RecordsStore:
         if hit is not None and 0 <= now - hit[1] < fresh:
             return hit[0]
         sid = _s(await self._session(
-            keys=[self.keys.session(user)],
+            keys=[self.keys.session(await self._digest("user", user))],
             args=[round(now * 1000), gap * 1000, new_session_id(), gap + 3600],
         ))
         if len(self._sessions) > 10_000:
@@ -499,9 +669,10 @@ class RecordsStore:
         return removed
 
     async def maintain(self, now: float) -> TrimResult | None:
-        """Flush the spool and trim; for a periodic task. Never raises on Redis errors."""
+        """Trim, and flush the spool unless a flush is running; for a periodic task. Never
+        raises on Redis errors."""
         try:
-            if self.spool.pending:
+            if self.spool.pending and not self._flush_lock.locked() and self.redis_up:
                 await self.flush_spool()
             return await self.trim(now)
         except _ERRORS as exc:
@@ -527,7 +698,7 @@ class RecordsStore:
         docs = [(s, _parse(s)) for s in starts]
         pipe = self.client.pipeline(transaction=False)
         for _, d in docs:
-            pipe.zrange(self.keys.index("request", str((d or {}).get("request_id") or "-")), 0, -1)
+            pipe.zrange(self._index("request", str((d or {}).get("request_id") or "-")), 0, -1)
         related = await pipe.execute()
         ids = sorted({_s(i) for group in related for i in group} - {s.id for s in starts})
         others = await self._entries(ids)
@@ -563,7 +734,8 @@ class RecordsStore:
     ) -> builtins.list[dict[str, Any]]:
         """Interaction summaries, newest first, from the indexes (never a scan of the stream)."""
         k = self.keys
-        filters = [k.index(n, v) for n, v in (("user", user), ("session", session), ("decision", decision),
+        await self._index_secret()
+        filters = [self._index(n, v) for n, v in (("user", user), ("session", session), ("decision", decision),
                                                ("provider", provider), ("model", model)) if v]
         keys = filters or [k.index("all")]
         lo = "-inf" if since is None else round(since * 1000)
@@ -597,7 +769,8 @@ class RecordsStore:
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         """The merged start+complete view of the latest interaction with this request id."""
-        ids = [_s(i) for i in await self.client.zrange(self.keys.index("request", request_id), 0, -1)]
+        await self._index_secret()
+        ids = [_s(i) for i in await self.client.zrange(self._index("request", request_id), 0, -1)]
         entries = await self._entries(ids)
         starts = [e for e in entries.values() if (_parse(e) or {}).get("kind") == "start"]
         if starts:

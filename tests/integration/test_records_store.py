@@ -370,12 +370,17 @@ def test_best_effort_spools_then_flushes_in_order(tmp_path: Path, prefix: str) -
                 assert [json.loads(x)["request_id"] for x in lines] == [f"b{i // 2 + 1}" for i in range(8)]
 
                 relay.up = True
-                await record(s, "b5")  # flushes the spool first, then writes
+                s._down_until = 0.0  # what the background flusher's probe does once Redis answers
+                await record(s, "b5")  # written at once: the request path never waits for the spool
+                assert (s.written, s.spooled, s.failed, s.flushed) == (4, 8, 0, 0)
+                assert s.spool.pending == 8
+                assert await s.flush_spool() == 8  # the background flush, in spool order
                 assert (s.written, s.spooled, s.failed, s.flushed) == (4, 8, 0, 8)
                 assert s.spool.pending == 0 and not Path(s.settings.spool.path).exists()
+                assert not s.spool.flushing.exists()
 
                 order = [(e["entry"]["request_id"], e["entry"]["kind"]) async for e in s.export()]
-                assert order == [(f"b{i}", k) for i in range(6) for k in ("start", "complete")]
+                assert order == [(f"b{i}", k) for i in (0, 5, 1, 2, 3, 4) for k in ("start", "complete")]
                 assert (await s.verify()).ok
                 rows = await s.list(user="dave")
                 assert [r["request_id"] for r in rows] == ["b4", "b3", "b2", "b1"]
@@ -401,5 +406,85 @@ def test_spool_limit_counts_losses_and_a_spool_survives_a_restart(tmp_path: Path
             assert await s.flush_spool() == kept
             assert s.flushed == kept
             assert [r["request_id"] for r in await s.list()][::-1] == [f"f{i}" for i in range(kept)]
+
+    run(main)
+
+
+def test_spool_flushes_in_batches_in_the_background_and_never_on_the_request_path(tmp_path: Path,
+                                                                                   prefix: str) -> None:
+    async def main() -> None:
+        down = f"redis://127.0.0.1:{free_port()}/0"
+        spool = SpoolSettings(path=str(tmp_path / "s.jsonl"), max_bytes=64 << 20)
+        async with store_for(tmp_path, prefix, url=down, mode="best_effort", spool=spool) as s:
+            for i in range(1000):
+                await record(s, f"sp{i}", user=f"u{i % 7}")
+            assert (s.spooled, s.failed, s.spool.pending) == (2000, 0, 2000)
+        async with store_for(tmp_path, prefix, mode="best_effort", spool=spool) as s:
+            assert s.spool.pending == 2000
+            flush = asyncio.create_task(s.flush_spool())
+            await asyncio.sleep(0)
+            await record(s, "direct")  # written directly while the flush runs, not behind it
+            assert s.written == 2 and not flush.done()
+            assert await flush == 2000
+            assert s.spool.pending == 0 and not Path(spool.path).exists() and not s.spool.flushing.exists()
+            entries = [e["entry"] async for e in s.export()]
+            assert len(entries) == 2002
+            ids = [(e["request_id"], e["kind"]) for e in entries]
+            assert len(set(ids)) == 2002  # nothing written twice
+            assert ids.index(("direct", "start")) < ids.index(("sp999", "complete"))
+            assert (await s.verify()).ok
+
+    run(main)
+
+
+def test_an_interrupted_flush_resumes_where_it_stopped_without_duplicates(tmp_path: Path, prefix: str) -> None:
+    async def main() -> None:
+        down = f"redis://127.0.0.1:{free_port()}/0"
+        spool = SpoolSettings(path=str(tmp_path / "s.jsonl"), max_bytes=64 << 20)
+        async with store_for(tmp_path, prefix, url=down, mode="best_effort", spool=spool) as s:
+            for i in range(300):
+                await record(s, f"r{i}")
+        async with store_for(tmp_path, prefix, mode="best_effort", spool=spool) as s:
+            assert s.spool.claim()
+            batches = s.spool.batches(200)
+            first, offset, nbytes = next(batches)
+            await s._write_batch(first)
+            s.spool.advance(offset, len(first), nbytes)
+            second, _, _ = next(batches)
+            await s._write_batch(second[:50])  # written, then the process dies before advance()
+            batches.close()
+        async with store_for(tmp_path, prefix, mode="best_effort", spool=spool) as s:
+            assert s.spool.pending == 400
+            assert await s.flush_spool() == 400
+            ids = [(e["entry"]["request_id"], e["entry"]["kind"]) async for e in s.export()]
+            assert len(ids) == 600 and len(set(ids)) == 600
+            assert (await s.verify()).ok
+
+    run(main)
+
+
+def test_completions_of_recorded_starts_are_never_lost_to_a_full_spool(tmp_path: Path, prefix: str) -> None:
+    async def main() -> None:
+        down = f"redis://127.0.0.1:{free_port()}/0"
+        spool = SpoolSettings(path=str(tmp_path / "s.jsonl"), max_bytes=4000)
+        async with store_for(tmp_path, prefix, url=down, mode="best_effort", spool=spool) as s:
+            recs = []
+            for i in range(10):
+                rec, start = interaction(s, f"c{i}")
+                await s.append_start(start)
+                recs.append(rec)
+            kept_starts = s.spooled
+            lost_starts = s.failed
+            assert kept_starts and lost_starts  # the bound was reached
+            for rec in recs:
+                await s.append_complete(finish(rec))
+            # every completion whose start is in the spool was kept, past the bound
+            assert s.spooled == 2 * kept_starts
+            assert s.failed == 2 * lost_starts
+            assert s.spool.size > spool.max_bytes
+            entries = s.spool.read()
+            starts = {e["interaction_id"] for e in entries if e["kind"] == "start"}
+            completes = {e["interaction_id"] for e in entries if e["kind"] == "complete"}
+            assert starts == completes
 
     run(main)

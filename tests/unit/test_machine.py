@@ -277,6 +277,7 @@ def test_error_shape_follows_the_route_api() -> None:
 from dataclasses import replace  # noqa: E402
 
 from extproc.approvals.model import ApprovalSettings  # noqa: E402
+from extproc.datapath.inspect import InspectionFailed  # noqa: E402
 from extproc.datapath.machine import (  # noqa: E402
     TRANSITIONS,
     ApprovalResult,
@@ -293,6 +294,7 @@ CALLS: dict[Event, Callable[[RequestMachine], object]] = {
     Event.IDENTITY: lambda m: m.on_identity(ALICE),
     Event.REQUEST_BODY: lambda m: m.on_request_body(b"{}", True),
     Event.REQUEST_TRAILERS: lambda m: m.on_request_trailers(),
+    Event.INSPECTION: lambda m: m.on_inspection(InspectionFailed("timeout")),
     Event.APPROVAL: lambda m: m.on_approval(ApprovalResult("approved", "apr_1")),
     Event.BUDGET: lambda m: m.on_budget(BudgetOutcome(allowed=True)),
     Event.RECORD_START: lambda m: m.on_record_start(True),

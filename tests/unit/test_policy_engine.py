@@ -351,6 +351,14 @@ def test_budget_charges() -> None:
     assert d.budgets[3].fail == "open"
 
 
+def test_a_model_carrying_pii_never_appears_in_a_budget_key() -> None:
+    p = Policy.from_config({"budgets": [{"id": "m", "per": "model", "requests": 5}]})
+    for model in ("bob@example.com", "gpt 4155550132", "x_4242 4242 4242 4242", "a b"):
+        [charge] = p.evaluate(req(model=model)).budgets
+        assert model not in charge.key and charge.key.startswith("budget:m:model:openai:h-")
+    assert p.evaluate(req(model="claude-3-5-sonnet")).budgets[0].key == "budget:m:model:openai:claude-3-5-sonnet"
+
+
 def test_group_budget_without_groups_uses_a_shared_bucket() -> None:
     p = Policy.from_config({"budgets": [{"id": "g", "per": "group", "requests": 1}]})
     assert [c.key for c in p.evaluate(req(groups=())).budgets] == ["budget:g:group:-"]

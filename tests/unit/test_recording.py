@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from extproc.errors import ConfigError
 from extproc.identity.model import Identity
 from extproc.llmapi.usage import Usage
+from extproc.masking import default_profile
 from extproc.policy.model import Decision, RuleMatch
 from extproc.recording.model import (
     InteractionRecorder,
@@ -23,6 +24,8 @@ from extproc.recording.model import (
     merge_interaction,
     next_session,
     recording_profile,
+    safe_label,
+    safe_token,
     session_from_header,
     summarize,
 )
@@ -226,6 +229,48 @@ def test_session_header_values() -> None:
     rec = recorder(session_header="has space")
     start = rec.forwarded(None, now=T0)
     assert start["session_id"] is None and start["session_source"] == "gap"
+
+
+PII = ("bob.smith@example.com", "+1 415 555 0132", "4242 4242 4242 4242", "257-28-8896")
+
+
+@pytest.mark.parametrize("pii", PII)
+def test_caller_supplied_identifiers_never_carry_pii_into_a_record(pii: str) -> None:
+    rec = InteractionRecorder(RecordingSettings(), now=T0)
+    rec.request(request_id=f"req-{pii}", method="POST", path=f"/openai/x/{pii}", provider="openai",
+                route=f"/x/{pii}", caller=ALICE, session_header=pii.replace(" ", ""))
+    rec.tools = [{"tool": f"lookup_{pii}", "server": "crm", "argument_digest": "d", "action": "allow",
+                  "mode": "enforce", "rule_id": None}]
+    start = rec.forwarded(b"{}", model=f"gpt-4o {pii}", now=T0)
+    complete = rec.complete(now=T0 + 1)
+    line = interaction_log_line(start, complete)
+    for doc in (start, complete, line):
+        assert pii not in json.dumps(doc) and pii.replace(" ", "") not in json.dumps(doc)
+    assert start["request_id"] == f"iid-{rec.interaction_id}" == complete["request_id"]
+    assert start["session_id"] is None  # ignored: the gap rule applies
+    assert start["model"].startswith("gpt-4o [")
+
+
+def test_plain_identifiers_are_kept_as_given() -> None:
+    rec = InteractionRecorder(RecordingSettings(), now=T0)
+    rec.request(request_id="7f3c-aa:1", method="POST", path="/openai/x", provider="openai", caller=ALICE,
+                session_header="conv-42")
+    start = rec.forwarded(b"{}", model="claude-3-5-sonnet-20241022", now=T0)
+    assert (start["request_id"], start["session_id"], start["model"]) == (
+        "7f3c-aa:1", "conv-42", "claude-3-5-sonnet-20241022")
+    assert rec.label("accounts/fireworks/models/llama-v3p1-8b") == "accounts/fireworks/models/llama-v3p1-8b"
+    assert rec.label("bad\x00name\nhere") == "badnamehere"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(PII), st.text(max_size=40))
+def test_no_label_or_token_keeps_a_detected_value(before: str, pii: str, after: str) -> None:
+    profile = default_profile()
+    value = before + " " + pii + " " + after
+    assert safe_token(value, profile) is None
+    label = safe_label(value, profile) or ""
+    assert pii not in label and len(label) <= 128
+    assert session_from_header(pii.replace(" ", ""), profile) is None
 
 
 # -- settings ------------------------------------------------------------------------------
