@@ -50,7 +50,8 @@ def gateway(*, offload: int | None, policy: Any = POLICY, recording: bool = True
     spec = InspectionSpec.of(policy, None, None, recording)
     return Gateway(
         router=Router(providers()), credential=creds.get, all_credentials=lambda: list(creds.values()),
-        clock=lambda: 0.0, policy=Policy.from_config(policy) if policy is not None else Policy.empty(),
+        clock=lambda: 0.0, new_id=lambda: "id-1", timer=lambda: 0.0,
+        policy=Policy.from_config(policy) if policy is not None else Policy.empty(),
         governed=policy is not None, recording=RecordingSettings() if recording else None,
         inspection=InspectionSettings(offload_bytes=offload if offload is not None else 1 << 30,
                                       workers=1 if offload is not None else 0, max_bytes=1 << 20),

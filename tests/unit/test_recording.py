@@ -236,7 +236,7 @@ PII = ("bob.smith@example.com", "+1 415 555 0132", "4242 4242 4242 4242", "257-2
 
 @pytest.mark.parametrize("pii", PII)
 def test_caller_supplied_identifiers_never_carry_pii_into_a_record(pii: str) -> None:
-    rec = InteractionRecorder(RecordingSettings(), now=T0)
+    rec = InteractionRecorder(RecordingSettings(), now=T0, interaction_id=uuid.uuid4().hex)
     rec.request(request_id=f"req-{pii}", method="POST", path=f"/openai/x/{pii}", provider="openai",
                 route=f"/x/{pii}", caller=ALICE, session_header=pii.replace(" ", ""))
     rec.tools = [{"tool": f"lookup_{pii}", "server": "crm", "argument_digest": "d", "action": "allow",
@@ -252,7 +252,7 @@ def test_caller_supplied_identifiers_never_carry_pii_into_a_record(pii: str) -> 
 
 
 def test_plain_identifiers_are_kept_as_given() -> None:
-    rec = InteractionRecorder(RecordingSettings(), now=T0)
+    rec = InteractionRecorder(RecordingSettings(), now=T0, interaction_id=uuid.uuid4().hex)
     rec.request(request_id="7f3c-aa:1", method="POST", path="/openai/x", provider="openai", caller=ALICE,
                 session_header="conv-42")
     start = rec.forwarded(b"{}", model="claude-3-5-sonnet-20241022", now=T0)
