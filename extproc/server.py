@@ -33,7 +33,8 @@ from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
 from .hold import ApprovalGate
 from .httpserver import Request, Response, serve_http
-from .identity import Authenticator
+from .identity import Authenticator, _http_get_json
+from .issuer_check import issuer_mismatches
 from .machine import Gateway
 from .metrics import Metrics
 from .notify import Notifier
@@ -245,6 +246,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
     state = build_state(config)
     await state.authenticator.preload()
+    await issuer_mismatches(config.issuers, _http_get_json)
     unreadable = {n: why for n, why in state.credentials.file_problems().items() if why != "missing"}
     if unreadable:
         # A key the sidecar cannot read is a deployment error (Secret mode / fsGroup): stop

@@ -293,3 +293,22 @@ def test_gateway_pod_reads_its_provider_keys() -> None:
     pod["spec"]["securityContext"] = {k: v for k, v in pod["spec"]["securityContext"].items() if k != "fsGroup"}
     (f,) = materialise(pod, volumes["provider-keys"], src) or []
     assert not readable_by(f, uid, [gid, *supplemental_groups(pod)])  # without fsGroup: issue 14's bug
+
+
+def test_wrong_issuer_is_said_at_start_and_refused(pod_env: tuple[PodNetwork, World], tmp_path: Path) -> None:
+    """Without EXTPROC_TOKEN_ISSUER on an EKS-like cluster: one clear line, and 401s."""
+    net, w = pod_env
+    s = settings()
+    s = replace(s, extproc_env=())
+    pod = injected(s, app_pod(["python3", "-c", APP]))
+    pr = runner(pod, w, net, tmp_path / "pod", {"openai": OPENAI_KEY})
+    try:
+        started = pr.start_pod()
+        out = wait_exit(started["app"])
+        assert "STATUS 401" in out and "unknown_issuer" in out, out
+        log = started["extproc-server"].output()
+        assert f"token issuer mismatch: configured https://kubernetes.default.svc.cluster.local, but the " \
+               f"cluster's API server issues tokens as {ISSUER}" in log
+        assert not w.upstream.requests
+    finally:
+        pr.stop()
