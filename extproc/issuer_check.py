@@ -12,12 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import IssuerConfig
 
-__all__ = ["discovery_url", "issuer_mismatches"]
+__all__ = ["DISCOVER", "IssuerDiscoveryError", "discover_issuers", "discovery_url", "issuer_mismatches"]
+
+#: ``issuer: discover`` takes the issuer from the API server's discovery document at start.
+DISCOVER = "discover"
+
+
+class IssuerDiscoveryError(RuntimeError):
+    """``issuer: discover`` and the API server did not say."""
 
 log = logging.getLogger("extproc.identity")
 
@@ -60,3 +68,29 @@ async def issuer_mismatches(
             )
             out.append((cfg.issuer, announced))
     return out
+
+
+async def discover_issuers(
+    issuers: Sequence[IssuerConfig], get_json: Callable[[str, str | None, str | None], Any]
+) -> tuple[IssuerConfig, ...]:
+    """Replace ``issuer: discover`` by what the cluster's API server announces (only for a
+    Kubernetes ``jwks_url``). Fails, rather than guesses, when it cannot be read: without
+    the right issuer no caller could be authenticated."""
+    out = []
+    for cfg in issuers:
+        if cfg.issuer != DISCOVER:
+            out.append(cfg)
+            continue
+        url = discovery_url(cfg)
+        if url is None:
+            raise IssuerDiscoveryError(f"issuer: {DISCOVER} needs a Kubernetes jwks_url (.../openid/v1/jwks)")
+        try:
+            doc = await asyncio.to_thread(get_json, url, cfg.jwks_ca_file, cfg.jwks_token_file)
+        except Exception as exc:
+            raise IssuerDiscoveryError(f"cannot read {url}: {type(exc).__name__}: {exc}") from None
+        announced = doc.get("issuer") if isinstance(doc, dict) else None
+        if not isinstance(announced, str) or not announced.startswith("https://"):
+            raise IssuerDiscoveryError(f"{url} announces no https issuer")
+        log.info("token issuer discovered from the API server: %s", announced)
+        out.append(replace(cfg, issuer=announced))
+    return tuple(out)

@@ -34,7 +34,7 @@ from .credentials import CredentialStore
 from .hold import ApprovalGate
 from .httpserver import Request, Response, serve_http
 from .identity import Authenticator, _http_get_json
-from .issuer_check import issuer_mismatches
+from .issuer_check import IssuerDiscoveryError, discover_issuers, issuer_mismatches
 from .machine import Gateway
 from .metrics import Metrics
 from .notify import Notifier
@@ -244,6 +244,11 @@ async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: f
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
+    try:
+        config = replace(config, issuers=await discover_issuers(config.issuers, _http_get_json))
+    except IssuerDiscoveryError as exc:
+        log.error("token issuer discovery failed (issuer: discover): %s", exc)
+        raise SystemExit(3) from None
     state = build_state(config)
     await state.authenticator.preload()
     await issuer_mismatches(config.issuers, _http_get_json)

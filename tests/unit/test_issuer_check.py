@@ -47,3 +47,21 @@ def test_match_or_unreachable_is_quiet(caplog: pytest.LogCaptureFixture) -> None
 
     assert asyncio.run(issuer_mismatches([BASE], down)) == []
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+def test_discover_takes_the_announced_issuer_or_fails() -> None:
+    from extproc.issuer_check import DISCOVER, IssuerDiscoveryError, discover_issuers
+
+    cfg = replace(BASE, issuer=DISCOVER)
+    (got,) = asyncio.run(discover_issuers([cfg], lambda *a: {"issuer": "https://oidc.eks.example/id/X"}))
+    assert got.issuer == "https://oidc.eks.example/id/X" and got.jwks_url == BASE.jwks_url
+    assert asyncio.run(discover_issuers([BASE], lambda *a: {"issuer": "https://other"})) == (BASE,)  # pinned
+
+    def down(*a: Any) -> Any:
+        raise OSError("unreachable")
+
+    for get in (down, lambda *a: {"issuer": "http://plain"}, lambda *a: []):
+        with pytest.raises(IssuerDiscoveryError):
+            asyncio.run(discover_issuers([cfg], get))
+    with pytest.raises(IssuerDiscoveryError, match="Kubernetes jwks_url"):
+        asyncio.run(discover_issuers([replace(cfg, jwks_url="https://idp/keys")], get))
