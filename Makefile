@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check extproc tests bench
+	$(VENV)/bin/ruff check extproc tests bench image
 	$(VENV)/bin/mypy
 
 protos: $(STAMP)
