@@ -44,7 +44,7 @@ eval-masking-presidio: $(STAMP)
 	$(PY) bench/eval_masking.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check extproc tests bench
+	$(VENV)/bin/ruff check extproc tests bench image
 	$(VENV)/bin/mypy
 
 protos: $(STAMP)

@@ -43,7 +43,8 @@ from extproc.datapath.servicer import ExternalProcessor
 from extproc.datapath.workers import InspectorPool
 from extproc.errors import ConfigError
 from extproc.identity.credentials import CredentialStore
-from extproc.identity.jwt import Authenticator
+from extproc.identity.issuer import IssuerDiscoveryError, discover_issuers, issuer_mismatches
+from extproc.identity.jwt import Authenticator, _http_get_json
 from extproc.recording import api as sessions_api
 from extproc.recording.store import RecordsStore
 from extproc.store import RedisStore
@@ -258,8 +259,14 @@ async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: f
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
+    try:
+        config = replace(config, issuers=await discover_issuers(config.issuers, _http_get_json))
+    except IssuerDiscoveryError as exc:
+        log.error("token issuer discovery failed (issuer: discover): %s", exc)
+        raise SystemExit(3) from None
     state = build_state(config)
     await state.authenticator.preload()
+    await issuer_mismatches(config.issuers, _http_get_json)
     unreadable = {n: why for n, why in state.credentials.file_problems().items() if why != "missing"}
     if unreadable:
         # A key the sidecar cannot read is a deployment error (Secret mode / fsGroup): stop

@@ -16,7 +16,8 @@
 #   k8s/quickstart.sh plan            print the manifests `install` applies, in order
 #
 # Environment: OVERLAY (default k8s/overlays/dev), TLS=auto|cert-manager|self-signed,
-# TOKEN_ISSUER (skip discovery), KUBECTL (default kubectl).
+# TOKEN_ISSUER (skip discovery), EGRESS=1 (also apply k8s/components/sidecar-egress in the
+# app namespace, for namespaces that deny egress by default), KUBECTL (default kubectl).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 KUBECTL=${KUBECTL:-kubectl}
@@ -37,6 +38,7 @@ plan() {
   if [ "${1:-}" = cert-manager ]; then echo "-k $HERE/components/cert-manager"; fi
   echo "-k $OVERLAY"
   echo "-n NS -k $HERE/tenant"
+  if [ "${EGRESS:-0}" = 1 ]; then echo "-n NS -k $HERE/components/sidecar-egress"; fi
 }
 
 uses_cert_manager() {
@@ -132,6 +134,7 @@ install() {
   say "4/4 app namespace $ns"
   k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
   k apply -n "$ns" -k "$HERE/tenant"
+  if [ "${EGRESS:-0}" = 1 ]; then k apply -n "$ns" -k "$HERE/components/sidecar-egress"; fi
   local files=(--from-file=openai="$openai")
   [ -z "$anthropic" ] || files+=(--from-file=anthropic="$anthropic")
   k -n "$ns" create secret generic extproc-provider-keys "${files[@]}" --dry-run=client -o yaml | k apply -f -

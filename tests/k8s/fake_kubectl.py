@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from extproc.inject.patch import apply_json_patch
@@ -45,7 +44,12 @@ def validate(obj: dict[str, Any], state: dict[str, Any]) -> None:
         if extra or set(obj) - {"apiVersion", "kind", "metadata", "spec"}:
             raise Refused(f"{kind}: unknown fields {sorted(extra)}")
         return
-    kubernetes_validate.validate(obj, "1.34", strict=True)
+    import kubernetes_validate  # type: ignore[import-untyped]  # slow to import: only where needed
+
+    try:
+        kubernetes_validate.validate(obj, "1.34", strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        raise Refused(f"invalid object {key(obj)}: {exc}") from None
 
 
 def key(obj: dict[str, Any]) -> str:
@@ -246,9 +250,6 @@ def main() -> int:
         rc = run(sys.argv[1:], state)
     except Refused as exc:
         print(f"Error from server: {exc}", file=sys.stderr)
-        rc = 1
-    except kubernetes_validate.ValidationError as exc:
-        print(f"error: invalid object: {exc}", file=sys.stderr)
         rc = 1
     after = json.dumps(state)
     if after != before:

@@ -263,7 +263,9 @@ def test_kubernetes_flavoured_config() -> None:
     cfg = load_config(K8S / "base/config/extproc.yaml", env={})
     assert cfg.redis_url == "redis://extproc-redis.extproc-system.svc:6379/0"
     (issuer,) = cfg.issuers
-    assert issuer.issuer == "https://kubernetes.default.svc.cluster.local"
+    assert issuer.issuer == "discover"  # from the API server at start (extproc/identity/issuer.py)
+    assert load_config(K8S / "base/config/extproc.yaml", env={"EXTPROC_TOKEN_ISSUER": "https://x"}).issuers[
+        0].issuer == "https://x"
     assert issuer.jwks_url == "https://kubernetes.default.svc/openid/v1/jwks"
     assert issuer.audiences == ("extproc",)
     assert {p.name: p.credential.file for p in cfg.providers if p.credential} == {

@@ -65,7 +65,7 @@ def host_image() -> ImageRoot:
 
 def settings(**extra: Any) -> InjectSettings:
     data = yaml.safe_load((ROOT / "k8s/base/injector/settings.yaml").read_text())
-    data["extproc_env"] = [{"name": "EXTPROC_TOKEN_ISSUER", "value": ISSUER}]
+    data["extproc_env"] = [{"name": "EXTPROC_TOKEN_ISSUER", "value": ISSUER}]  # pinned, as an overlay may
     data.update(extra)
     return parse_settings(data)
 
@@ -293,3 +293,36 @@ def test_gateway_pod_reads_its_provider_keys() -> None:
     pod["spec"]["securityContext"] = {k: v for k, v in pod["spec"]["securityContext"].items() if k != "fsGroup"}
     (f,) = materialise(pod, volumes["provider-keys"], src) or []
     assert not readable_by(f, uid, [gid, *supplemental_groups(pod)])  # without fsGroup: issue 14's bug
+
+
+def test_issuer_is_discovered_from_the_api_server(pod_env: tuple[PodNetwork, World], tmp_path: Path) -> None:
+    """No EXTPROC_TOKEN_ISSUER on an EKS-like cluster: the shipped config discovers it."""
+    net, w = pod_env
+    pod = injected(replace(settings(), extproc_env=()), app_pod(["python3", "-c", APP]))
+    pr = runner(pod, w, net, tmp_path / "pod", {"openai": OPENAI_KEY})
+    try:
+        started = pr.start_pod()
+        out = wait_exit(started["app"])
+        assert "STATUS 200" in out, out + pr.logs()
+        assert f"token issuer discovered from the API server: {ISSUER}" in started["extproc-server"].output()
+        assert "/.well-known/openid-configuration" in w.jwks_requests
+    finally:
+        pr.stop()
+
+
+def test_wrong_issuer_is_said_at_start_and_refused(pod_env: tuple[PodNetwork, World], tmp_path: Path) -> None:
+    """A pinned EXTPROC_TOKEN_ISSUER that is not the cluster's: one clear line, and 401s."""
+    net, w = pod_env
+    s = settings(extproc_env=[{"name": "EXTPROC_TOKEN_ISSUER", "value": "https://kubernetes.default.svc.cluster.local"}])
+    pod = injected(s, app_pod(["python3", "-c", APP]))
+    pr = runner(pod, w, net, tmp_path / "pod", {"openai": OPENAI_KEY})
+    try:
+        started = pr.start_pod()
+        out = wait_exit(started["app"])
+        assert "STATUS 401" in out and "unknown_issuer" in out, out
+        log = started["extproc-server"].output()
+        assert f"token issuer mismatch: configured https://kubernetes.default.svc.cluster.local, but the " \
+               f"cluster's API server issues tokens as {ISSUER}" in log
+        assert not w.upstream.requests
+    finally:
+        pr.stop()

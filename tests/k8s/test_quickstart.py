@@ -20,14 +20,17 @@ SCRIPT = ROOT / "k8s/quickstart.sh"
 EKS_ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
 
 
-def quickstart(tmp_path: Path, *args: str, cert_manager: bool = False) -> subprocess.CompletedProcess[str]:
+def quickstart(
+    tmp_path: Path, *args: str, cert_manager: bool = False, egress: bool = False
+) -> subprocess.CompletedProcess[str]:
     fake = tmp_path / "kubectl"
     fake.write_text(f"#!/bin/sh\ncd {ROOT} && exec {sys.executable} -m tests.k8s.fake_kubectl \"$@\"\n")
     fake.chmod(0o755)
     state = tmp_path / "state.json"
     if cert_manager and not state.exists():
         state.write_text(json.dumps({"objects": {}, "log": [], "cert_manager": True}))
-    env = {**os.environ, "KUBECTL": str(fake), "FAKE_KUBE_STATE": str(state), "FAKE_ISSUER": EKS_ISSUER}
+    env = {**os.environ, "KUBECTL": str(fake), "FAKE_KUBE_STATE": str(state), "FAKE_ISSUER": EKS_ISSUER,
+           "EGRESS": "1" if egress else "0"}
     # The script's relative paths must not depend on the caller's directory.
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -84,7 +87,7 @@ def test_self_signed_install_and_rotation(tmp_path: Path) -> None:
 
 def test_cert_manager_install(tmp_path: Path) -> None:
     keys(tmp_path)
-    run = quickstart(tmp_path, "install", "team-a", str(tmp_path / "openai.key"), cert_manager=True)
+    run = quickstart(tmp_path, "install", "team-a", str(tmp_path / "openai.key"), cert_manager=True, egress=True)
     assert run.returncode == 0, run.stderr
     objs = state_of(tmp_path)["objects"]
     assert "Certificate/extproc-system/extproc-injector" in objs
@@ -95,6 +98,7 @@ def test_cert_manager_install(tmp_path: Path) -> None:
     certificate = objs["Certificate/extproc-system/extproc-injector"]
     assert ann == "extproc-system/extproc-injector" == f"extproc-system/{certificate['metadata']['name']}"
     assert certificate["spec"]["secretName"] == "extproc-injector-tls"
+    assert "NetworkPolicy/team-a/extproc-sidecar-egress" in objs  # EGRESS=1
     rotated = quickstart(tmp_path, "rotate-cert")
     assert rotated.returncode != 0 and "cert-manager rotates by itself" in rotated.stderr
 

@@ -273,3 +273,37 @@ def test_arbitrary_pods_in_a_valid_envelope(obj: Any, policy: str) -> None:
     if "patch" in doc["response"]:
         out = apply_json_patch(obj, ops_of(doc))
         assert "extproc.io/injected" in out["metadata"]["annotations"]
+
+
+# ---------------------------------------------------------------------------- redirect ports
+
+
+def _redirected(annotations: dict[str, str]) -> dict[str, Any]:
+    p = pod()
+    p["metadata"]["annotations"] = {"extproc.io/redirect": "true", **annotations}
+    return p
+
+
+def test_redirect_ports_from_the_annotation() -> None:
+    out = injected(_redirected({"extproc.io/redirect-ports": "80, 443,8443,443"}))
+    script = out["spec"]["initContainers"][0]["command"][2]
+    assert "--dports 80,443,8443 -j REDIRECT --to-ports 10000" in script
+    assert "--dports 80,443,8443 -j REJECT --reject-with tcp-reset" in script
+
+
+def test_more_than_15_ports_are_split_into_multiport_rules() -> None:
+    ports = ",".join(str(p) for p in range(8000, 8020))
+    script = injected(_redirected({"extproc.io/redirect-ports": ports}))["spec"]["initContainers"][0]["command"][2]
+    assert script.count("-j REDIRECT") == 2 and "--dports 8015,8016,8017,8018,8019 -j REDIRECT" in script
+
+
+@pytest.mark.parametrize("bad", ["", "http", "80,0", "80;443", "70000", "-1"])
+def test_invalid_redirect_ports_skip_injection_with_a_warning(bad: str) -> None:
+    resp = mutate(review(_redirected({"extproc.io/redirect-ports": bad})), S)["response"]
+    assert "patch" not in resp and resp["allowed"] is True
+    assert any("extproc.io/redirect-ports" in w for w in resp["warnings"])
+
+
+def test_the_redirect_exempts_the_sidecar_uid_once() -> None:
+    script = injected(_redirected({}))["spec"]["initContainers"][0]["command"][2]
+    assert script.count("--uid-owner 47001") == 2  # IPv4 and IPv6, not twice each
