@@ -19,7 +19,6 @@ So a match is decided by a bounded window around it, and text can be scanned in 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
