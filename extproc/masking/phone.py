@@ -232,6 +232,13 @@ class PhoneRules:
             if _NANP_NATIONAL.fullmatch(core):
                 return True, "NANP number (area code and exchange well-formed), national format"
             if digits[0] != "0":
+                # Another region only where its own national format groups the digits
+                # the same way: "347 123 4567" is an Italian mobile, "555-055-1234" is not.
+                groups = tuple(len(g) for g in _DIGIT_GROUPS.findall(core))
+                for region in self.regions:
+                    if region.code not in ("US", "CA") and _national_valid(region, core, digits) \
+                            and _national_groups(core, region.code) == groups:
+                        return True, f"valid {region.code} number, national format"
                 return True, None
         for region in self.regions:
             if _national_valid(region, core, digits):
@@ -352,6 +359,19 @@ def _national_valid(region: _Region, core: str, digits: str) -> bool:
     if (region.lengths and len(nsn) not in region.lengths) or region.general.fullmatch(nsn) is None:
         return False
     return _parse_valid(core, region.code)
+
+
+_DIGIT_GROUPS = re.compile(r"\d+")
+
+
+@lru_cache(maxsize=1024)
+def _national_groups(core: str, region: str) -> tuple[int, ...]:
+    """Digit-group lengths of libphonenumber's national format of the number."""
+    import phonenumbers
+
+    parsed = phonenumbers.parse(core, region)
+    formatted = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return tuple(len(g) for g in _DIGIT_GROUPS.findall(formatted))
 
 
 @lru_cache(maxsize=4096)
