@@ -28,9 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from schwifty import IBAN
-from schwifty.exceptions import SchwiftyException
-
 from extproc.masking.phone import PHONE_ALPHABET, PHONE_MAX_LENGTH, PHONE_PATTERN, phone_rules
 
 __all__ = [
@@ -157,6 +154,10 @@ def _iban_verdict(compact: str) -> tuple[bool, str]:
     rearranged = compact[4:] + compact[:4]
     if int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 != 1:
         return False, "IBAN check digits (mod 97) fail"
+    # Imported on first use (schwifty brings pycountry): most processes never judge an IBAN.
+    from schwifty import IBAN
+    from schwifty.exceptions import SchwiftyException
+
     try:
         iban = IBAN(compact)
     except SchwiftyException as exc:
@@ -261,15 +262,20 @@ def _ssn(data: bytes, s: int, e: int) -> int | Keep | None:
 
 
 def _phone_validator(regions: Sequence[str] | None) -> tuple[Validator, Explainer]:
-    rules = phone_rules(tuple(regions) if regions is not None else None)
+    codes = tuple(regions) if regions is not None else None
+
+    # The region table (libphonenumber's metadata) is built on the first candidate.
+    def validate(data: bytes, s: int, e: int) -> int | None:
+        return phone_rules(codes).validate(data, s, e)
 
     def explain(data: bytes, s: int, e: int) -> str:
+        rules = phone_rules(codes)
         verdict = rules.decide(data, s, e)
         if verdict is None:
             return rules.why_not(data, s, e)
         return verdict[1]
 
-    return rules.validate, explain
+    return validate, explain
 
 
 def _iban(data: bytes, s: int, e: int) -> int | Keep | None:

@@ -25,9 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import phonenumbers
-from phonenumbers import NumberParseException, PhoneMetadata
-
+# phonenumbers is imported inside the functions that need it: the CLI and the server
+# import this package at start, and libphonenumber is only needed once a candidate is judged.
 __all__ = [
     "DEFAULT_PHONE_REGIONS",
     "PHONE_ALPHABET",
@@ -78,7 +77,13 @@ _NANP_SHAPE = re.compile(r"(?:1[ .-]?)?(?:\(\d{3}\) ?|\d{3}([ .-]))\d{3}([ .-])\
 # A national-looking run right after a bare country code ("+55 61 9141-7776") belongs to
 # that international number; when the whole fails, the tail must not pass as national.
 _AFTER_COUNTRY_CODE = re.compile(rb"(?:\+|(?<!\d)00)(\d{1,3})[ .-]?\Z")
-_CALLING_CODES = frozenset(str(cc).encode() for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+@lru_cache(maxsize=1)
+def _calling_codes() -> frozenset[bytes]:
+    import phonenumbers
+
+    return frozenset(str(cc).encode() for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 # Words after which a digit run is an identifier, not a phone number (English and the
 # languages of the default regions). Compared lower-case against the last two words.
@@ -227,6 +232,13 @@ class PhoneRules:
             if _NANP_NATIONAL.fullmatch(core):
                 return True, "NANP number (area code and exchange well-formed), national format"
             if digits[0] != "0":
+                # Another region only where its own national format groups the digits
+                # the same way: "347 123 4567" is an Italian mobile, "555-055-1234" is not.
+                groups = tuple(len(g) for g in _DIGIT_GROUPS.findall(core))
+                for region in self.regions:
+                    if region.code not in ("US", "CA") and _national_valid(region, core, digits) \
+                            and _national_groups(core, region.code) == groups:
+                        return True, f"valid {region.code} number, national format"
                 return True, None
         for region in self.regions:
             if _national_valid(region, core, digits):
@@ -264,7 +276,7 @@ def _after_country_code(data: bytes, s: int) -> bool:
     m = _AFTER_COUNTRY_CODE.search(data, max(0, s - 6), s)
     # After "+<digits> " it is an international number whatever the digits; "0018 " is
     # only an international prefix when 18 were a calling code.
-    return m is not None and (m.group(0)[:1] == b"+" or m.group(1) in _CALLING_CODES)
+    return m is not None and (m.group(0)[:1] == b"+" or m.group(1) in _calling_codes())
 
 
 def _ends(raw: str) -> list[int]:
@@ -327,9 +339,11 @@ def _international(core: str, digits: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _valid_international(number: str) -> str | None:
+    import phonenumbers
+
     try:
         parsed = phonenumbers.parse(number, None)
-    except NumberParseException:
+    except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_valid_number(parsed):
         return None
@@ -347,11 +361,26 @@ def _national_valid(region: _Region, core: str, digits: str) -> bool:
     return _parse_valid(core, region.code)
 
 
+_DIGIT_GROUPS = re.compile(r"\d+")
+
+
+@lru_cache(maxsize=1024)
+def _national_groups(core: str, region: str) -> tuple[int, ...]:
+    """Digit-group lengths of libphonenumber's national format of the number."""
+    import phonenumbers
+
+    parsed = phonenumbers.parse(core, region)
+    formatted = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return tuple(len(g) for g in _DIGIT_GROUPS.findall(formatted))
+
+
 @lru_cache(maxsize=4096)
 def _parse_valid(core: str, region: str) -> bool:
+    import phonenumbers
+
     try:
         parsed = phonenumbers.parse(core, region)
-    except NumberParseException:
+    except phonenumbers.NumberParseException:
         return False
     return bool(phonenumbers.is_valid_number_for_region(parsed, region))
 
@@ -382,10 +411,12 @@ def _identifier_word(data: bytes, s: int) -> str | None:
 @lru_cache(maxsize=64)
 def phone_rules(regions: Sequence[str] | None = None) -> PhoneRules:
     """The rules for these national regions (ISO 3166 codes libphonenumber knows)."""
+    import phonenumbers
+
     codes = tuple(regions) if regions is not None else DEFAULT_PHONE_REGIONS
     out: list[_Region] = []
     for code in _dedupe(codes):
-        meta = PhoneMetadata.metadata_for_region(code, None)
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
         if meta is None:
             raise ValueError(f"unknown phone region {code!r}")
         general = meta.general_desc
@@ -399,7 +430,10 @@ def phone_rules(regions: Sequence[str] | None = None) -> PhoneRules:
 
 
 def known_regions() -> frozenset[str]:
+    import phonenumbers
+
     return frozenset(phonenumbers.SUPPORTED_REGIONS)
+
 
 
 def _dedupe(codes: Iterable[str]) -> list[str]:

@@ -120,6 +120,7 @@ def test_any_valid_number_in_any_form_and_container_is_one_whole_span(
         "012.37.71.67",
         "030/12345678",
         "+1 371 751 3489",  # an area code libphonenumber does not list yet: well-formed NANP
+        "347 123 4567",  # an Italian mobile grouped like a NANP number that is not one
     ],
 )
 def test_the_forms_that_leaked_are_masked(written: str) -> None:
