@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import replace
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 

@@ -19,7 +19,7 @@ START, END = "<!-- coverage-map:start -->", "<!-- coverage-map:end -->"
 
 def _keys(td: Any) -> set[str]:
     out: set[str] = set()
-    for cls in getattr(td, "__orig_bases__", ()) + (td,):
+    for cls in (*getattr(td, "__orig_bases__", ()), td):
         out |= set(getattr(cls, "__annotations__", {}))
     out |= set(getattr(td, "__required_keys__", set())) | set(getattr(td, "__optional_keys__", set()))
     return out
@@ -32,7 +32,7 @@ def _type_literals(td: Any) -> set[str]:
         return set()
     try:
         resolved = typing.get_type_hints(td)["type"]
-    except Exception:  # noqa: BLE001 - forward references the SDK leaves unresolved
+    except Exception:
         return set()
     args = typing.get_args(resolved)
     while args and not all(isinstance(a, str) for a in args):
