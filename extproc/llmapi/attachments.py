@@ -136,8 +136,8 @@ def _build(path: JsonPath, media: str, data: bytes | None, reencode: Callable[[b
         encode = (lambda s: reencode(s.encode("utf-8"))) if reencode is not None else None
         return Attachment(path, media, cat, size, text=text, encode=encode)
     if media == "application/pdf":
-        text, error = pdf_text(data)
-        return Attachment(path, media, cat, size, text=text, error=error)
+        pdf, error = pdf_text(data)
+        return Attachment(path, media, cat, size, text=pdf, error=error)
     return Attachment(path, media, cat, size)
 
 
@@ -152,7 +152,8 @@ def pdf_text(data: bytes) -> tuple[str | None, str | None]:
         "jbig2_maximum_output_length", "lzw_maximum_output_length", "run_length_maximum_output_length",
         "zlib_maximum_output_length", "brotli_maximum_output_length", "image_maximum_buffer_size",
     )}
-    with pypdf.apply_configuration(**limits, stream_decoding_work_maximum_length=4 * MAX_PDF_STREAM):
+    limits["stream_decoding_work_maximum_length"] = 4 * MAX_PDF_STREAM
+    with pypdf.apply_configuration(None, **limits):
         return _pdf_text(pypdf, data)
 
 
@@ -210,12 +211,14 @@ def _openai_part(part: dict[str, Any], base: JsonPath) -> Iterator[Attachment]:
         else:
             yield Attachment((*base, "file_url"), _guess(part.get("filename"), ""), "document", None)
     elif kind == "image_url":
-        url = part.get("image_url", {}).get("url") if isinstance(part.get("image_url"), dict) else None
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else None
         yield _image(url, (*base, "image_url", "url"))
     elif kind == "input_image":
         yield _image(part.get("image_url"), (*base, "image_url"))
     elif kind == "input_audio":
-        audio = part.get("input_audio") if isinstance(part.get("input_audio"), dict) else part
+        nested = part.get("input_audio")
+        audio: dict[str, Any] = nested if isinstance(nested, dict) else part
         fmt = audio.get("format") if isinstance(audio.get("format"), str) else "wav"
         data = audio.get("data")
         size = _b64_size(data)
@@ -273,7 +276,8 @@ def _anthropic_block(block: Any, base: JsonPath) -> Iterator[Attachment]:
     if not isinstance(source, dict):
         return
     stype = source.get("type")
-    media = source.get("media_type") if isinstance(source.get("media_type"), str) else ""
+    declared = source.get("media_type")
+    media: str = declared if isinstance(declared, str) else ""
     category = "image" if block["type"] == "image" else None
     if stype == "base64" and isinstance(source.get("data"), str):
         try:

@@ -32,7 +32,7 @@ def mask_text(profile: MaskingProfile, text: str, counts: Counter[str] | None = 
     """``text`` with every value found in its view replaced in the original."""
     counts = counts if counts is not None else Counter()
     v = text_view(text)
-    if v.identity:
+    if v.text is text:
         return profile.render(text, profile.engine.find(text), 0, len(text), counts), counts
     spans = profile.engine.find(v.text)
     return _splice(profile, text, v.text, spans, [v.to_original(s.start, s.end) for s in spans], counts), counts
@@ -69,7 +69,9 @@ class NormalisedStreamingMasker:
         self._ctx = ""  # the last LEFT_CONTEXT view characters already emitted
         self._raw = ""  # raw text received, not yet emitted
         self._view = ""  # its view
-        self._origin: list[int] = []  # index in _raw of each view character
+        # Index in _raw of each view character; None while they are the same text (ASCII),
+        # so plain English answers pay nothing for the view.
+        self._origin: list[int] | None = None
         self.counts: Counter[str] = counts if counts is not None else Counter()
 
     @property
@@ -80,16 +82,20 @@ class NormalisedStreamingMasker:
         if not text:
             return ""
         base = len(self._raw)
-        pieces: list[str] = []
         if text.isascii():
-            pieces.append(text)
-            self._origin.extend(range(base, base + len(text)))
-        else:
-            for i, ch in enumerate(text):
-                mapped = normalise_char(ch)
-                if mapped:
-                    pieces.append(mapped)
-                    self._origin.extend([base + i] * len(mapped))
+            if self._origin is not None:
+                self._origin.extend(range(base, base + len(text)))
+            self._raw += text
+            self._view += text
+            return self._advance(final=False)
+        origin = self._origin if self._origin is not None else list(range(base))
+        pieces: list[str] = []
+        for i, ch in enumerate(text):
+            mapped = normalise_char(ch)  # per character: chunks are small
+            if mapped:
+                pieces.append(mapped)
+                origin.extend([base + i] * len(mapped))
+        self._origin = origin
         self._raw += text
         self._view += "".join(pieces)
         return self._advance(final=False)
@@ -113,16 +119,24 @@ class NormalisedStreamingMasker:
         # Where the raw text is cut: before the character that makes view position
         # ``cut``, or everything when the whole view is decided (trailing invisible
         # characters included: a later match would start after them).
-        raw_cut = len(self._raw) if cut >= len(work) else origin[cut - lo]
+        if cut >= len(work):
+            raw_cut = len(self._raw)
+        else:
+            raw_cut = origin[cut - lo] if origin is not None else cut - lo
         if raw_cut == 0:
             return ""
-        originals = [(origin[s.start - lo], origin[s.end - 1 - lo] + 1) for s in spans]
-        out = _splice(self._profile, self._raw, work, spans, originals, self.counts, 0, raw_cut)
+        if origin is None:
+            # View and raw text are the same: exactly the plain streaming masker's step.
+            out = self._profile.render(work, spans, lo, cut, self.counts)
+        else:
+            originals = [(origin[s.start - lo], origin[s.end - 1 - lo] + 1) for s in spans]
+            out = _splice(self._profile, self._raw, work, spans, originals, self.counts, 0, raw_cut)
         consumed = cut - lo
         self._ctx = work[max(0, cut - LEFT_CONTEXT) : cut]
         self._raw = self._raw[raw_cut:]
         self._view = self._view[consumed:]
-        self._origin = [o - raw_cut for o in origin[consumed:]]
+        if origin is not None:
+            self._origin = [o - raw_cut for o in origin[consumed:]]
         return out
 
 

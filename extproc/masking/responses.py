@@ -3,10 +3,11 @@
 ``body_masker_for(content_type, api, profile)`` picks one per response:
 
 * ``text/event-stream``: events are parsed incrementally; each text stream (OpenAI chat
-  ``choices[i].delta.content`` / ``.refusal`` / ``tool_calls[j].function.arguments`` /
-  legacy ``choices[i].text``; Responses API ``response.*.delta``; Anthropic
-  ``content_block_delta`` ``text_delta`` / ``input_json_delta``) gets its own
-  ``StreamingMasker``, so a value split across events is still found. Text held back is
+  ``choices[i].delta.<any text member>`` -- content, refusal, reasoning_content,
+  reasoning -- and ``tool_calls[j].function.arguments`` / legacy ``choices[i].text``;
+  Responses API ``response.*.delta``; Anthropic ``content_block_delta`` text, thinking and
+  input_json deltas) gets its own ``NormalisedStreamingMasker``, so a value split across
+  events, or disguised with invisible or look-alike characters, is still found. Text held back is
   emitted by a later event, so a delta may shrink or become empty; all other fields stay.
   **Flush strategy**: OpenAI chat -- the held text is appended to the delta of the chunk
   that carries the choice's ``finish_reason``; if a stream ends without one, a synthetic
@@ -14,11 +15,12 @@
   (or at the end). Anthropic -- a synthetic ``content_block_delta`` for the block goes
   right before its ``content_block_stop`` (or ``message_stop`` / the end). Responses API --
   a synthetic copy of the last ``*.delta`` event goes right before the matching ``*.done``
-  (or ``response.completed`` / the end); ``*.done``, ``content_part.done``,
-  ``output_item.done`` and ``response.completed`` carry whole texts, which are masked
-  whole (not counted again). ``[DONE]`` stays last. Other ``data:`` that is not JSON is
-  masked as plain text; JSON of an unknown shape has all its string values masked.
-  Anthropic ``thinking_delta`` is passed unchanged: its signature covers the text.
+  (or ``response.completed`` / the end), with a sequence number of its own (later events
+  are renumbered, so numbers stay unique and consecutive); recaps carry whole texts, which
+  are masked whole (not counted again). ``[DONE]`` stays last. Other ``data:`` that is not
+  JSON is masked as plain text; JSON of an unknown shape has all its string values masked
+  except identifiers (``STRUCTURAL_KEYS``). A thinking block whose text was masked loses its
+  signature, or the answer is refused (``signed_thinking``).
 * JSON (``application/json``, ``*+json``): buffered up to ``max_buffer``, the known
   answer fields are masked (chat, legacy completions, Responses, Anthropic messages);
   JSON of another shape, or any shape for ``api="generic"``, has every string value

@@ -280,7 +280,7 @@ class _Unit:
     part it touches.
     """
 
-    __slots__ = ("_views", "bounds", "detected", "metadata", "refs", "text")
+    __slots__ = ("_chars", "_views", "bounds", "detected", "metadata", "refs", "text")
 
     def __init__(self, refs: list[TextRef]) -> None:
         self.refs = refs
@@ -293,6 +293,7 @@ class _Unit:
         #: Where each part starts in ``text`` (and, last, where the unit ends).
         self.bounds = bounds
         self._views: dict[tuple[bool, bool], View] = {}
+        self._chars: set[str] | None = None
         #: Detector findings, keyed by "normalised": computed at most once each.
         self.detected: dict[bool, list[tuple[int, int, str]]] = {}
 
@@ -300,7 +301,15 @@ class _Unit:
         key = (normalised, fold)
         got = self._views.get(key)
         if got is None:
-            got = self._views[key] = view(self.text, fold=fold) if normalised else View(self.text, self.text)
+            if not normalised:
+                got = View(self.text, self.text)
+            elif self.text.isascii():
+                got = view(self.text, fold=fold)
+            else:
+                if self._chars is None:
+                    self._chars = set(self.text)  # shared by both views
+                got = view(self.text, fold=fold, chars=self._chars)
+            self._views[key] = got
         return got
 
 

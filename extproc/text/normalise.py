@@ -31,9 +31,10 @@ ASCII text is its own view (only lower-cased when folding), so the common case c
 
 from __future__ import annotations
 
+import bisect
 import functools
+import re
 import unicodedata
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["View", "normalise", "normalise_char", "view"]
@@ -88,32 +89,94 @@ def _char(ch: str, fold: bool) -> str:
     return unicodedata.normalize("NFC", out)
 
 
+_TABLES: dict[bool, dict[int, str]] = {False: {}, True: {}}
+
+
+def _fill(chars: set[str], fold: bool) -> dict[int, str]:
+    """The ``str.translate`` table, with every character of ``chars`` in it.
+
+    A plain dict (no ``__missing__``) keeps ``translate`` on its fast lookup path; new
+    characters are mapped once, on first sight.
+    """
+    table = _TABLES[fold]
+    for ch in chars:
+        cp = ord(ch)
+        if cp not in table:
+            table[cp] = _char(ch, fold)
+    return table
+
+
+def _table(text: str, fold: bool) -> dict[int, str]:
+    return _fill(set(text), fold)
+
+
 def normalise_char(ch: str, *, fold: bool = False) -> str:
     """The view of one character (possibly empty, possibly several characters)."""
-    return _char(ch, fold)
+    got = _TABLES[fold].get(ord(ch))
+    return got if got is not None else _table(ch, fold)[ord(ch)]
 
 
 def normalise(text: str, *, fold: bool = False) -> str:
     """The view of ``text``, without the offset map (for keywords and tests)."""
     if text.isascii():
         return text.lower() if fold else text
-    return "".join(_char(c, fold) for c in text)
+    return text.translate(_table(text, fold))
 
 
-@dataclass(frozen=True, slots=True)
 class View:
-    """``text`` is the view of ``original``; ``origin[k]`` is the original index of ``text[k]``.
+    """``text`` is the view of ``original``, with a map from view offsets back to original ones.
 
-    ``origin`` is None when the view is the original, offset for offset.
+    Most characters map to exactly one character (``а`` -> ``a``, ``ü`` -> ``u``), which
+    keeps offsets; only "uneven" ones (dropped, or expanded like ``…`` -> ``...``) shift
+    them. The map is built only when a match has to be mapped back, from the positions of
+    the uneven characters alone (found by a regex, in C), so scanning costs one
+    ``translate`` and mapping a match a binary search.
     """
 
-    original: str
-    text: str
-    origin: tuple[int, ...] | None = None
+    __slots__ = ("_fold", "_shifts", "_uneven", "identity", "original", "text")
+
+    def __init__(self, original: str, text: str, *, fold: bool = False, identity: bool = True,
+                 uneven: frozenset[str] = frozenset()) -> None:
+        self.original = original
+        self.text = text
+        #: True when every view offset is the original offset (the texts may still differ).
+        self.identity = identity
+        self._fold = fold
+        self._uneven = uneven
+        self._shifts: tuple[list[int], list[int], list[int]] | None = None
 
     @property
-    def identity(self) -> bool:
-        return self.origin is None
+    def origin(self) -> list[int] | None:
+        """The original index of every view character (None when offsets are kept); for tests."""
+        if self.identity:
+            return None
+        return [self._index(k) for k in range(len(self.text))]
+
+    def _index(self, pos: int) -> int:
+        """The original index of the character that produced view character ``pos``."""
+        shifts = self._shifts
+        if shifts is None:
+            table = _TABLES[self._fold]
+            pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(self._uneven)) + "]")
+            starts: list[int] = []  # view start of each uneven character
+            where: list[int] = []  # its original index
+            lengths: list[int] = []  # its view length
+            delta = 0
+            for m in pattern.finditer(self.original):
+                u = m.start()
+                n = len(table[ord(self.original[u])])
+                starts.append(u + delta)
+                where.append(u)
+                lengths.append(n)
+                delta += n - 1
+            shifts = self._shifts = (starts, where, lengths)
+        starts, where, lengths = shifts
+        k = bisect.bisect_right(starts, pos) - 1
+        if k < 0:
+            return pos
+        if pos < starts[k] + lengths[k]:
+            return where[k]
+        return where[k] + 1 + (pos - starts[k] - lengths[k])
 
     def to_original(self, start: int, end: int) -> tuple[int, int]:
         """The original span that produced ``text[start:end]`` (``start < end``).
@@ -122,36 +185,29 @@ class View:
         characters that vanished inside the span (zero-width, soft hyphens) are covered,
         and a character that expanded (``ﬁ`` -> ``fi``) is covered whole.
         """
-        origin = self.origin
-        if origin is None:
+        if self.identity:
             return start, end
-        return origin[start], origin[end - 1] + 1
+        return self._index(start), self._index(end - 1) + 1
 
     def original_index(self, pos: int) -> int:
         """The original index where view position ``pos`` begins (``len(original)`` at the end)."""
-        origin = self.origin
-        if origin is None:
+        if self.identity:
             return pos
-        return origin[pos] if pos < len(origin) else len(self.original)
+        return self._index(pos) if pos < len(self.text) else len(self.original)
 
 
-def view(text: str, *, fold: bool = False) -> View:
-    """The normalised view of ``text`` with its offset map."""
+def view(text: str, *, fold: bool = False, chars: set[str] | None = None) -> View:
+    """The normalised view of ``text`` with its offset map (``chars``: ``set(text)``, if known)."""
     if text.isascii():
+        # Lower-casing ASCII keeps every offset.
         return View(text, text.lower() if fold else text)
-    parts: list[str] = []
-    origin: list[int] = []
-    changed = False
-    for i, ch in enumerate(text):
-        mapped = _char(ch, fold)
-        if mapped != ch:
-            changed = True
-        if len(mapped) == 1:
-            parts.append(mapped)
-            origin.append(i)
-        elif mapped:
-            parts.append(mapped)
-            origin.extend([i] * len(mapped))
-    if not changed:
+    if chars is None:
+        chars = set(text)
+    table = _fill(chars, fold)
+    out = text.translate(table)
+    if out == text:
         return View(text, text)
-    return View(text, "".join(parts), tuple(origin))
+    uneven = frozenset(c for c in chars if len(table[ord(c)]) != 1)
+    if not uneven:
+        return View(text, out)  # same offsets, other characters
+    return View(text, out, fold=fold, identity=False, uneven=uneven)

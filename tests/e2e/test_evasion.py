@@ -74,7 +74,8 @@ CHAT: dict[str, Placement] = {
                 lambda b: b["messages"][0]["content"]),
     "split text parts": (
         lambda v: {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "about " + v[: len(v) // 2]}, {"type": "text", "text": v[len(v) // 2 :] + " ok"}]}]},
+            {"type": "text", "text": "about " + v[: len(v) // 2]},
+            {"type": "text", "text": v[len(v) // 2 :] + " ok"}]}]},
         lambda b: "".join(p["text"] for p in b["messages"][0]["content"])),
     "message name": (lambda v: {"messages": [{"role": "user", "content": "hi", "name": v}]},
                      lambda b: b["messages"][0]["name"]),

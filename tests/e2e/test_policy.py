@@ -38,7 +38,8 @@ def test_block_rule_gets_403_with_rule_id_and_upstream_sees_nothing(fresh_upstre
     assert isinstance(err, dict)
     assert err["code"] == "policy_blocked" and err["rule_id"] == "no-project-falcon"
     assert err["message"] == "Project Falcon is confidential."
-    assert set(err) == {"message", "type", "code", "request_id", "rule_id"}  # the pattern is never shown
+    # OpenAI's error shape (param included) plus the gateway's ids; the pattern is never shown.
+    assert set(err) == {"message", "type", "param", "code", "request_id", "rule_id"}
     assert exc.value.response.headers["x-extproc-rule"] == "no-project-falcon"
     assert s.upstream.requests == []
 

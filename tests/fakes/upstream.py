@@ -198,11 +198,10 @@ class FakeUpstream:
                                   "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 3}}).encode()]
         else:
             ctype = "application/json"
+            message = {"role": "assistant", h.get("x-fake-field", "content"): "".join(texts)}
             pieces = [json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
                                   "model": "fake-model",
-                                  "choices": [{"index": 0, "message": {"role": "assistant",
-                                                                       h.get("x-fake-field", "content"): "".join(texts)},
-                                               "finish_reason": "stop"}],
+                                  "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                                   "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}).encode()]
         if status >= 400 and mode not in ("text", "echo"):
             ctype = "application/json"

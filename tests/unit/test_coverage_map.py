@@ -19,7 +19,7 @@ START, END = "<!-- coverage-map:start -->", "<!-- coverage-map:end -->"
 
 def _keys(td: Any) -> set[str]:
     out: set[str] = set()
-    for cls in getattr(td, "__orig_bases__", ()) + (td,):
+    for cls in (*getattr(td, "__orig_bases__", ()), td):
         out |= set(getattr(cls, "__annotations__", {}))
     out |= set(getattr(td, "__required_keys__", set())) | set(getattr(td, "__optional_keys__", set()))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -145,7 +146,7 @@ def test_anthropic_blocks_and_responses_parts_are_joined() -> None:
 def test_any_split_of_a_message_masks_the_value(cuts: list[int]) -> None:
     text = "hi jane.doe@example.com bye"
     bounds = sorted({0, len(text), *cuts})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
     d = POLICY.evaluate(chat(parts(*pieces)))
     assert d.body is not None
     joined = "".join(p["text"] for p in json.loads(d.body)["messages"][0]["content"])
