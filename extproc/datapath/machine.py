@@ -26,13 +26,14 @@ from typing import Any, Protocol
 
 from extproc.approvals.model import ApprovalSettings, Binding, content_digest
 from extproc.config.model import ProviderConfig
+from extproc.datapath.paths import path_problem
 from extproc.datapath.scrub import LiteralScrubber
 from extproc.errors import error_body
 from extproc.identity.jwt import AuthError, Identity, bearer_token
 from extproc.llmapi.sse import SseError
 from extproc.llmapi.usage import Usage, UsageTracker
 from extproc.masking import MaskingProfile
-from extproc.masking.responses import BodyMasker, BodyTooLarge, UnmaskableContent, body_masker_for
+from extproc.masking.responses import BodyMasker, Uncheckable, UnmaskableContent, body_masker_for
 from extproc.policy import Policy
 from extproc.policy.model import BudgetCharge, BudgetOutcome, PolicyRequest
 from extproc.policy.model import Decision as PolicyDecision
@@ -298,6 +299,8 @@ class RequestInfo:
     #: Tools removed from ``tools/list`` answers, and pinned tools whose definition changed.
     tools_hidden: list[str] = field(default_factory=list)
     pin_mismatches: list[str] = field(default_factory=list)
+    #: Why the answer was cut off (exception class and message): for the log line only.
+    failure: str | None = None
 
 
 class RequestMachine:
@@ -336,6 +339,10 @@ class RequestMachine:
         info.path = headers.get(":path", "")
         self._headers = headers
         self._request_eos = end_of_stream
+        problem = path_problem(info.path)
+        if problem is not None:
+            # Before routing: the operation, and so which rules apply, is read from the path.
+            return self._reply(400, "invalid_path", f"{problem}; send the plain path the API documents")
         provider = self._gw.router.match(info.path)
         if provider is None:
             return self._reply(404, "no_route", "no provider is configured for this path")
@@ -424,6 +431,12 @@ class RequestMachine:
     # -- response side -------------------------------------------------------
 
     def on_response_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Decision:
+        if self.phase is Phase.START:
+            # Envoy's own answer to a request that never reached us (it failed before routing):
+            # nothing went upstream, so there is nothing to mask; its body is still scrubbed.
+            self.phase = Phase.DONE if end_of_stream else Phase.RESPONSE
+            self._scrubber = LiteralScrubber(self._gw.all_credentials())
+            return Continue()
         if self.phase not in (Phase.REQUEST, Phase.FORWARDED):
             raise ProtocolError(f"response headers in phase {self.phase.value}")
         self.phase = Phase.DONE if end_of_stream else Phase.RESPONSE
@@ -467,9 +480,14 @@ class RequestMachine:
         try:
             for stage in self._stages:
                 out = stage.finish(out) if end_of_stream else stage.feed(out)
-        except (BodyTooLarge, SseError) as exc:
+        except (Uncheckable, SseError) as exc:
             # Nothing unchecked may pass: end the response instead (Envoy resets it).
+            self.info.failure = f"{type(exc).__name__}: {exc}"
             return self._reply(502, "unmaskable_response", f"the answer could not be checked: {exc}")
+        except Exception as exc:
+            # The class name goes to the one-line log (``info.failure``), never to the caller.
+            self.info.failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return self._reply(502, "unmaskable_response", "the answer could not be checked")
         before = scrubber.replaced
         out = scrubber.feed(out)
         if end_of_stream:
@@ -540,6 +558,12 @@ class RequestMachine:
             if d.status >= 500:
                 code = "policy_error"
             return self._reply(d.status, code, d.message, rule_id=d.rule_id)
+        if d.opaque and p.api in ("openai", "anthropic") and not p.allows_uninspectable(path):
+            # Content rules cannot see into it, so on a model API it would be a way around them.
+            return self._reply(403, "uninspectable_body",
+                               f"this request's body is not JSON, so the gateway cannot apply the content policy "
+                               f"to it; {p.name!r} forwards such bodies only on paths listed in its "
+                               f"allow_uninspectable setting")
         if d.action == "require_approval":
             settings = self._gw.approvals
             if settings is None:

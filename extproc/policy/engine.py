@@ -177,6 +177,7 @@ class Policy:
             error=ext.error,
             max_output_tokens=ext.max_output_tokens,
             policy_version=self.version,
+            opaque=ext.opaque,
         )
 
     def _message(self, action: str, rule: Rule | None) -> str:

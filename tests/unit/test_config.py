@@ -111,3 +111,17 @@ def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_every_shipped_configuration_passes_config_check(path: str, capsys: pytest.CaptureFixture[str]) -> None:
     # The whole check: base sections and policy, masking, approvals, recording and tools.
     assert main(["config", "check", str(REPO / path)]) == 0, capsys.readouterr().err
+
+
+def test_allow_uninspectable_is_a_list_of_narrow_path_patterns() -> None:
+    import copy
+
+    data = copy.deepcopy(BASE)
+    data["providers"][0]["allow_uninspectable"] = ["/files", "/audio/*"]
+    p = parse_config(data, env={}).providers[0]
+    assert p.allows_uninspectable("/files") and p.allows_uninspectable("/audio/transcriptions")
+    assert not p.allows_uninspectable("/chat/completions")
+    for bad in (["/*"], ["files"], ["*"], ["/"], "/files", [3]):
+        data["providers"][0]["allow_uninspectable"] = bad
+        with pytest.raises(ConfigError, match="allow_uninspectable"):
+            parse_config(data, env={})

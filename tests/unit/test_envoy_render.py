@@ -60,10 +60,13 @@ def test_rendered_config_properties() -> None:
     assert p.get("failureModeAllow", False) is False  # fail closed
     assert p["processingMode"]["responseBodyMode"] == "STREAMED"
     assert p["messageTimeout"] == "2s" and p["maxMessageTimeout"] == "600s"
-    routes = _find(doc, "routes")[0]
-    assert {r["name"] for r in routes} >= {"openai", "openai-exact"}  # type: ignore[index]
-    assert all(r["requestHeadersToRemove"] == ["accept-encoding"] for r in routes)  # type: ignore[union-attr]
-    assert all(r["route"]["timeout"] == "0s" for r in routes)  # type: ignore[union-attr]
+    all_routes = _find(doc, "routes")[0]
+    assert isinstance(all_routes, list)
+    *routes, last = all_routes
+    assert last["name"] == "no-route" and last["directResponse"]["status"] == 404  # everything else: JSON 404
+    assert {r["name"] for r in routes} >= {"openai", "openai-exact"}
+    assert all(r["requestHeadersToRemove"] == ["accept-encoding"] for r in routes)
+    assert all(r["route"]["timeout"] == "0s" for r in routes)
     clusters = {c["name"]: c for c in doc["staticResources"]["clusters"]}
     tls = clusters["provider_openai"]["transportSocket"]["typedConfig"]
     assert tls["sni"] == "api.openai.com"
@@ -83,3 +86,36 @@ def test_every_example_renders_and_validates(tmp_path: Path) -> None:
         out.write_text(dump_yaml(load_config(src, env={})))
         ok, msg = validate_envoy_config(out, cwd=tmp_path)
         assert ok, f"{src.name}: {msg}"
+
+
+def test_paths_are_normalised_and_escaped_slashes_refused() -> None:
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    for hcm in _find(doc, "pathWithEscapedSlashesAction"):
+        assert hcm == "REJECT_REQUEST"
+    assert _find(doc, "normalizePath") == [True, True] and _find(doc, "mergeSlashes") == [True, True]
+    assert len(_find(doc, "pathWithEscapedSlashesAction")) == 2  # both listeners
+
+
+def test_ext_proc_runs_only_on_routed_requests() -> None:
+    """Disabled in the filter chain, enabled on the virtual host: a codec error (no route yet)
+    never opens an ext_proc stream, which would swallow Envoy's answer (envoyproxy/envoy#29440)."""
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    chain = _find(doc, "httpFilters")[0]
+    assert isinstance(chain, list)
+    filters = [f for f in chain if f["name"] == "envoy.filters.http.ext_proc"]
+    assert [f.get("disabled") for f in filters] == [True]
+    vhosts = _find(doc, "virtualHosts")[0]
+    assert isinstance(vhosts, list)
+    (vhost,) = vhosts
+    assert "envoy.filters.http.ext_proc" in vhost["typedPerFilterConfig"]
+
+
+def test_every_local_reply_has_a_documented_code() -> None:
+    from extproc.config.envoy import LOCAL_REPLIES
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Errors"):readme.index("## Configuration reference")]
+    for lr in LOCAL_REPLIES:
+        assert f"`{lr.code}`" in table, f"{lr.code} is not in the README's error table"
+        assert "ext_proc" not in lr.message and "gRPC" not in lr.message
+    assert LOCAL_REPLIES[-1].when == "true"  # nothing Envoy says falls through unmapped
