@@ -116,10 +116,48 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
+def _find_dev_key(args: argparse.Namespace) -> Path | str:
+    """The development signing key the running gateway trusts, or why there is none.
 
-    key_path, _ = ensure_dev_issuer(args.run_dir)
+    Never created here: a fresh key would sign tokens the gateway rejects (``bad_signature``).
+    With ``--config``, the key sits beside the dev issuer's ``jwks_file`` (what the server
+    reads); else in ``--run-dir``, or in ``.run/`` of the working directory or a parent (the
+    repository root when called from a subdirectory).
+    """
+    from extproc.config.model import ConfigError, load_config
+    from extproc.dev.keys import DEV_ISSUER
+
+    name = "dev-signing-key.pem"
+    if args.config:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            return str(exc)
+        files = [i.jwks_file for i in cfg.issuers if i.issuer == DEV_ISSUER and i.jwks_file]
+        if not files:
+            return f"{args.config} trusts no development issuer ({DEV_ISSUER} with a jwks_file)"
+        candidates = [Path(files[0]).parent / name]
+    elif args.run_dir is not None:
+        candidates = [Path(args.run_dir) / name]
+    else:
+        here = Path.cwd().resolve()
+        candidates = [d / ".run" / name for d in (here, *here.parents)]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return (f"no development signing key ({candidates[0]}"
+            f"{' or in any parent directory' if len(candidates) > 1 else ''}); start the local stack with "
+            f"`make run` first (it creates .run/), then run this from the repository, or pass --run-dir "
+            f"or --config")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, mint_token
+
+    key_path = _find_dev_key(args)
+    if not isinstance(key_path, Path):
+        print(f"error: {key_path}", file=sys.stderr)
+        return 2
     token = mint_token(
         key_path.read_text(),
         subject=args.sub,
@@ -225,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
     t.add_argument("--audience", help="audience (default: extproc)")
     t.add_argument("--issuer", help="issuer (default: the development issuer)")
-    t.add_argument("--run-dir", default=".run", help="where the development key lives (default: .run)")
+    t.add_argument("--run-dir", help="where the development key lives (default: .run here or in a parent)")
+    t.add_argument("--config", help="find the key the gateway running this configuration trusts")
     t.set_defaults(func=cmd_token)
 
     d = sub.add_parser("demo-model", help="run the offline demo model endpoint (OpenAI/Anthropic-compatible)")

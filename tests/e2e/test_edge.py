@@ -202,3 +202,41 @@ def test_a_hostile_upstream_answer_ends_with_a_documented_error_and_one_log_line
     assert b"Traceback" not in new and b"RecursionError" not in new
     cut = [line for line in new.splitlines() if b"cut off" in line]
     assert len(cut) == 1 and b"unmaskable_response" in cut[0], new[-2000:]
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _outcomes(s: Stack) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{s.ports['admin']}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("extproc_requests_total{") and 'provider="fake"' in line:
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = out.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_successful_requests_are_counted_ok_never_incomplete(fresh_upstream: Stack) -> None:
+    s = fresh_upstream
+    before = _outcomes(s)
+    auth = {"authorization": f"Bearer {s.token()}", "content-type": "application/json"}
+    chat = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    sent = [
+        raw(s, "POST", "/fake/chat/completions", auth, chat),
+        raw(s, "POST", "/fake/chat/completions", {**auth, "x-fake-mode": "sse"}, chat),
+        raw(s, "GET", "/fake/models", auth),
+        raw(s, "POST", "/fake/chat/completions", {**auth, "x-fake-status": "500"}, chat),
+        raw(s, "POST", "/fake/chat/completions", {**auth, "x-fake-mode": "text", "x-fake-body": ""}, chat),
+    ]
+    assert all(r.status_code in (200, 500) for r in sent), [r.status_code for r in sent]
+    deadline = time.monotonic() + 10
+    after = _outcomes(s)
+    while after.get("ok", 0) - before.get("ok", 0) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = _outcomes(s)
+    assert after.get("ok", 0) - before.get("ok", 0) == len(sent)
+    assert after.get("incomplete", 0) == before.get("incomplete", 0)
