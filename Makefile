@@ -39,7 +39,7 @@ protos: $(STAMP)
 	$(PY) -m extproc.dev.protos
 
 render: $(STAMP)
-	$(VENV)/bin/extproc envoy render examples/extproc.yaml -o envoy/envoy.yaml
+	$(VENV)/bin/extproc envoy render examples/extproc.yaml --no-dev-tls -o envoy/envoy.yaml
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

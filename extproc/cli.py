@@ -84,7 +84,7 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
     from extproc.config.envoy import dump_yaml
 
     cfg = _load(args.file)
-    text = dump_yaml(cfg)
+    text = dump_yaml(cfg, dev_tls=not args.no_dev_tls)
     if args.output and args.output != "-":
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
         from extproc.dev.keys import ensure_dev_tls
         from extproc.dev.procs import validate_envoy_config
 
-        if cfg.tls is not None and cfg.tls.generated:
+        if cfg.tls is not None and cfg.tls.generated and not args.no_dev_tls:
             ensure_dev_tls(cfg.tls.cert_file, cfg.tls.key_file)
         target = args.output if args.output and args.output != "-" else None
         if target is None:
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("file", help="the extproc configuration file")
     er.add_argument("-o", "--output", help="write here instead of stdout")
     er.add_argument("--validate", action="store_true", help="also run `envoy --mode validate` on the result")
+    er.add_argument("--no-dev-tls", action="store_true",
+                    help="leave out a TLS listener whose certificate is generated for development (.run/tls)")
     er.set_defaults(func=cmd_envoy_render)
 
     t = sub.add_parser("token", help="mint a token from the development issuer (local stack only)")

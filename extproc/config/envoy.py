@@ -376,8 +376,13 @@ def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=PbAny.pack(hcm))
 
 
-def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
-    """``ext_proc=False`` leaves the filter out: only the benchmark's Envoy-alone baseline uses it."""
+def render_bootstrap(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True) -> Bootstrap:
+    """``ext_proc=False`` leaves the filter out: only the benchmark's Envoy-alone baseline uses it.
+
+    ``dev_tls=False`` leaves out a TLS listener whose certificate is generated for development
+    (``.run/tls/``, created by ``extproc dev``): a committed or deployed config must load where
+    that certificate does not exist.
+    """
     listeners = [
         Listener(
             name="http",
@@ -386,7 +391,7 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
             filter_chains=[FilterChain(filters=[_hcm(cfg, "http", ext_proc=ext_proc)])],
         )
     ]
-    if cfg.tls is not None:
+    if cfg.tls is not None and (dev_tls or not cfg.tls.generated):
         tls = DownstreamTlsContext(
             common_tls_context=CommonTlsContext(
                 tls_params=TlsParameters(tls_minimum_protocol_version=TlsParametersTlsProtocol.TLSv1_2),
@@ -430,15 +435,18 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
     )
 
 
-def render_envoy(cfg: Config, *, ext_proc: bool = True) -> dict[str, Any]:
+def render_envoy(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True) -> dict[str, Any]:
     """The bootstrap as a plain mapping in Envoy's JSON/YAML form."""
-    data: dict[str, Any] = render_bootstrap(cfg, ext_proc=ext_proc).to_dict()
+    data: dict[str, Any] = render_bootstrap(cfg, ext_proc=ext_proc, dev_tls=dev_tls).to_dict()
     return data
 
 
-def dump_yaml(cfg: Config) -> str:
+def dump_yaml(cfg: Config, *, dev_tls: bool = True) -> str:
     header = (
         f"# Rendered by `extproc envoy render` from {cfg.source}.\n"
         "# Do not edit: change the extproc configuration and render again.\n"
     )
-    return header + yaml.safe_dump(render_envoy(cfg), sort_keys=False, default_flow_style=False)
+    if not dev_tls and cfg.tls is not None and cfg.tls.generated:
+        header += ("# The TLS listener (a generated development certificate) is left out; `extproc dev`\n"
+                   "# renders it into .run/envoy.yaml with the certificate it creates.\n")
+    return header + yaml.safe_dump(render_envoy(cfg, dev_tls=dev_tls), sort_keys=False, default_flow_style=False)

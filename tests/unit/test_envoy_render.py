@@ -26,16 +26,28 @@ def test_every_config_in_envoy_dir_is_known() -> None:
 def test_committed_config_is_fresh(envoy_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     src = RENDERED[envoy_yaml].relative_to(REPO)
-    fresh = dump_yaml(load_config(src, env={}))
-    assert envoy_yaml.read_text() == fresh, f"stale: run `extproc envoy render {src} -o {envoy_yaml.relative_to(REPO)}`"
+    fresh = dump_yaml(load_config(src, env={}), dev_tls=False)
+    assert envoy_yaml.read_text() == fresh, "stale: run `make render`"
 
 
 @pytest.mark.parametrize("envoy_yaml", sorted(RENDERED), ids=lambda p: p.name)
-def test_committed_config_validates_with_real_envoy(envoy_yaml: Path, tmp_path: Path) -> None:
-    # Relative paths (the development certificate) resolve against the working directory.
-    ensure_dev_tls(tmp_path / ".run/tls/gateway.crt", tmp_path / ".run/tls/gateway.key")
-    ok, out = validate_envoy_config(envoy_yaml, cwd=tmp_path)
+def test_committed_config_validates_in_a_fresh_clone(envoy_yaml: Path, tmp_path: Path) -> None:
+    """A copy in a directory with nothing else (no .run/, as in a fresh clone) loads."""
+    clone = tmp_path / "clone"
+    (clone / "envoy").mkdir(parents=True)
+    copy = clone / "envoy" / envoy_yaml.name
+    copy.write_text(envoy_yaml.read_text())
+    ok, out = validate_envoy_config(copy, cwd=clone)
     assert ok, out
+    assert not (clone / ".run").exists()
+
+
+def test_the_dev_stack_render_keeps_its_tls_listener() -> None:
+    cfg = load_config(REPO / "examples" / "extproc.yaml", env={})
+    assert cfg.tls is not None and cfg.tls.generated
+    names = [lst["name"] for lst in render_envoy(cfg)["staticResources"]["listeners"]]
+    assert names == ["http", "https"]
+    assert [lst["name"] for lst in render_envoy(cfg, dev_tls=False)["staticResources"]["listeners"]] == ["http"]
 
 
 def _find(d: object, key: str) -> list[object]:
