@@ -51,7 +51,7 @@ protos: $(STAMP)
 	$(PY) -m extproc.dev.protos
 
 render: $(STAMP)
-	$(VENV)/bin/extproc envoy render examples/extproc.yaml -o envoy/envoy.yaml
+	$(VENV)/bin/extproc envoy render examples/extproc.yaml --no-dev-tls -o envoy/envoy.yaml
 
 # The container image (Containerfile). Base image built locally with debootstrap (no
 # registry is reachable), wheels built here with pip, then `podman build --isolation chroot`.

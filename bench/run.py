@@ -176,7 +176,7 @@ def main() -> int:
         up_port, up_admin = free_ports(2)
         (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
         procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
-                                       "--base-id", "71", "--concurrency", "1"], work / "upstream.log").start())
+                                       "--use-dynamic-base-id", "--concurrency", "1"], work / "upstream.log").start())
         wait_tcp("127.0.0.1", up_port, 20, procs[-1])
 
         key, _ = ensure_dev_issuer(work / "dev")
@@ -213,7 +213,7 @@ def main() -> int:
                                         "--config", str(cfg_path)], work / f"extproc-{name}.log", env=env,
                             cwd=str(REPO)).start()
                 wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 30, side)
-            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error", "--base-id", "72",
+            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error", "--use-dynamic-base-id",
                                   "--concurrency", "1"], work / f"gateway-{name}.log").start()
             try:
                 wait_http(f"http://127.0.0.1:{ports['envoy_admin']}/ready", 20, gw)

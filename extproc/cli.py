@@ -87,7 +87,7 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
     from extproc.config.envoy import dump_yaml
 
     cfg = _load(args.file)
-    text = dump_yaml(cfg)
+    text = dump_yaml(cfg, dev_tls=not args.no_dev_tls)
     if args.output and args.output != "-":
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def cmd_envoy_render(args: argparse.Namespace) -> int:
         from extproc.dev.keys import ensure_dev_tls
         from extproc.dev.procs import validate_envoy_config
 
-        if cfg.tls is not None and cfg.tls.generated:
+        if cfg.tls is not None and cfg.tls.generated and not args.no_dev_tls:
             ensure_dev_tls(cfg.tls.cert_file, cfg.tls.key_file)
         target = args.output if args.output and args.output != "-" else None
         if target is None:
@@ -129,10 +129,49 @@ def cmd_envoy_run(args: argparse.Namespace) -> int:
     return 1  # not reached: run() replaces the process
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
+def _find_dev_key(args: argparse.Namespace) -> Path | str:
+    """The development signing key the running gateway trusts, or why there is none.
 
-    key_path, _ = ensure_dev_issuer(args.run_dir)
+    Never created here: a fresh key would sign tokens the gateway rejects (``bad_signature``).
+    With ``--config``, the key sits beside the dev issuer's ``jwks_file`` (what the server
+    reads); else in ``--run-dir``, or in ``.run/`` of the working directory or a parent (the
+    repository root when called from a subdirectory).
+    """
+    from extproc.config.load import load_config
+    from extproc.dev.keys import DEV_ISSUER
+    from extproc.errors import ConfigError
+
+    name = "dev-signing-key.pem"
+    if args.config:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            return str(exc)
+        files = [i.jwks_file for i in cfg.issuers if i.issuer == DEV_ISSUER and i.jwks_file]
+        if not files:
+            return f"{args.config} trusts no development issuer ({DEV_ISSUER} with a jwks_file)"
+        candidates = [Path(files[0]).parent / name]
+    elif args.run_dir is not None:
+        candidates = [Path(args.run_dir) / name]
+    else:
+        here = Path.cwd().resolve()
+        candidates = [d / ".run" / name for d in (here, *here.parents)]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return (f"no development signing key ({candidates[0]}"
+            f"{' or in any parent directory' if len(candidates) > 1 else ''}); start the local stack with "
+            f"`make run` first (it creates .run/), then run this from the repository, or pass --run-dir "
+            f"or --config")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, mint_token
+
+    key_path = _find_dev_key(args)
+    if not isinstance(key_path, Path):
+        print(f"error: {key_path}", file=sys.stderr)
+        return 2
     token = mint_token(
         key_path.read_text(),
         subject=args.sub,
@@ -231,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("file", help="the extproc configuration file")
     er.add_argument("-o", "--output", help="write here instead of stdout")
     er.add_argument("--validate", action="store_true", help="also run `envoy --mode validate` on the result")
+    er.add_argument("--no-dev-tls", action="store_true",
+                    help="leave out a TLS listener whose certificate is generated for development (.run/tls)")
     er.set_defaults(func=cmd_envoy_render)
     erun = esub.add_parser(
         "run",
@@ -248,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
     t.add_argument("--audience", help="audience (default: extproc)")
     t.add_argument("--issuer", help="issuer (default: the development issuer)")
-    t.add_argument("--run-dir", default=".run", help="where the development key lives (default: .run)")
+    t.add_argument("--run-dir", help="where the development key lives (default: .run here or in a parent)")
+    t.add_argument("--config", help="find the key the gateway running this configuration trusts")
     t.set_defaults(func=cmd_token)
 
     d = sub.add_parser("demo-model", help="run the offline demo model endpoint (OpenAI/Anthropic-compatible)")

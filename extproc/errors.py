@@ -85,6 +85,8 @@ ERROR_TYPES: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
+    426: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     500: "api_error",
     502: "upstream_error",

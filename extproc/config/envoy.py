@@ -11,13 +11,26 @@ What the rendered config guarantees:
   uncompressed bodies it can mask;
 * no route or idle timeout cuts a long SSE stream, while ``max_message_timeout`` leaves room
   for approval holds and ``stream_idle_timeout`` outlasts them;
-* paths are normalised (``..``, ``//``) before routing, so a prefix cannot be escaped.
+* paths are normalised before routing (dot segments, ``//``, ``\\`` and percent-encoded
+  unreserved characters), and a path with an escaped slash (``%2F``, ``%5C``) is refused with
+  400: decoding it (``UNESCAPE_AND_FORWARD``) would change what a legitimate ``%2F`` means to
+  the upstream, and redirecting (``UNESCAPE_AND_REDIRECT``) makes SDKs re-send bodies to a
+  path they did not choose; no API behind the gateway needs one. What normalisation leaves
+  ambiguous (``;`` parameters, ``%252F``...) the ext_proc server refuses
+  (:mod:`extproc.datapath.paths`);
+* the ext_proc filter is disabled in the connection manager and enabled on the virtual host,
+  so it only runs on requests that reached routing. Envoy's codec errors (HTTP/1.0, header
+  limits, smuggling attempts, NUL bytes) are answered before any route exists; with the
+  filter in their chain Envoy would open an ext_proc stream for the local reply and close
+  the connection before it answered, leaving the caller an empty reply
+  (envoyproxy/envoy#29440). They get the JSON error shape from ``local_reply_config``.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -42,6 +55,8 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    FilterConfig,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -51,6 +66,8 @@ from envoy_data_plane.envoy.config.route.v3 import (
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
+    ExtProcOverrides,
+    ExtProcPerRoute,
     ProcessingMode,
     ProcessingModeBodySendMode,
     ProcessingModeHeaderSendMode,
@@ -59,6 +76,7 @@ from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
     LocalReplyConfig,
     ResponseMapper,
@@ -84,10 +102,12 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as PbAny
 
 from extproc.config.model import Config, ProviderConfig
+from extproc.errors import ERROR_TYPES
 
-__all__ = ["EXT_PROC_CLUSTER", "dump_yaml", "render_bootstrap", "render_envoy"]
+__all__ = ["EXT_PROC_CLUSTER", "LOCAL_REPLIES", "LocalReply", "dump_yaml", "render_bootstrap", "render_envoy"]
 
 EXT_PROC_CLUSTER = "extproc"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 #: JSON access log: no headers, no query strings, nothing that could carry a credential. Not the
@@ -235,65 +255,100 @@ def _ext_proc_filter(cfg: Config) -> HttpFilter:
         status_on_error=HttpStatus(code=StatusCode.ServiceUnavailable),
         stat_prefix="extproc",
     )
-    return HttpFilter(name="envoy.filters.http.ext_proc", typed_config=PbAny.pack(proc))
+    # Disabled here, enabled on the virtual host: see the module docstring (codec errors).
+    return HttpFilter(name=EXT_PROC_FILTER, typed_config=PbAny.pack(proc), disabled=True)
 
 
-#: Error types of Envoy's own local replies (413 payload too large, 503 when ext_proc is down...).
-_LOCAL_REPLY_TYPES = {
-    400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large", 431: "invalid_request_error",
-    500: "api_error", 502: "upstream_error", 503: "service_unavailable", 504: "timeout_error",
-}
+def _no_route() -> Route:
+    """Every path no provider claims. The ext_proc server answers these first (``no_route``,
+    or ``invalid_path``); this direct answer only backs it up."""
+    # local_reply_config turns it into the JSON error shape, like every answer Envoy gives.
+    return Route(name="no-route", match=RouteMatch(prefix="/"),
+                 direct_response=DirectResponseAction(
+                     status=404, body=DataSource(inline_string="no provider is configured for this path")))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply:
+    """One kind of answer Envoy gives by itself, with the stable code the caller sees."""
+
+    #: CEL over ``response.code`` and ``response.code_details``: when this mapping applies.
+    when: str
+    status: int
+    code: str
+    message: str
+
+
+#: Envoy's own answers, first match wins. Envoy's response-code details are diagnostics that
+#: change between releases and carry internals (``ext_proc_error_gRPC_error_14{...}``); the
+#: caller gets a documented code and a human message instead (README, "Errors"), and the
+#: details stay in the access log.
+LOCAL_REPLIES: tuple[LocalReply, ...] = (
+    LocalReply('response.code_details == "low_version"', 426, "http_version_unsupported",
+               "HTTP/1.0 is not supported; use HTTP/1.1 or HTTP/2"),
+    LocalReply("response.code == 431", 431, "headers_too_large",
+               "the request headers are too large or too many"),
+    LocalReply('response.code_details.startsWith("ext_proc_error") && response.code == 504', 504,
+               "extproc_timeout", "the policy service did not answer in time; nothing was sent"),
+    LocalReply('response.code_details.startsWith("ext_proc_error")', 503, "extproc_unavailable",
+               "the policy service is unavailable; nothing was sent"),
+    LocalReply('response.code_details in ["path_normalization_failed", "absolute_path_rejected", '
+               '"http1.invalid_url"]', 400, "invalid_path",
+               "the path is not a plain absolute path (escaped slashes, '*' and the like are refused)"),
+    LocalReply("response.code == 413", 413, "request_too_large", "the request body is over the gateway's limit"),
+    LocalReply('response.code_details.startsWith("http1.") || response.code_details.startsWith("http2.") || '
+               'response.code_details.startsWith("codec_error")', 400, "malformed_request",
+               "the request is not valid HTTP (bad framing, characters or headers)"),
+    LocalReply("response.code == 404", 404, "no_route", "no provider is configured for this path"),
+    LocalReply("response.code == 400", 400, "bad_request", "the request cannot be processed"),
+    LocalReply("response.code == 504", 504, "upstream_timeout", "the provider did not answer in time"),
+    LocalReply("response.code == 502 || response.code == 503", 503, "upstream_unavailable",
+               "the provider cannot be reached right now"),
+    LocalReply("response.code >= 400 && response.code < 500", 400, "bad_request", "the request cannot be processed"),
+    LocalReply("true", 500, "gateway_error", "the gateway could not handle this request"),
+)
 
 
 def _local_replies() -> LocalReplyConfig:
-    """Envoy's own error replies in the gateway's JSON error shape, so SDKs surface them.
+    """Envoy's own error replies in the gateway's JSON error shape, with stable codes.
 
     The ext_proc server's immediate responses are local replies too; they already carry the
-    JSON body and set details ``extproc_*``, which the CEL filter leaves alone.
+    JSON body and set details ``extproc_*``, which every mapping leaves alone.
     """
-    from envoy_data_plane.envoy.config.accesslog.v3 import (
-        AccessLogFilter,
-        AndFilter,
-        ComparisonFilter,
-        ComparisonFilterOp,
-        ExtensionFilter,
-        StatusCodeFilter,
-    )
-    from envoy_data_plane.envoy.config.core.v3 import RuntimeUInt32, SubstitutionFormatString
+    from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, ExtensionFilter
+    from envoy_data_plane.envoy.config.core.v3 import SubstitutionFormatString
     from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
     from envoy_data_plane.google.protobuf import Struct
 
-    not_ours = AccessLogFilter(extension_filter=ExtensionFilter(
-        name="envoy.access_loggers.extension_filters.cel",
-        typed_config=PbAny.pack(ExpressionFilter(expression='!response.code_details.startsWith("extproc")')),
-    ))
-
-    def body(kind: str) -> SubstitutionFormatString:
-        return SubstitutionFormatString(
-            json_format=Struct.from_dict({"type": "error", "error": {
-                "message": "%LOCAL_REPLY_BODY%", "type": kind, "code": "%RESPONSE_CODE_DETAILS%",
-                "request_id": "%REQ(X-REQUEST-ID)%"}}),
-            content_type="application/json",
+    def mapper(lr: LocalReply) -> ResponseMapper:
+        return ResponseMapper(
+            filter=AccessLogFilter(extension_filter=ExtensionFilter(
+                name="envoy.access_loggers.extension_filters.cel",
+                typed_config=PbAny.pack(ExpressionFilter(
+                    expression=f'!response.code_details.startsWith("extproc") && ({lr.when})')),
+            )),
+            status_code=lr.status,
+            # json_format escapes the request id; it is null when there is none (codec errors).
+            body_format_override=SubstitutionFormatString(
+                json_format=Struct.from_dict({"type": "error", "error": {
+                    "message": lr.message, "type": ERROR_TYPES.get(lr.status, "api_error"), "code": lr.code,
+                    "request_id": "%REQ(X-REQUEST-ID)%"}}),
+                content_type="application/json",
+            ),
         )
 
-    mappers = [
-        ResponseMapper(
-            filter=AccessLogFilter(and_filter=AndFilter(filters=[
-                AccessLogFilter(status_code_filter=StatusCodeFilter(comparison=ComparisonFilter(
-                    op=ComparisonFilterOp.EQ, value=RuntimeUInt32(default_value=code, runtime_key=f"extproc.lr.{code}"),
-                ))),
-                not_ours,
-            ])),
-            body_format_override=body(kind),
-        )
-        for code, kind in _LOCAL_REPLY_TYPES.items()
-    ]
-    mappers.append(ResponseMapper(filter=not_ours, body_format_override=body("api_error")))
-    return LocalReplyConfig(mappers=mappers)
+    return LocalReplyConfig(mappers=[mapper(lr) for lr in LOCAL_REPLIES])
 
 
 def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
-    vhost = VirtualHost(name="providers", domains=["*"], routes=[r for p in cfg.providers for r in _routes(cfg, p)])
+    enable_ext_proc = {
+        EXT_PROC_FILTER: PbAny.pack(FilterConfig(config=PbAny.pack(ExtProcPerRoute(overrides=ExtProcOverrides()))))
+    } if ext_proc else {}
+    vhost = VirtualHost(
+        name="providers", domains=["*"],
+        routes=[*(r for p in cfg.providers for r in _routes(cfg, p)), _no_route()],
+        typed_per_filter_config=enable_ext_proc,
+    )
     access_log = []
     if cfg.envoy.access_log:
         from envoy_data_plane.envoy.config.core.v3 import SubstitutionFormatString
@@ -315,6 +370,7 @@ def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
         request_timeout=_seconds(0),
         normalize_path=True,
         merge_slashes=True,
+        path_with_escaped_slashes_action=HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST,
         always_set_request_id_in_response=True,
         local_reply_config=_local_replies(),
         access_log=access_log,
@@ -322,8 +378,13 @@ def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=PbAny.pack(hcm))
 
 
-def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
-    """``ext_proc=False`` leaves the filter out: only the benchmark's Envoy-alone baseline uses it."""
+def render_bootstrap(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True) -> Bootstrap:
+    """``ext_proc=False`` leaves the filter out: only the benchmark's Envoy-alone baseline uses it.
+
+    ``dev_tls=False`` leaves out a TLS listener whose certificate is generated for development
+    (``.run/tls/``, created by ``extproc dev``): a committed or deployed config must load where
+    that certificate does not exist.
+    """
     listeners = [
         Listener(
             name="http",
@@ -332,7 +393,7 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
             filter_chains=[FilterChain(filters=[_hcm(cfg, "http", ext_proc=ext_proc)])],
         )
     ]
-    if cfg.tls is not None:
+    if cfg.tls is not None and (dev_tls or not cfg.tls.generated):
         tls = DownstreamTlsContext(
             common_tls_context=CommonTlsContext(
                 tls_params=TlsParameters(tls_minimum_protocol_version=TlsParametersTlsProtocol.TLSv1_2),
@@ -376,15 +437,18 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
     )
 
 
-def render_envoy(cfg: Config, *, ext_proc: bool = True) -> dict[str, Any]:
+def render_envoy(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True) -> dict[str, Any]:
     """The bootstrap as a plain mapping in Envoy's JSON/YAML form."""
-    data: dict[str, Any] = render_bootstrap(cfg, ext_proc=ext_proc).to_dict()
+    data: dict[str, Any] = render_bootstrap(cfg, ext_proc=ext_proc, dev_tls=dev_tls).to_dict()
     return data
 
 
-def dump_yaml(cfg: Config) -> str:
+def dump_yaml(cfg: Config, *, dev_tls: bool = True) -> str:
     header = (
         f"# Rendered by `extproc envoy render` from {cfg.source}.\n"
         "# Do not edit: change the extproc configuration and render again.\n"
     )
-    return header + yaml.safe_dump(render_envoy(cfg), sort_keys=False, default_flow_style=False)
+    if not dev_tls and cfg.tls is not None and cfg.tls.generated:
+        header += ("# The TLS listener (a generated development certificate) is left out; `extproc dev`\n"
+                   "# renders it into .run/envoy.yaml with the certificate it creates.\n")
+    return header + yaml.safe_dump(render_envoy(cfg, dev_tls=dev_tls), sort_keys=False, default_flow_style=False)

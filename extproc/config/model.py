@@ -10,6 +10,7 @@ load time, so one file serves a laptop and a cluster (``redis.url: ${REDIS_URL:-
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 from collections.abc import Mapping
@@ -90,6 +91,13 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: Whether callers must present a verified token on this route.
     authenticate: bool = True
+    #: Path patterns (after the prefix, ``fnmatch`` globs) whose bodies the gateway cannot
+    #: read (not JSON: file uploads, audio) but may forward anyway. On an ``openai`` or
+    #: ``anthropic`` route every other such body is refused (403 ``uninspectable_body``).
+    allow_uninspectable: tuple[str, ...] = ()
+
+    def allows_uninspectable(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.allow_uninspectable)
 
     @property
     def upstream(self) -> tuple[str, str, int, str]:
@@ -387,7 +395,7 @@ def _provider(r: _Reader, value: Any, path: str) -> ProviderConfig:
     m = r.mapping(
         value,
         path,
-        {"name", "api", "base_url", "prefix", "credential", "auth", "headers", "authenticate"},
+        {"name", "api", "base_url", "prefix", "credential", "auth", "headers", "authenticate", "allow_uninspectable"},
     )
     name = r.req_string(m, "name", path)
     if not _NAME_RE.match(name):
@@ -454,7 +462,23 @@ def _provider(r: _Reader, value: Any, path: str) -> ProviderConfig:
         auth_scheme=scheme,
         headers=headers,
         authenticate=r.boolean(m, "authenticate", path, True),
+        allow_uninspectable=_uninspectable_patterns(r, m.get("allow_uninspectable"),
+                                                    _join(path, "allow_uninspectable")),
     )
+
+
+def _uninspectable_patterns(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.error(path, f"must be a list of path patterns like '/files' or '/audio/*', got {_kind(value)}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.startswith("/") or item.strip("/*") == "":
+            raise r.error(f"{path}[{i}]", f"must be a path pattern like '/files' or '/audio/*' (not everything), "
+                                          f"got {item!r}")
+        out.append(item)
+    return tuple(out)
 
 
 #: The asymmetric algorithms python-jose can verify (it has no RSASSA-PSS).

@@ -35,6 +35,7 @@ from extproc.datapath.inspect import (
     RecordSpec,
     forward_body,
 )
+from extproc.datapath.paths import path_problem
 from extproc.datapath.scrub import LiteralScrubber
 from extproc.errors import ExtprocError, error_body
 from extproc.identity.model import AuthError, Identity, bearer_token
@@ -44,7 +45,7 @@ from extproc.masking import MaskingProfile
 from extproc.masking.responses import (
     AnswerRefused,
     BodyMasker,
-    BodyTooLarge,
+    Uncheckable,
     UnmaskableContent,
     body_masker_for,
 )
@@ -246,6 +247,8 @@ TRANSITIONS: Mapping[tuple[Phase, Event], frozenset[Phase]] = {
     (Phase.HOLD, Event.APPROVAL): frozenset({Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
     (Phase.BUDGET, Event.BUDGET): frozenset({Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
     (Phase.RECORD, Event.RECORD_START): frozenset({Phase.FORWARDED, Phase.DONE}),
+    # Envoy's own answer to a request that failed before it was routed to us.
+    (Phase.START, Event.RESPONSE_HEADERS): frozenset({Phase.RESPONSE, Phase.DONE}),
     # An upstream may answer before the request body was sent (e.g. an early 4xx).
     (Phase.REQUEST, Event.RESPONSE_HEADERS): frozenset({Phase.RESPONSE, Phase.DONE}),
     (Phase.FORWARDED, Event.RESPONSE_HEADERS): frozenset({Phase.RESPONSE, Phase.DONE}),
@@ -381,6 +384,8 @@ class RequestInfo:
     #: Tools removed from ``tools/list`` answers, and pinned tools whose definition changed.
     tools_hidden: list[str] = field(default_factory=list)
     pin_mismatches: list[str] = field(default_factory=list)
+    #: Why the answer was cut off (exception class and message): for the log line only.
+    failure: str | None = None
 
 
 class RequestMachine:
@@ -421,6 +426,10 @@ class RequestMachine:
         info.path = headers.get(":path", "")
         self._headers = headers
         self._request_eos = end_of_stream
+        problem = path_problem(info.path)
+        if problem is not None:
+            # Before routing: the operation, and so which rules apply, is read from the path.
+            return self._reply(400, "invalid_path", f"{problem}; send the plain path the API documents")
         provider = self._gw.router.match(info.path)
         if provider is None:
             return self._reply(404, "no_route", "no provider is configured for this path")
@@ -561,6 +570,12 @@ class RequestMachine:
 
     def on_response_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Decision:
         self._accept(Event.RESPONSE_HEADERS)
+        if self.phase is Phase.START:
+            # Envoy's own answer to a request that never reached us (it failed before routing):
+            # nothing went upstream, so there is nothing to mask; its body is still scrubbed.
+            self.phase = Phase.DONE if end_of_stream else Phase.RESPONSE
+            self._scrubber = LiteralScrubber(self._gw.all_credentials())
+            return Continue()
         self.phase = Phase.DONE if end_of_stream else Phase.RESPONSE
         try:
             self.info.status = int(headers.get(":status", "0"))
@@ -602,9 +617,14 @@ class RequestMachine:
         try:
             for stage in self._stages:
                 out = stage.finish(out) if end_of_stream else stage.feed(out)
-        except (BodyTooLarge, SseError, AnswerRefused) as exc:
+        except (Uncheckable, SseError, AnswerRefused) as exc:
             # Nothing unchecked may pass: end the response instead (Envoy resets it).
+            self.info.failure = f"{type(exc).__name__}: {exc}"
             return self._reply(502, "unmaskable_response", f"the answer could not be checked: {exc}")
+        except Exception as exc:
+            # The class name goes to the one-line log (``info.failure``), never to the caller.
+            self.info.failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return self._reply(502, "unmaskable_response", "the answer could not be checked")
         before = scrubber.replaced
         out = scrubber.feed(out)
         if end_of_stream:
@@ -684,6 +704,12 @@ class RequestMachine:
             if d.status >= 500:
                 code = "policy_error"
             return self._reply(d.status, code, d.message, rule_id=d.rule_id)
+        if d.opaque and p.api in ("openai", "anthropic") and not p.allows_uninspectable(path):
+            # Content rules cannot see into it, so on a model API it would be a way around them.
+            return self._reply(403, "uninspectable_body",
+                               f"this request's body is not JSON, so the gateway cannot apply the content policy "
+                               f"to it; {p.name!r} forwards such bodies only on paths listed in its "
+                               f"allow_uninspectable setting")
         if d.action == "require_approval":
             settings = self._gw.approvals
             if settings is None:

@@ -152,16 +152,35 @@ def inspection_spec(cfg: Config) -> InspectionSpec:
 
 def validate_sections(cfg: Config) -> None:
     """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
-    policy(cfg)
+    pol = policy(cfg)
     inspection(cfg)
     response_masking(cfg)
-    approvals(cfg)
+    settings = approvals(cfg)
     recording(cfg)
-    tools(cfg)
+    tool_policy, _ = tools(cfg)
+    if settings is not None:
+        _check_approval_rules(cfg, settings, pol, tool_policy)
+
+
+def _check_approval_rules(cfg: Config, settings: ApprovalSettings, pol: Policy, tool_policy: ToolPolicy) -> None:
+    """``approvals.rules`` keys name rules that hold requests; a typo would leave a rule that
+    nobody may approve (and approvers who think they cover it)."""
+    holding = {r.id for r in pol.rules if r.action == "require_approval"}
+    holding |= {r.id for r in tool_policy.rules if r.action == "require_approval"}
+    known = {r.id for r in pol.rules} | {r.id for r in tool_policy.rules}
+    for rid in settings.rules:
+        if rid == "*" or rid in holding:
+            continue
+        what = "is not a require_approval rule" if rid in known else "names no rule in policy.rules or tools.rules"
+        hint = f" (rules that hold requests: {', '.join(sorted(holding))})" if holding else ""
+        raise _located(cfg)(f"approvals.rules.{rid}", f"{rid!r} {what}{hint}")
 
 
 def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
     tool_policy, model_calls = tools(cfg)
+    pol, settings = policy(cfg), approvals(cfg)
+    if settings is not None:
+        _check_approval_rules(cfg, settings, pol, tool_policy)  # a reload refuses it too
     return Gateway(
         router=Router(cfg.providers),
         credential=creds.get,
@@ -169,9 +188,9 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         clock=time.time,
         new_id=lambda: uuid.uuid4().hex,
         timer=time.perf_counter,
-        policy=policy(cfg),
+        policy=pol,
         governed=cfg.raw.get("policy") is not None,
-        approvals=approvals(cfg),
+        approvals=settings,
         recording=recording(cfg),
         tools=tool_policy,
         model_tool_calls=model_calls,

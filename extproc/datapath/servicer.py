@@ -34,6 +34,7 @@ from extproc.datapath.machine import (
     NeedIdentity,
     NeedInspection,
     NeedRecordStart,
+    Phase,
     ProtocolError,
     RecordEntries,
     Reply,
@@ -192,17 +193,31 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 hist = self._message_seconds.get(kind or "")
                 if hist is not None:
                     hist.observe(time.perf_counter() - t0)
-                yield resp
                 if resp.HasField("immediate_response"):
                     outcome = machine.info.error_code or "refused"
+                    if machine.info.failure is not None:
+                        log.warning("answer to request %s cut off (%s): %s", machine.info.request_id,
+                                    outcome, machine.info.failure)
+                    yield resp
                     return
+                yield resp
             outcome = "ok" if machine.info.status is not None else "incomplete"
         except ProtocolError as exc:
             outcome = "protocol_error"
             m.stream_errors.labels("protocol").inc()
             log.warning("ext_proc protocol error for request %s: %s", _log_id(machine.info.request_id), exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:
+            outcome = "internal_error"
+            m.stream_errors.labels("internal").inc()
+            log.error("ext_proc failed on request %s: %s: %s", machine.info.request_id, type(exc).__name__,
+                      str(exc)[:200])
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
+            if outcome == "incomplete" and machine.phase is Phase.DONE and machine.info.error_code is None:
+                # Envoy may cancel the stream once it has the last answer it needs, before we see
+                # the end of the request iterator; the exchange itself completed.
+                outcome = "ok"
             self.inflight -= 1
             m.streams_inflight.dec()
             self._account(machine, outcome)

@@ -101,6 +101,9 @@ class Proc:
     log_path: Path
     env: dict[str, str] | None = None
     cwd: str | None = None
+    #: SIGTERM the child when this process dies, even by SIGKILL (Linux): a stack left running
+    #: by a killed ``extproc dev`` would hold its ports and refuse the next ``make run``.
+    die_with_parent: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> Proc:
@@ -114,6 +117,7 @@ class Proc:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent and sys.platform.startswith("linux") else None,
         )
         log.close()
         return self
@@ -178,7 +182,14 @@ def wait_http(url: str, timeout: float, proc: Proc | None = None, *, expect: int
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")
 
 
-def start_redis(port: int, log_dir: Path) -> Proc:
+def _die_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
+def start_redis(port: int, log_dir: Path, *, die_with_parent: bool = False) -> Proc:
     """A throwaway Redis that keeps nothing on disk."""
     binary = find_redis_server()
     if binary is None:
@@ -190,6 +201,7 @@ def start_redis(port: int, log_dir: Path) -> Proc:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(log_dir)],
         log_dir / "redis.log",
+        die_with_parent=die_with_parent,
     ).start()
     wait_tcp("127.0.0.1", port, 10, proc)
     return proc

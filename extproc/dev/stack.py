@@ -37,10 +37,25 @@ def run_dev(config_path: str, *, run_dir: Path) -> int:
         for p in reversed(procs):
             p.stop()
 
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        if not up:
+            raise KeyboardInterrupt  # still starting: unwind, which stops what was started
+
+    up = False
+    # Ctrl-C, a kill, or the terminal closing (SIGHUP): every child runs in a session of its
+    # own (so Ctrl-C reaches only us), so none of them gets the terminal's signal; we stop them.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         if not env.get("REDIS_URL"):
             port = free_port()
-            procs.append(start_redis(port, logs))
+            procs.append(start_redis(port, logs, die_with_parent=True))
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             _say(f"redis:      throwaway redis-server on 127.0.0.1:{port} (set REDIS_URL to use your own)")
         else:
@@ -74,16 +89,21 @@ def run_dev(config_path: str, *, run_dir: Path) -> int:
         if demo is not None:
             _, host, port, _ = demo.upstream
             procs.append(Proc("demo-model", [*exe, "demo-model", "--host", host, "--port", str(port)],
-                              logs / "demo-model.log", env=env).start())
+                              logs / "demo-model.log", env=env,
+                              die_with_parent=True).start())
             wait_http(f"http://{host}:{port}/healthz", 20, procs[-1])
-        procs.append(Proc("extproc", [*exe, "serve", "--config", config_path], logs / "extproc.log", env=env).start())
+        procs.append(Proc("extproc", [*exe, "serve", "--config", config_path], logs / "extproc.log", env=env,
+                          die_with_parent=True).start())
         wait_http(f"http://{cfg.admin.http.address}:{cfg.admin.http.port}/readyz", 30, procs[-1])
+        # A base id of its own: with the default one, a second Envoy on the machine (the test
+        # suite's, another clone's stack) fails on the shared-memory region.
         argv = envoy_argv(envoy_binary(), str(envoy_yaml), concurrency=cfg.envoy.concurrency,
                           cpu_limit_workers=read_cpu_limit_workers(), log_level="warn")
-        procs.append(Proc("envoy", argv,
-                          logs / "envoy.log", env=env).start())
+        procs.append(Proc("envoy", [*argv, "--use-dynamic-base-id"], logs / "envoy.log", env=env,
+                          die_with_parent=True).start())
         wait_http(f"http://{cfg.envoy_admin.address}:{cfg.envoy_admin.port}/ready", 30, procs[-1])
 
+        up = True  # from here a signal just ends the wait below
         gw = f"http://{cfg.listener.address}:{cfg.listener.port}"
         _say("")
         _say("extproc local stack is up.")
@@ -104,14 +124,6 @@ def run_dev(config_path: str, *, run_dir: Path) -> int:
         _say("")
         _say("Press Ctrl-C to stop.")
 
-        stopping = False
-
-        def on_signal(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
         while not stopping:
             dead = [p for p in procs if not p.alive]
             if dead:

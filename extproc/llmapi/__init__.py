@@ -26,9 +26,12 @@ __all__ = [
     "OPERATIONS",
     "Extraction",
     "JsonPath",
+    "NestingTooDeep",
     "TextRef",
+    "any_body",
     "estimate_tokens",
     "extract",
+    "load_bounded",
     "max_output_tokens",
     "normalize_path",
     "parse_json_object",
@@ -103,6 +106,9 @@ class Extraction:
     error: str | None = None
     #: Images, audio and files in the body (``extproc.llmapi.attachments.Attachment``).
     attachments: tuple[Any, ...] = ()
+    #: A body is present that nothing can read (not JSON: an upload, audio...). On a model
+    #: API route such a body is refused unless the route allows it (``allow_uninspectable``).
+    opaque: bool = False
 
 
 def normalize_path(path: str) -> str:
@@ -145,6 +151,23 @@ def parse_json(body: bytes | None) -> tuple[Any, str | None]:
     if _depth_exceeds(value, MAX_DEPTH):
         return None, f"request body is nested more than {MAX_DEPTH} levels deep"
     return value, None
+
+
+class NestingTooDeep(ValueError):
+    """JSON nested deeper than :data:`MAX_DEPTH` (or than Python's parser can follow)."""
+
+
+def load_bounded(text: str | bytes) -> Any:
+    """``json.loads`` for content from outside (upstream answers): ``ValueError`` for invalid
+    JSON, :class:`NestingTooDeep` past :data:`MAX_DEPTH` levels. Hostile nesting never reaches
+    the recursive code after parsing (masking, re-serialising), nor escapes as a RecursionError."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise NestingTooDeep(f"nested more than {MAX_DEPTH} levels deep") from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise NestingTooDeep(f"nested more than {MAX_DEPTH} levels deep")
+    return value
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -213,26 +236,32 @@ def extract(api: str, method: str, path: str, body: bytes | None) -> Extraction:
         return openai.extract(m, p, body)
     if api == "anthropic":
         return anthropic.extract(m, p, body)
-    return _generic(m, p, body)
+    return any_body("other", body)
 
 
-def _generic(method: str, path: str, body: bytes | None) -> Extraction:
-    # An API we do not model: every string of a JSON body is treated as prompt text, so
-    # content rules still apply; a non-JSON body is opaque (it may be a legitimate upload).
-    if not body:
-        return Extraction(operation="other", governed=False)
+def any_body(operation: str, body: bytes | None, model: str | None = None) -> Extraction:
+    """A body of an operation we do not model (a generic API, or an unknown path of a known one).
+
+    Every string of a JSON body is treated as prompt text, so content rules apply whatever the
+    operation is: an unknown path is no way around them. A non-JSON body is ``opaque``: it may
+    be a legitimate upload, and the route decides whether it may pass unread.
+    """
+    if not body or not body.strip():
+        return Extraction(operation=operation, governed=False, model=model)
     value, error = parse_json(body)
     if error is not None:
         # A body that looks like JSON but is broken (or evasively deep) is refused like
         # one on a known API; anything else is an opaque payload we do not claim to read.
         looks_json = body.lstrip()[:1] in (b"{", b"[")
-        return Extraction(operation="other", governed=looks_json, error=error if looks_json else None)
+        if looks_json:
+            return Extraction(operation=operation, governed=True, model=model, error=error)
+        return Extraction(operation=operation, governed=False, model=model, opaque=True)
     texts = tuple(TextRef(p, "value", s) for p, s in string_leaves(value, ()))
-    model = value.get("model") if isinstance(value, dict) else None
+    named = value.get("model") if isinstance(value, dict) else None
     return Extraction(
-        operation="other",
+        operation=operation,
         governed=True,
-        model=model if isinstance(model, str) else None,
+        model=named if isinstance(named, str) else model,
         stream=isinstance(value, dict) and value.get("stream") is True,
         texts=texts,
         max_output_tokens=max_output_tokens(value) if isinstance(value, dict) else None,

@@ -8,6 +8,7 @@ from extproc.llmapi import (
     Extraction,
     JsonPath,
     TextRef,
+    any_body,
     estimate_tokens,
     max_output_tokens,
     parse_json_object,
@@ -41,7 +42,8 @@ def operation_for(method: str, path: str) -> tuple[str, bool]:
 def extract(method: str, path: str, body: bytes | None) -> Extraction:
     operation, is_messages = operation_for(method, path)
     if operation == "models" or (operation == "other" and not is_messages):
-        return Extraction(operation=operation, governed=False)
+        # Not a prompt we model, but whatever it carries still leaves for the provider.
+        return any_body(operation, body)
     doc, error = parse_json_object(body)
     if doc is None:
         return Extraction(operation=operation, governed=True, error=error)

@@ -13,6 +13,7 @@ from extproc.llmapi import (
     Extraction,
     JsonPath,
     TextRef,
+    any_body,
     estimate_tokens,
     max_output_tokens,
     parse_json_object,
@@ -53,7 +54,8 @@ def operation_for(method: str, path: str) -> tuple[str, str | None]:
 def extract(method: str, path: str, body: bytes | None) -> Extraction:
     operation, deployment = operation_for(method, path)
     if operation in ("models", "other"):
-        return Extraction(operation=operation, governed=False, model=deployment)
+        # Not a prompt we model, but whatever it carries still leaves for the provider.
+        return any_body(operation, body, deployment)
     doc, error = parse_json_object(body)
     if doc is None:
         return Extraction(operation=operation, governed=True, model=deployment, error=error)

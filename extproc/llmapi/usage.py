@@ -67,7 +67,7 @@ class UsageTracker:
     def _take(self, raw: bytes) -> None:
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile nesting: the masker refuses the answer
             return
         if not isinstance(doc, dict):
             return

@@ -39,6 +39,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from extproc.errors import ExtprocError
+from extproc.llmapi import NestingTooDeep, load_bounded
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 from extproc.masking.normalised import NormalisedByteStreamMasker, NormalisedStreamingMasker, mask_text
 from extproc.masking.profile import MaskingProfile
@@ -51,8 +52,10 @@ __all__ = [
     "BodyMasker",
     "BodyTooLarge",
     "JsonBodyMasker",
+    "NestedTooDeep",
     "SseBodyMasker",
     "TextBodyMasker",
+    "Uncheckable",
     "UnmaskableContent",
     "body_masker_for",
     "is_text_content_type",
@@ -67,8 +70,16 @@ _TEXT_APPLICATION_TYPES = frozenset({
 })
 
 
-class BodyTooLarge(ExtprocError):
+class Uncheckable(ExtprocError):
+    """An answer this module cannot check; fail closed. The message is safe to show."""
+
+
+class BodyTooLarge(Uncheckable):
     """A body that must be buffered to be masked exceeds the limit; fail closed."""
+
+
+class NestedTooDeep(Uncheckable):
+    """JSON (a body or an SSE event) nested deeper than any API answer is; fail closed."""
 
 
 class UnmaskableContent(ExtprocError):
@@ -174,7 +185,9 @@ class JsonBodyMasker:
         text = bytes(self._buf).decode("utf-8", "replace")
         self._buf.clear()
         try:
-            doc = json.loads(text)
+            doc = load_bounded(text)
+        except NestingTooDeep as exc:
+            raise NestedTooDeep(f"the answer is {exc}") from None
         except ValueError:
             return self._mask_text(text).encode("utf-8")
         masker = _ValueMasker(self._profile, self.counts, signed_thinking=self._signed_thinking)
@@ -325,7 +338,9 @@ class SseBodyMasker:
         if ev.data.strip() == "[DONE]":
             return [*self._flush_where(lambda _k: True), ev]
         try:
-            obj = json.loads(ev.data)
+            obj = load_bounded(ev.data)
+        except NestingTooDeep as exc:
+            raise NestedTooDeep(f"an event of the answer is {exc}") from None
         except ValueError:
             return [_with_data(ev, self._whole.text(ev.data))]
         if not isinstance(obj, dict):

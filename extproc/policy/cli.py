@@ -27,7 +27,8 @@ __all__ = ["decision_json", "load_policy", "register", "request_from_mapping", "
 _REQUEST_KEYS = frozenset(
     {"user", "groups", "issuer", "workload", "provider", "method", "path", "content_type", "body"}
 )
-_EXPECT_KEYS = frozenset({"action", "rule_id", "mode", "status", "body_contains", "body_excludes", "budgets"})
+_EXPECT_KEYS = frozenset({"action", "rule_id", "mode", "status", "shadow_action", "body_contains", "body_excludes",
+                          "budgets"})
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -138,8 +139,11 @@ def decision_json(d: Decision) -> dict[str, Any]:
             body = d.body.decode("utf-8", "replace")
     return {
         "action": d.action,
-        "mode": d.mode,
+        # ``action`` is what is enforced; Decision.mode says "shadow" when a shadow rule would
+        # have been stricter, which beside an enforced action reads as if it were not enforced.
+        "mode": "enforce",
         "rule_id": d.rule_id,
+        "shadow": {"action": d.shadow_action, "rule_id": d.shadow_rule_id} if d.shadow_action else None,
         "message": d.message,
         "status": d.status,
         "shadow_action": d.shadow_action,
@@ -202,9 +206,11 @@ def _load_cases(cfg: Config, file: str) -> list[_Case]:
 
 def _mismatches(d: Decision, expect: Mapping[str, Any]) -> list[str]:
     out = []
-    for key in ("action", "rule_id", "mode", "status"):
-        if key in expect and expect[key] != getattr(d, key):
-            out.append(f"{key}: expected {expect[key]!r}, got {getattr(d, key)!r}")
+    got_values = {"action": d.action, "rule_id": d.rule_id, "mode": "enforce", "status": d.status,
+                  "shadow_action": d.shadow_action}
+    for key, got_value in got_values.items():
+        if key in expect and expect[key] != got_value:
+            out.append(f"{key}: expected {expect[key]!r}, got {got_value!r}")
     if "budgets" in expect:
         want = _as_list(expect["budgets"])
         got = list(dict.fromkeys(b.budget_id for b in d.budgets))

@@ -207,6 +207,7 @@ class Policy:
             error=ext.error,
             max_output_tokens=ext.max_output_tokens,
             policy_version=self.version,
+            opaque=ext.opaque,
         )
 
     def _attachments(self, ext: Extraction, held: list[Rule]) -> Decision | None:

@@ -100,6 +100,8 @@ class Decision:
     error: str | None = None
     max_output_tokens: int | None = None
     policy_version: str = ""
+    #: The request carries a body nothing could read (see ``Extraction.opaque``).
+    opaque: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,17 @@ def no_secret_anywhere(stack: Stack) -> Iterator[None]:
     assert stack.credential.encode() not in metrics and b"eyJ" not in metrics
 
 
+@pytest.fixture(scope="module")
+def long_holds(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second replica whose holds last two minutes: a hold ends only because a test ends it
+    (the main stack's 4-second holds race a loaded machine's CLI calls)."""
+    extra = {"approvals": {"hold_seconds": 120, "ttl_seconds": 300, "grant": "once",
+                           "rules": {"deal-approval": {"groups": ["legal"]},
+                                     "email-needs-approval": {"groups": ["legal"]}}}}
+    with Stack(tmp_path_factory.mktemp("long-holds"), parent=stack, extra_config=extra).running() as s:
+        yield s
+
+
 @pytest.fixture
 def fresh_upstream(stack: Stack) -> Stack:
     stack.upstream.reset()

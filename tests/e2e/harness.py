@@ -159,7 +159,7 @@ class Stack:
             ]},
             "providers": [
                 {"name": "fake", "api": "openai", "base_url": f"{up}/v1", "prefix": "/fake",
-                 "credential": {"env": "FAKE_PROVIDER_KEY"}},
+                 "credential": {"env": "FAKE_PROVIDER_KEY"}, "allow_uninspectable": ["/files"]},
                 {"name": "fakeanthropic", "api": "anthropic", "base_url": up, "prefix": "/anthropic",
                  "credential": {"file": str(self.cred_file)}},
                 {"name": "nokey", "api": "openai", "base_url": f"{up}/v1", "prefix": "/nokey",

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.e2e
 DEAL = "Please review this term sheet"
 
 
-def ask(s: Stack, token: str, text: str = DEAL) -> Any:
-    c = openai.OpenAI(api_key=token, base_url=s.gateway + "/fake", max_retries=0, timeout=30)
+def ask(s: Stack, token: str, text: str = DEAL, *, timeout: float = 30) -> Any:
+    c = openai.OpenAI(api_key=token, base_url=s.gateway + "/fake", max_retries=0, timeout=timeout)
     return c.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])  # type: ignore[arg-type]
 
 
@@ -166,19 +166,43 @@ def test_approval_given_on_another_replica_releases_the_held_request(
         other.stop()
 
 
-def test_many_held_requests_do_not_block_other_traffic(fresh_upstream: Stack) -> None:
-    s = fresh_upstream
+def test_many_held_requests_do_not_block_other_traffic(long_holds: Stack) -> None:
+    """50 requests held at once; unrelated requests complete while every one of them is still
+    pending; then all 50 are released explicitly (denied) and end with 403 at once."""
+    import grpc
+
+    from extproc.api.admin.v1 import approvals_pb2 as pb
+    from extproc.api.admin.v1 import approvals_pb2_grpc as pb_grpc
+
+    s = long_holds
+    s.upstream.reset()
+    approver = s.token(unique_user("lee"), groups=("legal",))
+    md = [("authorization", f"Bearer {approver}")]
+    before = pending_ids(s, approver)
     with concurrent.futures.ThreadPoolExecutor(60) as ex:
-        held = [ex.submit(ask, s, s.token(unique_user())) for _ in range(50)]
-        time.sleep(0.5)
-        for _ in range(10):  # unrelated requests go through while 50 are held
-            out = ask(s, s.token(unique_user()), "hello there")
-            assert out.choices[0].message.content
-        assert sum(1 for f in held if not f.done()) >= 45
-        assert len(s.upstream.requests) == 10
+        # The client waits longer than the hold: only the explicit release below ends them.
+        held = [ex.submit(ask, s, s.token(unique_user()), timeout=300) for _ in range(50)]
+        with grpc.insecure_channel(f"127.0.0.1:{s.ports['admin_grpc']}") as ch:
+            stub = pb_grpc.ApprovalsStub(ch)
+            deadline = time.monotonic() + 60
+            ids: set[str] = set()
+            while len(ids) < 50 and time.monotonic() < deadline:  # every hold is registered
+                listed = stub.ListPending(pb.ListPendingRequest(limit=500), metadata=md, timeout=10)
+                ids = {a.id for a in listed.approvals} - before
+                time.sleep(0.2)
+            assert len(ids) == 50
+            for _ in range(10):  # unrelated requests go through while all 50 are held
+                out = ask(s, s.token(unique_user()), "hello there")
+                assert out.choices[0].message.content
+            assert [f for f in held if f.done()] == []  # nothing ended the holds: they are all pending
+            assert len(s.upstream.requests) == 10
+            for aid in ids:
+                stub.Deny(pb.DecideRequest(id=aid, reason="test over"), metadata=md, timeout=10)
         for f in held:
-            with pytest.raises(openai.PermissionDeniedError):
-                f.result(timeout=20)
+            with pytest.raises(openai.PermissionDeniedError) as exc:
+                f.result(timeout=120)
+            assert exc.value.body["code"] == "approval_denied"  # type: ignore[index]
+    assert len(s.upstream.requests) == 10
 
 
 def test_ext_proc_dying_during_a_hold_fails_the_request_closed(

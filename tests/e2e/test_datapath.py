@@ -312,6 +312,8 @@ def test_ext_proc_down_fails_closed_then_recovers(fresh_upstream: Stack) -> None
         assert r.status_code == 503
         err = r.json()["error"]
         assert err["type"] == "service_unavailable" and err["request_id"] == r.headers["x-request-id"]
+        assert err["code"] == "extproc_unavailable" and err["message"]
+        assert b"gRPC" not in r.content and b"ext_proc_error" not in r.content  # no internals
         assert s.upstream.requests == []
         with pytest.raises(openai.InternalServerError):  # the SDK surfaces it as a typed error
             client(s, s.token()).chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]

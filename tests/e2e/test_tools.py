@@ -119,8 +119,8 @@ def test_pii_in_tool_results_and_arguments_is_masked(stack: Stack) -> None:
     assert s.mcp.calls == [("search", {"query": "[EMAIL]"})]  # arguments masked before forwarding
 
 
-def test_tool_requiring_approval_is_held_until_approved(stack: Stack) -> None:
-    s = stack
+def test_tool_requiring_approval_is_held_until_approved(long_holds: Stack) -> None:
+    s = long_holds
     s.mcp.calls.clear()
     approver = s.token("lee-tools", groups=("legal",))
     before = {a["id"] for a in json.loads(s.cli("approvals", "list", "--json", token=approver).stdout)}

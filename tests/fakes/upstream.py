@@ -175,6 +175,14 @@ class FakeUpstream:
             ctype = "application/json"
             pieces = [json.dumps({"method": req.method, "path": req.target, "headers": h,
                                   "body": req.body.decode("utf-8", "replace")}).encode()]
+        elif mode in ("deep-json", "deep-sse"):  # hostile nesting (x-fake-depth levels)
+            depth = int(h.get("x-fake-depth", "100000"))
+            doc = b"[" * depth + b"]" * depth
+            if mode == "deep-json":
+                ctype, pieces = "application/json", [doc]
+            else:
+                ctype, pieces = "text/event-stream", [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
+                                                      b"data: " + doc + b"\n\n"]
         elif mode == "text":
             ctype = "text/plain"
             pieces = [h.get("x-fake-body", "").encode()]

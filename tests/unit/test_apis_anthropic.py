@@ -88,8 +88,9 @@ def test_system_string() -> None:
         ("POST", "/messages", "messages", True),
         ("POST", "/v1/messages/count_tokens", "other", True),
         ("POST", "/v1/complete", "completions", True),
-        ("GET", "/v1/models", "models", False),
-        ("GET", "/v1/messages/batches", "other", False),
+        # not modelled, but the JSON body they carry is still read (every string)
+        ("GET", "/v1/models", "models", True),
+        ("GET", "/v1/messages/batches", "other", True),
     ],
 )
 def test_operations(method: str, path: str, operation: str, governed: bool) -> None:

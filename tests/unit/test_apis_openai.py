@@ -147,9 +147,15 @@ def test_unreadable_governed_body_is_an_error_not_empty(raw: bytes, why: str) ->
     assert ex.texts == ()
 
 
-def test_ungoverned_operations_do_not_read_the_body() -> None:
+def test_unmodelled_operations_read_a_json_body_and_flag_an_unreadable_one() -> None:
+    """No operation is a way around content rules: its JSON strings are texts; a body that is
+    not JSON is flagged ``opaque`` (a model API route refuses it unless allowed)."""
     ex = extract("openai", "GET", "/v1/models", b"\xff garbage")
-    assert ex.operation == "models" and ex.error is None and not ex.governed
+    assert ex.operation == "models" and ex.error is None and not ex.governed and ex.opaque
+    ex = extract("openai", "POST", "/v1/assistants", b'{"instructions": "secret plan", "n": [{"x": "y"}]}')
+    assert ex.operation == "other" and ex.governed and [t.text for t in ex.texts] == ["secret plan", "y"]
+    ex = extract("openai", "GET", "/v1/models", None)
+    assert ex.operation == "models" and not ex.governed and not ex.opaque
 
 
 def test_azure_deployment_is_the_model_when_body_has_none() -> None:

@@ -128,3 +128,17 @@ def test_redis_key_prefix(tmp_path: Path) -> None:
         f.write_text(yaml.safe_dump(base))
         with pytest.raises(ConfigError, match=r"redis\.key_prefix"):
             load_config(f, env={})
+
+
+def test_allow_uninspectable_is_a_list_of_narrow_path_patterns() -> None:
+    import copy
+
+    data = copy.deepcopy(BASE)
+    data["providers"][0]["allow_uninspectable"] = ["/files", "/audio/*"]
+    p = parse_config(data, env={}).providers[0]
+    assert p.allows_uninspectable("/files") and p.allows_uninspectable("/audio/transcriptions")
+    assert not p.allows_uninspectable("/chat/completions")
+    for bad in (["/*"], ["files"], ["*"], ["/"], "/files", [3]):
+        data["providers"][0]["allow_uninspectable"] = bad
+        with pytest.raises(ConfigError, match="allow_uninspectable"):
+            parse_config(data, env={})

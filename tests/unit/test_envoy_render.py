@@ -26,16 +26,28 @@ def test_every_config_in_envoy_dir_is_known() -> None:
 def test_committed_config_is_fresh(envoy_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     src = RENDERED[envoy_yaml].relative_to(REPO)
-    fresh = dump_yaml(load_config(src, env={}))
-    assert envoy_yaml.read_text() == fresh, f"stale: run `extproc envoy render {src} -o {envoy_yaml.relative_to(REPO)}`"
+    fresh = dump_yaml(load_config(src, env={}), dev_tls=False)
+    assert envoy_yaml.read_text() == fresh, "stale: run `make render`"
 
 
 @pytest.mark.parametrize("envoy_yaml", sorted(RENDERED), ids=lambda p: p.name)
-def test_committed_config_validates_with_real_envoy(envoy_yaml: Path, tmp_path: Path) -> None:
-    # Relative paths (the development certificate) resolve against the working directory.
-    ensure_dev_tls(tmp_path / ".run/tls/gateway.crt", tmp_path / ".run/tls/gateway.key")
-    ok, out = validate_envoy_config(envoy_yaml, cwd=tmp_path)
+def test_committed_config_validates_in_a_fresh_clone(envoy_yaml: Path, tmp_path: Path) -> None:
+    """A copy in a directory with nothing else (no .run/, as in a fresh clone) loads."""
+    clone = tmp_path / "clone"
+    (clone / "envoy").mkdir(parents=True)
+    copy = clone / "envoy" / envoy_yaml.name
+    copy.write_text(envoy_yaml.read_text())
+    ok, out = validate_envoy_config(copy, cwd=clone)
     assert ok, out
+    assert not (clone / ".run").exists()
+
+
+def test_the_dev_stack_render_keeps_its_tls_listener() -> None:
+    cfg = load_config(REPO / "examples" / "extproc.yaml", env={})
+    assert cfg.tls is not None and cfg.tls.generated
+    names = [lst["name"] for lst in render_envoy(cfg)["staticResources"]["listeners"]]
+    assert names == ["http", "https"]
+    assert [lst["name"] for lst in render_envoy(cfg, dev_tls=False)["staticResources"]["listeners"]] == ["http"]
 
 
 def _find(d: object, key: str) -> list[object]:
@@ -60,10 +72,13 @@ def test_rendered_config_properties() -> None:
     assert p.get("failureModeAllow", False) is False  # fail closed
     assert p["processingMode"]["responseBodyMode"] == "STREAMED"
     assert p["messageTimeout"] == "2s" and p["maxMessageTimeout"] == "600s"
-    routes = _find(doc, "routes")[0]
-    assert {r["name"] for r in routes} >= {"openai", "openai-exact"}  # type: ignore[index]
-    assert all(r["requestHeadersToRemove"] == ["accept-encoding"] for r in routes)  # type: ignore[union-attr]
-    assert all(r["route"]["timeout"] == "0s" for r in routes)  # type: ignore[union-attr]
+    all_routes = _find(doc, "routes")[0]
+    assert isinstance(all_routes, list)
+    *routes, last = all_routes
+    assert last["name"] == "no-route" and last["directResponse"]["status"] == 404  # everything else: JSON 404
+    assert {r["name"] for r in routes} >= {"openai", "openai-exact"}
+    assert all(r["requestHeadersToRemove"] == ["accept-encoding"] for r in routes)
+    assert all(r["route"]["timeout"] == "0s" for r in routes)
     clusters = {c["name"]: c for c in doc["staticResources"]["clusters"]}
     tls = clusters["provider_openai"]["transportSocket"]["typedConfig"]
     assert tls["sni"] == "api.openai.com"
@@ -83,3 +98,36 @@ def test_every_example_renders_and_validates(tmp_path: Path) -> None:
         out.write_text(dump_yaml(load_config(src, env={})))
         ok, msg = validate_envoy_config(out, cwd=tmp_path)
         assert ok, f"{src.name}: {msg}"
+
+
+def test_paths_are_normalised_and_escaped_slashes_refused() -> None:
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    for hcm in _find(doc, "pathWithEscapedSlashesAction"):
+        assert hcm == "REJECT_REQUEST"
+    assert _find(doc, "normalizePath") == [True, True] and _find(doc, "mergeSlashes") == [True, True]
+    assert len(_find(doc, "pathWithEscapedSlashesAction")) == 2  # both listeners
+
+
+def test_ext_proc_runs_only_on_routed_requests() -> None:
+    """Disabled in the filter chain, enabled on the virtual host: a codec error (no route yet)
+    never opens an ext_proc stream, which would swallow Envoy's answer (envoyproxy/envoy#29440)."""
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    chain = _find(doc, "httpFilters")[0]
+    assert isinstance(chain, list)
+    filters = [f for f in chain if f["name"] == "envoy.filters.http.ext_proc"]
+    assert [f.get("disabled") for f in filters] == [True]
+    vhosts = _find(doc, "virtualHosts")[0]
+    assert isinstance(vhosts, list)
+    (vhost,) = vhosts
+    assert "envoy.filters.http.ext_proc" in vhost["typedPerFilterConfig"]
+
+
+def test_every_local_reply_has_a_documented_code() -> None:
+    from extproc.config.envoy import LOCAL_REPLIES
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Errors"):readme.index("## Configuration reference")]
+    for lr in LOCAL_REPLIES:
+        assert f"`{lr.code}`" in table, f"{lr.code} is not in the README's error table"
+        assert "ext_proc" not in lr.message and "gRPC" not in lr.message
+    assert LOCAL_REPLIES[-1].when == "true"  # nothing Envoy says falls through unmapped

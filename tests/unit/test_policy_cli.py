@@ -86,7 +86,9 @@ def test_explain_prints_every_match(tmp_path: Path, capsys: pytest.CaptureFixtur
     }
     assert run(["policy", "explain", f, "--request", json.dumps(request)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["action"] == "mask" and out["mode"] == "shadow" and out["shadow_rule_id"] == "s"
+    # the mask is enforced; the stricter shadow block is reported beside it, not as its mode
+    assert out["action"] == "mask" and out["mode"] == "enforce"
+    assert out["shadow"] == {"action": "block", "rule_id": "s"} and out["shadow_rule_id"] == "s"
     assert [m["rule_id"] for m in out["matches"]] == ["s", "m"]
     assert out["body"]["messages"][0]["content"] == "[REDACTED:m] y"
     req_file = tmp_path / "req.json"
