@@ -37,6 +37,7 @@ from extproc.config.model import Config, ConfigError, load_config
 from extproc.datapath.machine import Gateway
 from extproc.datapath.runtime import build_gateway
 from extproc.datapath.servicer import ExternalProcessor
+from extproc.datapath.uds import PeerGuard, bind_umask, prepare_socket_path
 from extproc.identity.credentials import CredentialStore
 from extproc.identity.jwt import Authenticator
 from extproc.recording import api as sessions_api
@@ -247,16 +248,28 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     if state.gateway.recording is not None:
         records = RecordsStore(state.store.client, state.gateway.recording)
         records_task = asyncio.create_task(_maintain_records(records, state.metrics))
+    ext = config.ext_proc
+    guard: PeerGuard | None = None
+    if ext.unix_path is not None:
+        guard = PeerGuard(ext.unix_path, frozenset(ext.peer_uids or (os.getuid(),)))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
-                                  approvals=gate, records=records)
+                                  approvals=gate, records=records, peer_guard=guard)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
     grpc_server = grpc.aio.server(options=options)
     ep_grpc.add_ExternalProcessorServicer_to_server(processor, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    ext_addr = f"{config.ext_proc.address}:{config.ext_proc.port}"
-    if grpc_server.add_insecure_port(ext_addr) == 0:
+    ext_addr = ext.target
+    if ext.unix_path is not None:
+        prepare_socket_path(ext.unix_path)
+        with bind_umask():  # created 0600; then exactly the configured mode
+            bound = grpc_server.add_insecure_port(ext_addr)
+        if bound:
+            os.chmod(ext.unix_path, ext.socket_mode)
+    else:
+        bound = grpc_server.add_insecure_port(ext_addr)
+    if bound == 0:
         raise OSError(f"cannot listen on {ext_addr} (ext_proc)")
 
     admin_grpc = grpc.aio.server(options=options)
@@ -270,13 +283,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         approvals_api.add_to_server(admin_grpc, redis=state.store.client, authenticator=state.authenticator,
                                     settings=state.gateway.approvals, waiter=waiter, notifier=notifier)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
-    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
-    if admin_grpc.add_insecure_port(admin_addr) == 0:
+    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}" if config.admin.grpc.enabled else "off"
+    if config.admin.grpc.enabled and admin_grpc.add_insecure_port(admin_addr) == 0:
         raise OSError(f"cannot listen on {admin_addr} (admin gRPC)")
 
     http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)
     await grpc_server.start()
-    await admin_grpc.start()
+    if config.admin.grpc.enabled:
+        await admin_grpc.start()
     for svc in ("", EXT_PROC_SERVICE):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     state.serving = True
@@ -330,7 +344,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await grpc_server.stop(0)
             await stopping
         cut.cancel()
-        await admin_grpc.stop(1)
+        if config.admin.grpc.enabled:
+            await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
         if records_task is not None:

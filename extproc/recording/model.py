@@ -490,9 +490,11 @@ class InteractionRecorder:
         route: str = "",
         caller: Identity | None = None,
         session_header: str | None = None,
+        client_request_id: str | None = None,
     ) -> None:
         """What is known from the request headers. ``session_header`` is the raw value of
-        ``settings.session_header`` (None when absent)."""
+        ``settings.session_header`` (None when absent). ``request_id`` is the gateway's;
+        ``client_request_id`` the caller's already validated correlation id (not a key)."""
         self.request_id = request_id or "-"
         self.user = caller.user if caller is not None else None
         self.session_id = session_from_header(session_header)
@@ -503,6 +505,7 @@ class InteractionRecorder:
             "kind": "start",
             "interaction_id": self.interaction_id,
             "request_id": self.request_id,
+            "client_request_id": client_request_id,
             "session_id": self.session_id,
             "session_source": "header" if self.session_id else "gap",
             "received_at_ms": _ms(self.received_at),
@@ -703,6 +706,7 @@ def summarize(view: Mapping[str, Any]) -> dict[str, Any]:
     usage = view.get("usage") or {}
     return {
         "request_id": view.get("request_id"),
+        "client_request_id": view.get("client_request_id"),
         "interaction_id": view.get("interaction_id"),
         "session_id": view.get("session_id"),
         "user": caller.get("user"),
@@ -736,6 +740,7 @@ def interaction_log_line(entry: Mapping[str, Any], complete: Mapping[str, Any] |
     return {
         "event": "interaction",
         "request_id": view.get("request_id"),
+        "client_request_id": view.get("client_request_id"),
         "interaction_id": view.get("interaction_id"),
         "session_id": view.get("session_id"),
         "user": caller.get("user"),

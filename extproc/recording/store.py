@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import json
 import logging
 import os
@@ -214,6 +215,14 @@ class RecordKeys:
 
     def index(self, kind: str, value: str | None = None) -> str:
         return f"{self.prefix}idx:{kind}" if value is None else f"{self.prefix}idx:{kind}:{value}"
+
+
+def client_request_key(value: object) -> str | None:
+    """The index key part for a client's ``x-request-id``: a digest, so a caller-chosen
+    string never becomes part of a Redis key name."""
+    if not isinstance(value, str) or not value:
+        return None
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
 def _s(v: Any) -> str:
@@ -425,6 +434,7 @@ class RecordsStore:
                 ("decision", decision.get("action") if isinstance(decision, dict) else None),
                 ("provider", doc.get("provider")),
                 ("model", doc.get("model")),
+                ("client_request_id", client_request_key(doc.get("client_request_id"))),
             ):
                 if value:
                     idx.append(k.index(name, str(value)))
@@ -554,11 +564,16 @@ class RecordsStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 50,
+        client_request_id: str | None = None,
     ) -> builtins.list[dict[str, Any]]:
-        """Interaction summaries, newest first, from the indexes (never a scan of the stream)."""
+        """Interaction summaries, newest first, from the indexes (never a scan of the stream).
+        ``client_request_id`` finds every interaction whose caller sent that ``x-request-id``
+        (callers choose it, so several users' requests may share one)."""
         k = self.keys
         filters = [k.index(n, v) for n, v in (("user", user), ("session", session), ("decision", decision),
-                                               ("provider", provider), ("model", model)) if v]
+                                               ("provider", provider), ("model", model),
+                                               ("client_request_id", client_request_key(client_request_id)))
+                   if v]
         keys = filters or [k.index("all")]
         lo = "-inf" if since is None else round(since * 1000)
         hi = "+inf" if until is None else round(until * 1000)

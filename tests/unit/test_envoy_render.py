@@ -83,3 +83,22 @@ def test_every_example_renders_and_validates(tmp_path: Path) -> None:
         out.write_text(dump_yaml(load_config(src, env={})))
         ok, msg = validate_envoy_config(out, cwd=tmp_path)
         assert ok, f"{src.name}: {msg}"
+
+
+def test_envoy_never_keeps_the_clients_request_id() -> None:
+    """The client's x-request-id is moved aside before Envoy's request-id logic, so Envoy's
+    own id (and the gateway's, set by ext_proc) is never the caller's choice."""
+    from extproc.config.envoy import CLIENT_REQUEST_ID_HEADER
+    from extproc.datapath import machine
+
+    assert CLIENT_REQUEST_ID_HEADER == machine.CLIENT_REQUEST_ID_HEADER
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    hcms = [h for h in _find(doc, "typedConfig")
+            if isinstance(h, dict) and h.get("@type", "").endswith("HttpConnectionManager")]
+    assert hcms
+    for hcm in hcms:
+        assert hcm.get("alwaysSetRequestIdInResponse", False) is False  # it would overwrite the gateway's id
+        (early,) = hcm["earlyHeaderMutationExtensions"]
+        steps = early["typedConfig"]["mutations"]
+        assert steps[-1] == {"remove": "x-request-id"}
+        assert steps[0] == {"remove": CLIENT_REQUEST_ID_HEADER}
