@@ -266,6 +266,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         with bind_umask():  # created 0600; then exactly the configured mode
             bound = grpc_server.add_insecure_port(ext_addr)
         if bound:
+            # The group is ours (Envoy's, in the sidecar), not one inherited from a setgid
+            # volume (an fsGroup emptyDir would hand it to every container of the pod).
+            os.chown(ext.unix_path, -1, os.getegid())
             os.chmod(ext.unix_path, ext.socket_mode)
     else:
         bound = grpc_server.add_insecure_port(ext_addr)

@@ -290,7 +290,11 @@ def _local_replies() -> LocalReplyConfig:
             content_type="application/json",
         )
 
-    from envoy_data_plane.envoy.config.core.v3 import HeaderValue, HeaderValueOption, HeaderValueOptionHeaderAppendAction
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HeaderValue,
+        HeaderValueOption,
+        HeaderValueOptionHeaderAppendAction,
+    )
 
     # Envoy's own replies (ext_proc down, body too large) carry the request's id, which is
     # never the client's (see _early_request_id) and is the gateway's once ext_proc set it.
@@ -328,7 +332,11 @@ def _early_request_id() -> TypedExtensionConfig:
     Envoy generates its own id, which ext_proc replaces with the gateway's record id.
     """
     from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as RuleMutation
-    from envoy_data_plane.envoy.config.core.v3 import HeaderValue, HeaderValueOption, HeaderValueOptionHeaderAppendAction
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HeaderValue,
+        HeaderValueOption,
+        HeaderValueOptionHeaderAppendAction,
+    )
     from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
         HeaderMutation as EarlyHeaderMutation,
     )

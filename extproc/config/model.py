@@ -422,10 +422,17 @@ class _Reader:
             return ()
         if not isinstance(v, list) or not v:
             raise self.error(p, f"must be a non-empty list of uids, got {_kind(v)}")
+        out: list[int] = []
         for i, uid in enumerate(v):
+            if isinstance(uid, str):  # "${EXTPROC_ENVOY_UID}": the injector tells the sidecar Envoy's uid
+                try:
+                    uid = int(_expand(uid, self.env))
+                except (ValueError, KeyError):
+                    raise self.error(f"{p}[{i}]", f"must be a uid (a non-negative integer), got {uid!r}") from None
             if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= 2**32 - 2:
                 raise self.error(f"{p}[{i}]", f"must be a uid (a non-negative integer), got {_kind(uid)}")
-        return tuple(v)
+            out.append(uid)
+        return tuple(out)
 
 
 def _join(path: str, key: str) -> str:

@@ -70,8 +70,8 @@ def prepare_socket_path(path: str) -> None:
 
 
 def peer_uid(sock: socket.socket) -> int:
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    return uid
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return int(uid)
 
 
 class PeerGuard:
@@ -89,7 +89,7 @@ class PeerGuard:
     def check(self) -> bool:
         """Shut down every connection from a peer that is not allowed; False if there was one."""
         clean = True
-        present: dict[str, bool] = {}
+        present: dict[str, bool | None] = {}
         try:
             fds = os.listdir("/proc/self/fd")
         except OSError:
