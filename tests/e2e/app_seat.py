@@ -12,7 +12,8 @@ every unix socket (``/proc/net/unix``) it can see and, on each, tries:
 
 It prints one JSON report with every status and every byte it got back (base64), so the test
 can look for the credential in all of it. Argument: a JSON object with ``token``, ``skip_ports``
-(the outside world: Redis, the fake upstream) and ``gateway_port``.
+(the outside world: Redis, the fake upstream), ``gateway_port`` and, for a client pod in
+gateway mode, ``remote_host`` (the gateway pod's address: every port on it is tried).
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ def tcp_listeners() -> list[tuple[str, int]]:
                 host = f"[{host}]"
             out.add((host, port))
     return sorted(out)
+
+
+def remote_listeners(host: str) -> list[tuple[str, int]]:
+    """Every TCP port that accepts a connection on another pod's address (a client pod's
+    view of the gateway pod: its loopback is not ours to list)."""
+    found = []
+    for port in range(1, 65536):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(1)
+        try:
+            if s.connect_ex((host, port)) == 0:
+                found.append((host, port))
+        finally:
+            s.close()
+    return found
 
 
 def unix_sockets() -> list[str]:
@@ -156,7 +172,8 @@ def main() -> int:
     token, skip = args["token"], set(args["skip_ports"])
     report: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
                               "tcp": [], "unix": []}
-    for host, port in tcp_listeners():
+    remote = args.get("remote_host")
+    for host, port in (remote_listeners(remote) if remote else tcp_listeners()):
         if port in skip:
             continue
         entry: dict[str, Any] = {"host": host, "port": port}
@@ -167,7 +184,7 @@ def main() -> int:
     for path in unix_sockets():
         report["unix"].append(probe_unix(path, token))
     # The one door that should open: the gateway, with the app's own token.
-    conn = http.client.HTTPConnection("127.0.0.1", args["gateway_port"], timeout=10)
+    conn = http.client.HTTPConnection(remote or "127.0.0.1", args["gateway_port"], timeout=10)
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     try:
         conn.request("POST", "/fake/chat/completions", body=body,

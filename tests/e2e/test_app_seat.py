@@ -45,6 +45,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_UID, APP_UID = 101, 1000
 GATEWAY, ADMIN, PROBE, REDIS, UPSTREAM = 10000, 9100, 15021, 6379, 18080
+GATEWAY_POD_IP, CLIENT_POD_IP = "10.211.0.1", "10.211.0.2"
 CANNED = json.dumps({"id": "c", "object": "chat.completion", "model": "m",
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
                                   "finish_reason": "stop"}],
@@ -102,13 +103,20 @@ class Pod:
                 raise AssertionError(f"{proc.name} not ready at {url}:\n{proc.log_path.read_text()[-4000:]}")
             time.sleep(0.3)
 
-    def config(self) -> dict[str, Any]:
-        """The shipped sidecar config, with its private paths under this pod's directory."""
+    #: Where Envoy says it is ready (the probe listener in the sidecar).
+    ready_port = PROBE
+
+    def listeners(self) -> dict[str, Any]:
+        """The shipped sidecar config's listeners, with the private paths under this pod's directory."""
         cfg: dict[str, Any] = yaml.safe_load((REPO / "k8s/base/config/extproc.yaml").read_text())
-        lst = cfg["listeners"]
+        lst: dict[str, Any] = cfg["listeners"]
         for name in ("ext_proc", "envoy_admin"):
             lst[name]["address"] = lst[name]["address"].replace("/var/run/extproc/private", str(self.private))
         assert (lst["http"]["port"], lst["admin"]["port"], lst["envoy_probe"]["port"]) == (GATEWAY, ADMIN, PROBE)
+        return lst
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"version": 1, "listeners": self.listeners()}
         _, jwks = ensure_dev_issuer(self.work / "dev")
         cfg["redis"] = {"url": f"redis://127.0.0.1:{REDIS}/0"}
         cfg["identity"] = {"issuers": [{"issuer": "https://extproc.local/dev", "audiences": ["extproc"],
@@ -147,20 +155,22 @@ class Pod:
                                                          str(self.work / "envoy.yaml"), "--base-id", str(free_port()),
                                                          "--log-level", "warn"),
                                    logs / "envoy.log").start()
-        self.wait(f"http://127.0.0.1:{PROBE}/ready", self.procs["envoy"])
+        self.wait(f"http://127.0.0.1:{self.ready_port}/ready", self.procs["envoy"])
 
     def token(self, sub: str) -> str:
         key, _ = ensure_dev_issuer(self.work / "dev")
         return mint_token(key.read_text(), subject=sub, groups=("engineering",))
 
-    def app(self, *, sees_private: bool = False, groups: tuple[int, ...] = ()) -> dict[str, Any]:
-        """Run the hostile app; by default as the injected pod has it (no private volume)."""
+    def app(self, *, sees_private: bool = False, groups: tuple[int, ...] = (), ns: str | None = None,
+            remote_host: str | None = None) -> dict[str, Any]:
+        """Run the hostile app; by default as the injected pod has it (no private volume).
+        ``ns``/``remote_host``: a client pod in namespace ``ns`` calling this pod at that address."""
         args = json.dumps({"uid": APP_UID, "gid": APP_UID, "groups": list(groups), "token": self.token("app"),
-                           "skip_ports": [REDIS, UPSTREAM], "gateway_port": GATEWAY})
+                           "skip_ports": [REDIS, UPSTREAM], "gateway_port": GATEWAY, "remote_host": remote_host})
         script = str(REPO / "tests/e2e/app_seat.py")
         hide = "" if sees_private else f"mount -t tmpfs -o mode=0755 none {self.private} && "
-        cmd = self.in_ns("unshare", "--mount", "--propagation", "private", "sh", "-c",
-                         f'{hide}exec "$0" "$@"', sys.executable, script, args)
+        cmd = ["ip", "netns", "exec", ns or self.ns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f'{hide}exec "$0" "$@"', sys.executable, script, args]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=str(REPO),
                              env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
         assert out.returncode == 0, out.stderr[-4000:]
@@ -173,6 +183,42 @@ class Pod:
             if name in self.procs:
                 self.procs[name].stop()
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
+
+
+class GatewayPod(Pod):
+    """The shared gateway (``k8s/overlays/gateway``): its listeners as shipped, and a client
+    pod in a network namespace of its own joined to this one by a veth pair."""
+
+    ready_port = 9901  # Envoy's admin, on the gateway pod's own loopback
+
+    @property
+    def client_ns(self) -> str:
+        return self.ns + "-c"
+
+    def listeners(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = yaml.safe_load((REPO / "k8s/overlays/gateway/config/extproc.yaml").read_text())
+        lst: dict[str, Any] = cfg["listeners"]
+        assert (lst["http"]["port"], lst["admin"]["port"], lst["envoy_admin"]["port"]) == (GATEWAY, ADMIN, 9901)
+        return lst
+
+    def start(self) -> None:
+        super().start()
+        subprocess.run(["ip", "netns", "add", self.client_ns], check=True)
+        tag = secrets.token_hex(3)
+        for cmd in (["ip", "link", "add", f"xg{tag}", "type", "veth", "peer", "name", f"xc{tag}"],
+                    ["ip", "link", "set", f"xg{tag}", "netns", self.ns],
+                    ["ip", "link", "set", f"xc{tag}", "netns", self.client_ns],
+                    self.in_ns("ip", "addr", "add", f"{GATEWAY_POD_IP}/30", "dev", f"xg{tag}"),
+                    self.in_ns("ip", "link", "set", f"xg{tag}", "up"),
+                    ["ip", "netns", "exec", self.client_ns, "ip", "addr", "add", f"{CLIENT_POD_IP}/30", "dev",
+                     f"xc{tag}"],
+                    ["ip", "netns", "exec", self.client_ns, "ip", "link", "set", f"xc{tag}", "up"],
+                    ["ip", "netns", "exec", self.client_ns, "ip", "link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True)
+
+    def stop(self) -> None:
+        super().stop()  # deleting a namespace deletes its end of the veth pair, and so the pair
+        subprocess.run(["ip", "netns", "del", self.client_ns], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +301,32 @@ def test_an_app_in_the_sockets_group_is_refused_by_the_peer_check(pod: Pod) -> N
     assert pod.key.encode() not in everything_received(report)
     assert "refused a connection from uid 1000" in pod.procs["extproc"].log_path.read_text()
     assert pod.procs["envoy"].alive and pod.ns_get(f"http://127.0.0.1:{PROBE}/ready") == 200
+
+
+@pytest.fixture(scope="module")
+def gateway_pod() -> Iterator[GatewayPod]:
+    require_root()
+    work = Path(tempfile.mkdtemp(prefix="extproc-seat-gw-"))
+    os.chmod(work, 0o755)
+    p = GatewayPod(work, f"extproc-gw-{secrets.token_hex(4)}")
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_from_a_client_pods_seat_the_gateway_pod_offers_only_the_gateway(gateway_pod: GatewayPod) -> None:
+    """Gateway mode: a client pod tries every TCP port of the gateway pod's address."""
+    p = gateway_pod
+    report = p.app(ns=p.client_ns, remote_host=GATEWAY_POD_IP)
+    assert p.key.encode() not in everything_received(report)
+    assert {e["port"] for e in report["tcp"]} == {GATEWAY, ADMIN}  # loopback-bound listeners are not the pod IP
+    for entry in report["tcp"]:
+        assert entry["ext_proc"]["answered"] is False and entry["admin_grpc"]["answered"] is False, entry["port"]
+        for h in entry["http"]:
+            if (h["method"], h["path"]) in MUTATING or h["path"] == "/config_dump":
+                assert h.get("status") != 200, (entry["port"], h)
+    assert report["gateway"]["status"] == 200
+    assert p.procs["envoy"].alive
