@@ -146,7 +146,8 @@ def load(port: int, token: str, concurrency: int, duration: float,
             "summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests / "
             "(summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
             "end\n")
-        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(lua),
+        # wrk takes whole seconds only ("-d1.0s" is a usage error)
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "-s", str(lua),
                               f"http://127.0.0.1:{port}{path}"],
                              capture_output=True, text=True, check=True).stdout
         line = next(line for line in out.splitlines() if line.startswith("JSON "))
@@ -284,10 +285,14 @@ def main() -> int:
                 "auth-unix/auth c1 throughput": u["c1"]["rps"] / t["c1"]["rps"],
                 "auth-unix-auth c1 added p50 ms": u["c1"]["p50_ms"] - t["c1"]["p50_ms"]}
         ratios.update(unix)
+        guard = bench_peer_guard()
+        results["peer_guard_us"] = guard
         print()
         print("ext_proc over a unix socket (+ SO_PEERCRED guard) vs TCP, same run")
         for k, v in unix.items():
             print(f"  {k:<32} {v:6.3f}")
+        print(f"  peer guard per stream: {guard['fast_path']} us (no new connection), "
+              f"{guard['scan']} us (a new connection: scan of {guard['descriptors']} descriptors)")
     if args.only:
         return _write(results, ratios, Path(args.out))
     sse = results.get("sse")
@@ -342,6 +347,38 @@ def main() -> int:
           f"direct (adds {tools['added_p50_ms']} ms); p99 {tools['gateway_p99_ms']} vs {tools['direct_p99_ms']} ms")
 
     return _write(results, ratios, Path(args.out))
+
+
+def bench_peer_guard(n: int = 300) -> dict[str, float]:
+    """The SO_PEERCRED guard's own cost, in this process (4 connections, 40 other sockets)."""
+    import socket
+    import time
+
+    from extproc.datapath.uds import PeerGuard
+
+    path = tempfile.mkdtemp(prefix="extproc-guard-") + "/s.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        srv.listen(8)
+        clients = [socket.socket(socket.AF_UNIX) for _ in range(4)]
+        for c in clients:
+            c.connect(path)
+        held = [srv.accept()[0] for _ in clients] + [socket.socket() for _ in range(40)] + clients
+        guard = PeerGuard(path, frozenset({os.getuid()}))
+        guard.check()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            guard.check()
+        t1 = time.perf_counter()
+        for _ in range(n):
+            guard._scan()
+        t2 = time.perf_counter()
+        out = {"fast_path": round((t1 - t0) / n * 1e6, 1), "scan": round((t2 - t1) / n * 1e6, 1),
+               "descriptors": len(os.listdir("/proc/self/fd"))}
+        for s in held:
+            s.close()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    return out
 
 
 def _write(results: dict[str, Any], ratios: dict[str, float], out: Path) -> int:
