@@ -6,10 +6,12 @@ canned chat completion, so the upstream is never the bottleneck):
   (a) envoy        Envoy alone routing to the upstream
   (b) noop         Envoy + a do-nothing ext_proc server (same processing mode)
   (c) auth         Envoy + extproc with authentication and credential injection
+  (c') auth-unix   (c) with ext_proc on a unix socket and its SO_PEERCRED guard (the sidecar)
   (d) policy20     (c) plus a 20-rule policy (when the policy engine is present)
 
 Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios (c)/(a) and
 (c)/(b), and the ext_proc process's resident memory; writes JSON to bench/results/.
+``--only auth,auth-unix`` runs just those rows.
 Only 127.0.0.1 is ever loaded.
 """
 
@@ -91,7 +93,7 @@ def upstream_envoy(port: int, admin: int) -> dict[str, Any]:
 
 
 def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: str,
-                   policy: Any = None) -> Path:
+                   policy: Any = None, *, unix: bool = False) -> Path:
     _, jwks = ensure_dev_issuer(work / "dev")
     cfg: dict[str, Any] = {
         "version": 1,
@@ -111,7 +113,10 @@ def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: 
         cfg["recording"] = {"mode": "required", "spool": {"path": str(work / "spool.jsonl")}}
     elif policy is not None:
         cfg["policy"] = policy
+    if unix:  # the sidecar's layout: ext_proc over a unix socket (with the SO_PEERCRED guard)
+        cfg["listeners"]["ext_proc"] = {"address": f"unix:{work / 'private' / 'ext_proc.sock'}"}
     tag = "recording" if policy == "recording" else len(policy.get("rules", [])) if policy is not None else "auth"
+    tag = f"{tag}-unix" if unix else tag
     path = work / f"extproc-{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -141,7 +146,8 @@ def load(port: int, token: str, concurrency: int, duration: float,
             "summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests / "
             "(summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
             "end\n")
-        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(lua),
+        # wrk takes whole seconds only ("-d1.0s" is a usage error)
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "-s", str(lua),
                               f"http://127.0.0.1:{port}{path}"],
                              capture_output=True, text=True, check=True).stdout
         line = next(line for line in out.splitlines() if line.startswith("JSON "))
@@ -158,6 +164,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "datapath.json"))
+    ap.add_argument("--only", help="comma-separated scenarios to run (default: all)")
     args = ap.parse_args()
     import logging
 
@@ -185,7 +192,8 @@ def main() -> int:
         ports = dict(zip(names, free_ports(len(names)), strict=True))
         # policy0: a policy section without rules, so request bodies reach ext_proc: the cost of
         # the extra round trip alone, against which the 20 rules are measured.
-        scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None),
+        # auth-unix: (c) with ext_proc on a unix socket, as in the sidecar, measured next to (c).
+        scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None), ("auth-unix", None),
                                             ("policy0", {"rules": []}), ("recorded", "recording")]
         bench_policy = REPO / "examples" / "policy-bench.yaml"
         if bench_policy.exists():
@@ -198,8 +206,11 @@ def main() -> int:
                         b[k] = 10**12
             scenarios.append(("policy20", pol))
 
+        if args.only:
+            wanted = set(args.only.split(","))
+            scenarios = [sc for sc in scenarios if sc[0] in wanted]
         for name, policy in scenarios:
-            cfg_path = gateway_config(work, ports, up_port, redis_url, policy)
+            cfg_path = gateway_config(work, ports, up_port, redis_url, policy, unix=name.endswith("-unix"))
             cfg = load_config(cfg_path, env=env)
             gw_yaml = work / f"gateway-{name}.yaml"
             gw_yaml.write_text(yaml.safe_dump(render_envoy(cfg, ext_proc=name != "envoy")))
@@ -268,6 +279,22 @@ def main() -> int:
             print(f"  {k:<32} {v:6.3f}")
         print("  targets: auth/noop c16 >= 0.9; added p50 at c1 <= 0.5 ms; policy20/auth >= 0.9; recorded/auth >= 0.85")
         print("  (auth alone needs no request body; policy0 shows what the body round trip itself costs)")
+    if {"auth", "auth-unix"} <= rows.keys():
+        t, u = rows["auth"], rows["auth-unix"]
+        unix = {"auth-unix/auth c16 throughput": u["c16"]["rps"] / t["c16"]["rps"],
+                "auth-unix/auth c1 throughput": u["c1"]["rps"] / t["c1"]["rps"],
+                "auth-unix-auth c1 added p50 ms": u["c1"]["p50_ms"] - t["c1"]["p50_ms"]}
+        ratios.update(unix)
+        guard = bench_peer_guard()
+        results["peer_guard_us"] = guard
+        print()
+        print("ext_proc over a unix socket (+ SO_PEERCRED guard) vs TCP, same run")
+        for k, v in unix.items():
+            print(f"  {k:<32} {v:6.3f}")
+        print(f"  peer guard per stream: {guard['fast_path']} us (no new connection), "
+              f"{guard['scan']} us (a new connection: scan of {guard['descriptors']} descriptors)")
+    if args.only:
+        return _write(results, ratios, Path(args.out))
     sse = results.get("sse")
     if sse:
         size = len(SSE.encode()) / 1e6
@@ -330,8 +357,43 @@ def main() -> int:
           f"{iso['small_during_p50_ms']} ms during (+{iso['small_added_p50_ms']} ms, n={iso['small_during_n']}), "
           f"errors {iso['small_errors']}  (target: +100 ms at most, no errors)")
 
+    return _write(results, ratios, Path(args.out))
+
+
+def bench_peer_guard(n: int = 300) -> dict[str, float]:
+    """The SO_PEERCRED guard's own cost, in this process (4 connections, 40 other sockets)."""
+    import socket
+    import time
+
+    from extproc.datapath.uds import PeerGuard
+
+    path = tempfile.mkdtemp(prefix="extproc-guard-") + "/s.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        srv.listen(8)
+        clients = [socket.socket(socket.AF_UNIX) for _ in range(4)]
+        for c in clients:
+            c.connect(path)
+        held = [srv.accept()[0] for _ in clients] + [socket.socket() for _ in range(40)] + clients
+        guard = PeerGuard(path, frozenset({os.getuid()}))
+        guard.check()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            guard.check()
+        t1 = time.perf_counter()
+        for _ in range(n):
+            guard._scan()
+        t2 = time.perf_counter()
+        out = {"fast_path": round((t1 - t0) / n * 1e6, 1), "scan": round((t2 - t1) / n * 1e6, 1),
+               "descriptors": len(os.listdir("/proc/self/fd"))}
+        for s in held:
+            s.close()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    return out
+
+
+def _write(results: dict[str, Any], ratios: dict[str, float], out: Path) -> int:
     results["ratios"] = ratios
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")

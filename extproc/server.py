@@ -40,6 +40,7 @@ from extproc.config.model import Config
 from extproc.datapath.machine import Gateway
 from extproc.datapath.runtime import build_gateway
 from extproc.datapath.servicer import ExternalProcessor
+from extproc.datapath.uds import PeerGuard, bind_umask, prepare_socket_path
 from extproc.datapath.workers import InspectorPool
 from extproc.errors import ConfigError
 from extproc.identity.credentials import CredentialStore
@@ -312,17 +313,33 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     if state.gateway.inspection.workers and state.gateway.inspection_spec is not None:
         inspector = InspectorPool(state.gateway.inspection.workers)
         await inspector.start(state.gateway.inspection_spec)
+    ext = config.ext_proc
+    guard: PeerGuard | None = None
+    if ext.unix_path is not None:
+        guard = PeerGuard(ext.unix_path, frozenset(ext.peer_uids or (os.getuid(),)))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
                                   approvals=gate, records=records, inspector=inspector,
-                                  max_message_timeout=config.envoy.max_message_timeout_seconds)
+                                  max_message_timeout=config.envoy.max_message_timeout_seconds,
+                                  peer_guard=guard)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
     grpc_server = grpc.aio.server(options=options)
     ep_grpc.add_ExternalProcessorServicer_to_server(processor, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    ext_addr = f"{config.ext_proc.address}:{config.ext_proc.port}"
-    if grpc_server.add_insecure_port(ext_addr) == 0:
+    ext_addr = ext.target
+    if ext.unix_path is not None:
+        prepare_socket_path(ext.unix_path)
+        with bind_umask():  # created 0600; then exactly the configured mode
+            bound = grpc_server.add_insecure_port(ext_addr)
+        if bound:
+            # The group is ours (Envoy's, in the sidecar), not one inherited from a setgid
+            # volume (an fsGroup emptyDir would hand it to every container of the pod).
+            os.chown(ext.unix_path, -1, os.getegid())
+            os.chmod(ext.unix_path, ext.socket_mode)
+    else:
+        bound = grpc_server.add_insecure_port(ext_addr)
+    if bound == 0:
         raise OSError(f"cannot listen on {ext_addr} (ext_proc)")
 
     admin_grpc = grpc.aio.server(options=options)
@@ -337,13 +354,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
                                     settings=state.gateway.approvals, waiter=waiter, notifier=notifier,
                                     prefix=config.redis_prefix)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
-    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
-    if admin_grpc.add_insecure_port(admin_addr) == 0:
+    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}" if config.admin.grpc.enabled else "off"
+    if config.admin.grpc.enabled and admin_grpc.add_insecure_port(admin_addr) == 0:
         raise OSError(f"cannot listen on {admin_addr} (admin gRPC)")
 
     http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)
     await grpc_server.start()
-    await admin_grpc.start()
+    if config.admin.grpc.enabled:
+        await admin_grpc.start()
     for svc in ("", EXT_PROC_SERVICE):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     state.serving = True
@@ -399,7 +417,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await grpc_server.stop(0)
             await stopping
         cut.cancel()
-        await admin_grpc.stop(1)
+        if config.admin.grpc.enabled:
+            await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
         for task in records_tasks:

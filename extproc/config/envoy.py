@@ -44,8 +44,10 @@ from envoy_data_plane.envoy.config.core.v3 import (
     GrpcServiceEnvoyGrpc,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
+    Pipe,
     SocketAddress,
     TransportSocket,
+    TypedExtensionConfig,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import (
     ClusterLoadAssignment,
@@ -101,7 +103,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as PbAny
 
-from extproc.config.model import Config, ProviderConfig
+from extproc.config.model import Config, ListenerConfig, ProviderConfig
 from extproc.errors import ERROR_TYPES
 
 __all__ = ["EXT_PROC_CLUSTER", "LOCAL_REPLIES", "LocalReply", "dump_yaml", "render_bootstrap", "render_envoy"]
@@ -115,7 +117,9 @@ _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 #: interaction log line); the route names the provider.
 _ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
+    # The answer's id: the gateway's (ext_proc's) whenever ext_proc saw the request, else
+    # the one Envoy generated; never the client's.
+    "request_id": "%RESP(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
     "route": "%ROUTE_NAME%",
     "status": "%RESPONSE_CODE%",
@@ -133,6 +137,15 @@ def _seconds(s: float) -> datetime.timedelta:
 
 def _addr(host: str, port: int) -> Address:
     return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _listen_addr(lc: ListenerConfig) -> Address:
+    """A TCP address, or a ``pipe`` (unix socket) for a ``unix:/path`` listener. Envoy creates
+    the socket file with ``socket_mode``."""
+    path = lc.unix_path
+    if path is not None:
+        return Address(pipe=Pipe(path=path, mode=lc.socket_mode))
+    return _addr(lc.address, lc.port)
 
 
 def _is_ip(host: str) -> bool:
@@ -162,15 +175,18 @@ def _http_options(*, http2: bool, tls_alpn: bool = False) -> dict[str, PbAny]:
     return {_HTTP_OPTIONS_KEY: PbAny.pack(opts)}
 
 
-def _cluster(name: str, host: str, port: int, connect_timeout: float, **kw: Any) -> Cluster:
+def _cluster(name: str, host: str, port: int, connect_timeout: float, *, pipe: str | None = None,
+             **kw: Any) -> Cluster:
+    """``pipe``: the upstream is the unix socket at that path (``host``/``port`` unused)."""
+    address = Address(pipe=Pipe(path=pipe)) if pipe is not None else _addr(host, port)
     return Cluster(
         name=name,
-        type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.LOGICAL_DNS,
+        type=ClusterDiscoveryType.STATIC if pipe is not None or _is_ip(host) else ClusterDiscoveryType.LOGICAL_DNS,
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=_seconds(connect_timeout),
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
-            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_addr(host, port)))])],
+            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=address))])],
         ),
         **kw,
     )
@@ -316,12 +332,25 @@ def _local_replies() -> LocalReplyConfig:
     JSON body and set details ``extproc_*``, which every mapping leaves alone.
     """
     from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, ExtensionFilter
-    from envoy_data_plane.envoy.config.core.v3 import SubstitutionFormatString
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HeaderValue,
+        HeaderValueOption,
+        HeaderValueOptionHeaderAppendAction,
+        SubstitutionFormatString,
+    )
     from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
     from envoy_data_plane.google.protobuf import Struct
 
+    # Envoy's own replies (ext_proc down, body too large) carry the request's id, which is
+    # never the client's (see _early_request_id) and is the gateway's once ext_proc set it.
+    request_id = [HeaderValueOption(
+        header=HeaderValue(key="x-request-id", value="%REQ(X-REQUEST-ID)%"),
+        append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )]
+
     def mapper(lr: LocalReply) -> ResponseMapper:
         return ResponseMapper(
+            headers_to_add=request_id,
             filter=AccessLogFilter(extension_filter=ExtensionFilter(
                 name="envoy.access_loggers.extension_filters.cel",
                 typed_config=PbAny.pack(ExpressionFilter(
@@ -338,6 +367,40 @@ def _local_replies() -> LocalReplyConfig:
         )
 
     return LocalReplyConfig(mappers=[mapper(lr) for lr in LOCAL_REPLIES])
+
+
+#: Where the client's x-request-id goes (see ``_early_request_id``); the machine reads it there.
+CLIENT_REQUEST_ID_HEADER = "x-extproc-client-request-id"
+
+
+def _early_request_id() -> TypedExtensionConfig:
+    """Before Envoy looks at ``x-request-id`` at all, move the client's value aside.
+
+    Envoy keeps a client's ``x-request-id`` for "internal" peers (loopback included) and then
+    logs and answers with it, so two callers could share one id. Here it becomes
+    ``x-extproc-client-request-id`` (a correlation attribute, validated by ext_proc), and
+    Envoy generates its own id, which ext_proc replaces with the gateway's record id.
+    """
+    from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as RuleMutation
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HeaderValue,
+        HeaderValueOption,
+        HeaderValueOptionHeaderAppendAction,
+    )
+    from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+        HeaderMutation as EarlyHeaderMutation,
+    )
+
+    move = EarlyHeaderMutation(mutations=[
+        RuleMutation(remove=CLIENT_REQUEST_ID_HEADER),  # never the client's own copy
+        RuleMutation(append=HeaderValueOption(
+            header=HeaderValue(key=CLIENT_REQUEST_ID_HEADER, value="%REQ(x-request-id)%"),
+            append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+        )),
+        RuleMutation(remove="x-request-id"),
+    ])
+    return TypedExtensionConfig(name="envoy.http.early_header_mutation.header_mutation",
+                                typed_config=PbAny.pack(move))
 
 
 def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
@@ -371,7 +434,11 @@ def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
         normalize_path=True,
         merge_slashes=True,
         path_with_escaped_slashes_action=HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST,
-        always_set_request_id_in_response=True,
+        # Off: Envoy would overwrite the gateway's id in ext_proc's own answers with the one it
+        # generated. ext_proc sets x-request-id on every answer; Envoy's own replies get it
+        # from the local-reply mappers.
+        always_set_request_id_in_response=False,
+        early_header_mutation_extensions=[_early_request_id()],
         local_reply_config=_local_replies(),
         access_log=access_log,
     )
@@ -427,13 +494,57 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True
             cfg.ext_proc.address if cfg.ext_proc.address not in ("0.0.0.0", "::") else "127.0.0.1",
             cfg.ext_proc.port,
             1.0,
+            pipe=cfg.ext_proc.unix_path,
             typed_extension_protocol_options=_http_options(http2=True),
         ),
         *(_provider_cluster(cfg, p) for p in cfg.providers),
     ]
+    if cfg.envoy_probe is not None and cfg.envoy_admin.unix_path is not None:
+        listeners.append(_probe_listener(cfg.envoy_probe))
+        clusters.append(_cluster(ENVOY_ADMIN_CLUSTER, "", 0, 1.0, pipe=cfg.envoy_admin.unix_path,
+                                 typed_extension_protocol_options=_http_options(http2=False)))
     return Bootstrap(
-        admin=Admin(address=_addr(cfg.envoy_admin.address, cfg.envoy_admin.port)),
+        admin=Admin(address=_listen_addr(cfg.envoy_admin)),
         static_resources=BootstrapStaticResources(listeners=listeners, clusters=clusters),
+    )
+
+
+ENVOY_ADMIN_CLUSTER = "envoy_admin"
+#: What the probe listener passes to Envoy's admin interface: read-only, nothing else.
+PROBE_PATHS = ("/ready", "/stats/prometheus")
+
+
+def _probe_listener(lc: ListenerConfig) -> Listener:
+    """Readiness and Prometheus stats for kubelet and scrapers, without the admin interface.
+
+    Envoy's admin interface can stop (``/quitquitquit``), drain and reconfigure Envoy, so it is
+    on a unix socket only the sidecars see. This listener forwards exactly ``GET /ready`` and
+    ``GET /stats/prometheus`` to it and answers everything else 404 itself.
+    """
+    from envoy_data_plane.envoy.config.route.v3 import DirectResponseAction, HeaderMatcher
+
+    get = [HeaderMatcher(name=":method", string_match=StringMatcher(exact="GET"))]
+    routes = [
+        Route(name=f"probe{path.replace('/', '-')}", match=RouteMatch(path=path, headers=get),
+              route=RouteAction(cluster=ENVOY_ADMIN_CLUSTER, timeout=_seconds(5)))
+        for path in PROBE_PATHS
+    ]
+    routes.append(Route(name="probe-other", match=RouteMatch(prefix="/"),
+                        direct_response=DirectResponseAction(status=404)))
+    hcm = HttpConnectionManager(
+        stat_prefix="probe",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=RouteConfiguration(name="probe", virtual_hosts=[
+            VirtualHost(name="probe", domains=["*"], routes=routes)]),
+        http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=PbAny.pack(Router()))],
+        normalize_path=True,
+        merge_slashes=True,
+    )
+    return Listener(
+        name="probe",
+        address=_addr(lc.address, lc.port),
+        filter_chains=[FilterChain(filters=[
+            Filter(name="envoy.filters.network.http_connection_manager", typed_config=PbAny.pack(hcm))])],
     )
 
 

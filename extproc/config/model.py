@@ -47,6 +47,26 @@ API_FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "generic", "mcp")
 class ListenerConfig:
     address: str
     port: int
+    #: Unix-socket listeners (``address: unix:/path``): the socket file's mode (no bits for
+    #: others) and, for ext_proc, the peer uids allowed to connect (empty: the server's own).
+    socket_mode: int = 0o660
+    peer_uids: tuple[int, ...] = ()
+    #: ``admin_grpc: false`` turns the admin gRPC API off (sidecars: approvers use a shared one).
+    enabled: bool = True
+
+    @property
+    def unix_path(self) -> str | None:
+        """The socket path of a ``unix:/path`` address, else None (TCP)."""
+        if not self.address.startswith("unix:"):
+            return None
+        path = self.address[len("unix:"):]
+        return path[2:] if path.startswith("//") else path
+
+    @property
+    def target(self) -> str:
+        """The address in gRPC's form: ``unix:/path`` or ``host:port``."""
+        path = self.unix_path
+        return f"unix:{path}" if path is not None else f"{self.address}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +184,9 @@ class Config:
     #: Key path (``policy.rules[2].match``) -> line number, for errors raised by later loaders.
     lines: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace_seconds: float = 20.0
+    #: Envoy listener serving only ``GET /ready`` and ``GET /stats/prometheus`` (proxied to the
+    #: admin socket): what kubelet probes and Prometheus need, nothing that changes Envoy.
+    envoy_probe: ListenerConfig | None = None
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -330,11 +353,61 @@ class _Reader:
             out.append(item)
         return tuple(out)
 
-    def listener(self, value: Any, path: str, default_port: int, default_address: str = "127.0.0.1") -> ListenerConfig:
-        m = self.mapping(value, path, {"address", "port"})
+    def listener(self, value: Any, path: str, default_port: int, default_address: str = "127.0.0.1",
+                 *, unix: bool = False, peers: bool = False) -> ListenerConfig:
+        """``unix``: the address may be ``unix:/absolute/path`` (then ``socket_mode`` applies
+        and ``port`` is ignored); ``peers``: ``peer_uids`` may be given too."""
+        allowed = {"address", "port"} | ({"socket_mode"} if unix else set()) | ({"peer_uids"} if peers else set())
+        m = self.mapping(value, path, allowed)
         address = self.string(m, "address", path, default=default_address) or default_address
+        if address.startswith("unix:"):
+            if not unix:
+                raise self.error(_join(path, "address"), "must be a host or IP address (no unix: socket here)")
+            sock = ListenerConfig(address=address, port=0).unix_path or ""
+            if not sock.startswith("/") or len(sock.encode()) > 107:
+                raise self.error(_join(path, "address"),
+                                 "a unix socket address must be unix:/absolute/path (at most 107 bytes)")
+            mode = self._socket_mode(m, path)
+            uids = self._uids(m, path) if peers else ()
+            return ListenerConfig(address=address, port=0, socket_mode=mode, peer_uids=uids)
+        for key in ("socket_mode", "peer_uids"):
+            if key in m:
+                raise self.error(_join(path, key), "applies only to a unix:/path address")
         port = self.integer(m, "port", path, default_port, 0, 65535)
         return ListenerConfig(address=address, port=port)
+
+    def _socket_mode(self, m: Mapping[str, Any], path: str) -> int:
+        p = _join(path, "socket_mode")
+        v = m.get("socket_mode", 0o660)
+        if isinstance(v, str):  # "0660": octal, as chmod reads it
+            try:
+                v = int(v, 8)
+            except ValueError:
+                raise self.error(p, f"must be an octal mode such as '0600' or '0660', got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777:
+            raise self.error(p, f"must be an octal mode such as '0600' or '0660', got {_kind(v)}")
+        if v & 0o007 or not v & 0o600 == 0o600:
+            raise self.error(p, f"must give the owner read+write and others nothing (e.g. '0660'), got {v:04o}")
+        return v
+
+    def _uids(self, m: Mapping[str, Any], path: str) -> tuple[int, ...]:
+        p = _join(path, "peer_uids")
+        v = m.get("peer_uids")
+        if v is None:
+            return ()
+        if not isinstance(v, list) or not v:
+            raise self.error(p, f"must be a non-empty list of uids, got {_kind(v)}")
+        out: list[int] = []
+        for i, uid in enumerate(v):
+            if isinstance(uid, str):  # "${EXTPROC_ENVOY_UID}": the injector tells the sidecar Envoy's uid
+                try:
+                    uid = int(_expand(uid, self.env))
+                except (ValueError, KeyError):
+                    raise self.error(f"{p}[{i}]", f"must be a uid (a non-negative integer), got {uid!r}") from None
+            if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= 2**32 - 2:
+                raise self.error(f"{p}[{i}]", f"must be a uid (a non-negative integer), got {_kind(uid)}")
+            out.append(uid)
+        return tuple(out)
 
 
 def _join(path: str, key: str) -> str:
@@ -567,7 +640,8 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         raise r.error("version", f"unsupported config version {version!r}; this build reads version 1")
 
     lm = r.mapping(
-        top.get("listeners"), "listeners", {"http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin"}
+        top.get("listeners"), "listeners",
+        {"http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin", "envoy_probe"}
     )
     listener = r.listener(lm.get("http"), "listeners.http", 10000)
     tls: TlsListenerConfig | None = None
@@ -586,12 +660,16 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
             key_file=key or ".run/tls/gateway.key",
             generated=not cert,
         )
-    ext_proc = r.listener(lm.get("ext_proc"), "listeners.ext_proc", 50051)
-    admin = AdminConfig(
-        http=r.listener(lm.get("admin"), "listeners.admin", 9100),
-        grpc=r.listener(lm.get("admin_grpc"), "listeners.admin_grpc", 50052),
-    )
-    envoy_admin = r.listener(lm.get("envoy_admin"), "listeners.envoy_admin", 9901)
+    ext_proc = r.listener(lm.get("ext_proc"), "listeners.ext_proc", 50051, unix=True, peers=True)
+    if lm.get("admin_grpc") is False:
+        admin_grpc = ListenerConfig(address="127.0.0.1", port=0, enabled=False)
+    else:
+        admin_grpc = r.listener(lm.get("admin_grpc"), "listeners.admin_grpc", 50052)
+    admin = AdminConfig(http=r.listener(lm.get("admin"), "listeners.admin", 9100), grpc=admin_grpc)
+    envoy_admin = r.listener(lm.get("envoy_admin"), "listeners.envoy_admin", 9901, unix=True)
+    envoy_probe = r.listener(lm["envoy_probe"], "listeners.envoy_probe", 15021) if lm.get("envoy_probe") else None
+    if envoy_probe is not None and envoy_admin.unix_path is None:
+        raise r.error("listeners.envoy_probe", "needs listeners.envoy_admin on a unix:/path socket")
     ports = [
         ("listeners.http", listener.port),
         ("listeners.tls", tls.port if tls else 0),
@@ -599,6 +677,7 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         ("listeners.admin", admin.http.port),
         ("listeners.admin_grpc", admin.grpc.port),
         ("listeners.envoy_admin", envoy_admin.port),
+        ("listeners.envoy_probe", envoy_probe.port if envoy_probe else 0),
     ]
     seen: dict[int, str] = {}
     for where, port in ports:
@@ -685,6 +764,7 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         ext_proc=ext_proc,
         admin=admin,
         envoy_admin=envoy_admin,
+        envoy_probe=envoy_probe,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
         issuers=issuers,

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -42,6 +43,7 @@ from extproc.datapath.machine import (
     Step,
 )
 from extproc.datapath.runtime import HOLD_GRACE_SECONDS
+from extproc.datapath.uds import PeerGuard
 from extproc.datapath.workers import InspectorPool
 from extproc.identity.jwt import Authenticator
 from extproc.identity.model import AuthError, Identity
@@ -52,11 +54,16 @@ from extproc.recording.model import interaction_log_line, safe_token
 from extproc.recording.store import RecordingUnavailable, RecordsStore
 from extproc.store import RedisStore
 
-__all__ = ["ExternalProcessor"]
+__all__ = ["ExternalProcessor", "new_request_id"]
 
 log = logging.getLogger("extproc.servicer")
 #: One JSON line per recorded interaction (no bodies): for log shippers.
 interaction_log = logging.getLogger("extproc.interactions")
+
+def new_request_id() -> str:
+    """The gateway's id for one request: 128 random bits, the shape of Envoy's own UUIDs."""
+    return str(uuid.uuid4())
+
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -150,6 +157,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         records: RecordsStore | None = None,
         inspector: InspectorPool | None = None,
         max_message_timeout: int = 600,
+        new_request_id: Callable[[], str] = new_request_id,
+        peer_guard: PeerGuard | None = None,
     ) -> None:
         # Callables, so a configuration reload swaps what new streams see while streams in
         # flight keep the objects they started with.
@@ -162,6 +171,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._inspector = inspector
         self._inline_compiled: Compiled | None = None
         self._max_message_timeout = max_message_timeout
+        self._new_request_id = new_request_id
+        #: Unix-socket ext_proc: only allowed peer uids (Envoy's) may be answered.
+        self._peer_guard = peer_guard
         self._background: set[asyncio.Task[None]] = set()
         # Labelled children looked up once: a label look-up per message is measurable.
         self._message_seconds = {
@@ -175,8 +187,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
         m = self._metrics
+        if self._peer_guard is not None and not self._peer_guard.check():
+            # A foreign peer's connection was shut down; this stream may be on it. Nothing of
+            # the request is read or answered (Envoy retries nothing: the request fails closed).
+            m.stream_errors.labels("peer_refused").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer not allowed")
         gateway = self._gateway()
-        machine = RequestMachine(gateway)
+        machine = RequestMachine(gateway, request_id=self._new_request_id())
         auth = self._authenticator()
         self.inflight += 1
         m.streams_inflight.inc()

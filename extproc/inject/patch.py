@@ -24,6 +24,7 @@ from typing import Any
 
 from extproc import __version__
 from extproc.errors import ExtprocError
+from extproc.inject.boundary import ANNOTATION_ALLOW_WEAK, boundary_problems, private_volume, seal_sidecars
 from extproc.inject.settings import InjectSettings
 
 __all__ = [
@@ -349,7 +350,7 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
                     "-c",
                     _STARTUP_PROBE,
                     f"{local}:{settings.admin_port}/readyz",
-                    f"{local}:{settings.envoy_admin_port}/ready",
+                    f"{local}:{settings.envoy_probe_port}/ready",  # the admin itself is a private socket
                 ]
             },
             "periodSeconds": 1,
@@ -380,6 +381,7 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
     # The namespace names the tenant's Redis key prefix (redis.key_prefix in the ConfigMap).
     extproc["env"] = [{"name": "EXTPROC_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
     extproc["env"] += [dict(e) for e in settings.extproc_env]
+    seal_sidecars(envoy, extproc, settings)
     return [envoy, extproc]
 
 
@@ -502,6 +504,7 @@ def _volumes(settings: InjectSettings) -> list[dict[str, Any]]:
                 },
             },
             {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+            private_volume(),
         ]
     out.append(token)
     if settings.ca_bundle is not None:
@@ -712,7 +715,13 @@ def mutate(review: Any, settings: InjectSettings) -> dict[str, Any]:
         return _response(
             r.api_version, r.uid, True, auditAnnotations={"injection": f"skipped: {r.operation}"}
         )
+    refusal = _boundary(r.pod, r.namespace, settings)
+    if refusal is not None and not refusal[0]:
+        return _response(r.api_version, r.uid, False, status={"code": 403, "message": refusal[1]},
+                         auditAnnotations={"injection": "refused: weak boundary"})
     outcome = pod_patch(r.pod, r.namespace, settings)
+    if refusal is not None:
+        outcome.warnings.append(refusal[1])
     if outcome.skipped is not None:
         return _response(
             r.api_version,
@@ -731,6 +740,26 @@ def mutate(review: Any, settings: InjectSettings) -> dict[str, Any]:
         auditAnnotations={"injection": f"injected: {settings.mode}"},
         warnings=outcome.warnings,
     )
+
+
+def _boundary(pod: Mapping[str, Any], namespace: str, settings: InjectSettings) -> tuple[bool, str] | None:
+    """None when the pod keeps the app/sidecar boundary (or is not governed at all: opted
+    out, or the injector's own namespace); else (allowed anyway?, the message)."""
+    metadata: Mapping[str, Any] = pod.get("metadata") or {}
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    labels: Mapping[str, str] = metadata.get("labels") or {}
+    if (namespace == settings.own_namespace or annotations.get(ANNOTATION_INJECT) == "false"
+            or labels.get(LABEL_INJECT) == "disabled"):
+        return None
+    problems = boundary_problems(pod, settings)
+    if not problems:
+        return None
+    if annotations.get(ANNOTATION_ALLOW_WEAK) == "true":
+        return True, (f"extproc: this pod weakens the boundary between the app and the gateway "
+                      f"({'; '.join(problems)}); allowed by annotation {ANNOTATION_ALLOW_WEAK}")
+    return False, (f"extproc: refused, this pod spec would let the app reach the gateway's credentials or "
+                   f"controls: {'; '.join(problems)}. Fix the spec, opt the pod out "
+                   f'({ANNOTATION_INJECT}: "false"), or accept the risk with {ANNOTATION_ALLOW_WEAK}: "true"')
 
 
 def handle_admission(body: bytes, settings: InjectSettings) -> tuple[int, dict[str, Any]]:

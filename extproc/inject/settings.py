@@ -109,7 +109,9 @@ class InjectSettings:
     envoy_port: int = 10000
     envoy_admin_port: int = 9901
     admin_port: int = 9100
-    reserved_ports: tuple[int, ...] = (10000, 10443, 50051, 50052, 9100, 9901)
+    #: Envoy's read-only readiness/stats listener (``listeners.envoy_probe`` in the config).
+    envoy_probe_port: int = 15021
+    reserved_ports: tuple[int, ...] = (10000, 10443, 50051, 50052, 9100, 9901, 15021)
     #: Outbound TCP ports the optional redirect sends to Envoy.
     redirect_ports: tuple[int, ...] = (80, 443)
     resources: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=_default_resources)
@@ -232,7 +234,7 @@ def parse_settings(data: Any) -> InjectSettings:
 
     token = _map(top.get("token"), "token", {"audience", "expiration_seconds"})
     uids = _map(top.get("uids"), "uids", {"envoy", "extproc"})
-    ports = _map(top.get("ports"), "ports", {"envoy", "envoy_admin", "admin", "reserved"})
+    ports = _map(top.get("ports"), "ports", {"envoy", "envoy_admin", "envoy_probe", "admin", "reserved"})
 
     res_raw = _map(top.get("resources"), "resources", {"envoy", "extproc", "redirect"})
     resources: dict[str, Mapping[str, Mapping[str, str]]] = dict(d.resources)
@@ -288,6 +290,7 @@ def parse_settings(data: Any) -> InjectSettings:
         envoy_port=_int(ports, "envoy", "ports.", d.envoy_port, 1, 65535),
         envoy_admin_port=_int(ports, "envoy_admin", "ports.", d.envoy_admin_port, 1, 65535),
         admin_port=_int(ports, "admin", "ports.", d.admin_port, 1, 65535),
+        envoy_probe_port=_int(ports, "envoy_probe", "ports.", d.envoy_probe_port, 1, 65535),
         reserved_ports=_ports(ports, "reserved", d.reserved_ports),
         redirect_ports=_ports(top, "redirect_ports", d.redirect_ports),
         resources=resources,

@@ -38,6 +38,7 @@ def _resolve(value: Any) -> Any:
 def summary_message(s: Mapping[str, Any]) -> sessions_pb2.RecordSummary:
     return sessions_pb2.RecordSummary(
         request_id=s.get("request_id") or "",
+        client_request_id=s.get("client_request_id") or "",
         interaction_id=s.get("interaction_id") or "",
         session_id=s.get("session_id") or "",
         user=s.get("user") or "",
@@ -95,6 +96,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):  # type: ignore[misc]
                 decision=request.decision or None,
                 provider=request.provider or None,
                 model=request.model or None,
+                client_request_id=request.client_request_id or None,
                 since=request.since or None,
                 until=request.until or None,
                 limit=min(limit, MAX_LIST),

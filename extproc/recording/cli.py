@@ -204,7 +204,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     req = sessions_pb2.ListRecordsRequest(
         user=args.user or "", session=args.session or "", decision=args.decision or "",
-        provider=args.provider or "", model=args.model or "",
+        provider=args.provider or "", model=args.model or "", client_request_id=args.client_request_id or "",
         since=parse_time(args.since) or 0, until=parse_time(args.until) or 0, limit=args.limit,
     )
     res = _call(args, "List", req)
@@ -325,19 +325,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ls.add_argument("--decision", choices=["allow", "mask", "require_approval", "block"])
     ls.add_argument("--provider")
     ls.add_argument("--model")
+    ls.add_argument("--client-request-id", help="the x-request-id a caller sent (not unique: callers choose it)")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=_guard(cmd_list))
 
     sh = ssub.add_parser("show", help="one interaction by request id")
     common(sh)
-    sh.add_argument("id", help="the request id (x-request-id)")
+    sh.add_argument("id", help="the gateway's request id (the x-request-id of its answer)")
     sh.add_argument("--json", action="store_true", help="the whole merged record as JSON")
     sh.set_defaults(func=_guard(cmd_show))
 
     rp = ssub.add_parser("replay", help="print an interaction and re-emit its response with the original timing")
     common(rp)
-    rp.add_argument("id", help="the request id (x-request-id)")
+    rp.add_argument("id", help="the gateway's request id (the x-request-id of its answer)")
     rp.add_argument("--speed", type=_positive_speed, default=1.0,
                     help="timing divisor: 2 = twice as fast, 0 = no delay (default: 1)")
     rp.add_argument("--response-only", action="store_true", help="only the delivered response text")

@@ -541,13 +541,14 @@ class InteractionRecorder:
         route: str = "",
         caller: Identity | None = None,
         session_header: str | None = None,
+        client_request_id: str | None = None,
     ) -> None:
         """What is known from the request headers. ``session_header`` is the raw value of
-        ``settings.session_header`` (None when absent)."""
-        # Caller-supplied values are stored only when they cannot carry PII (see docs/recording.md);
-        # a request id that could is replaced by this interaction's own id.
-        rid = request_id or "-"
-        self.request_id = rid if rid == "-" else (safe_token(rid, self.profile) or f"iid-{self.interaction_id}")
+        ``settings.session_header`` (None when absent). ``request_id`` is the gateway's;
+        ``client_request_id`` the caller's already validated correlation id (not a key)."""
+        self.request_id = request_id or "-"
+        # A caller's correlation id is stored only when it cannot carry PII (docs/recording.md).
+        client_request_id = safe_token(client_request_id, self.profile)
         self.user = caller.user if caller is not None else None
         self.session_id = session_from_header(session_header, self.profile)
         method = method if _METHOD_RE.match(method or "") else "-"
@@ -558,6 +559,7 @@ class InteractionRecorder:
             "kind": "start",
             "interaction_id": self.interaction_id,
             "request_id": self.request_id,
+            "client_request_id": client_request_id,
             "session_id": self.session_id,
             "session_source": "header" if self.session_id else "gap",
             "received_at_ms": _ms(self.received_at),
@@ -760,6 +762,7 @@ def summarize(view: Mapping[str, Any]) -> dict[str, Any]:
     usage = view.get("usage") or {}
     return {
         "request_id": view.get("request_id"),
+        "client_request_id": view.get("client_request_id"),
         "interaction_id": view.get("interaction_id"),
         "session_id": view.get("session_id"),
         "user": caller.get("user"),
@@ -793,6 +796,7 @@ def interaction_log_line(entry: Mapping[str, Any], complete: Mapping[str, Any] |
     return {
         "event": "interaction",
         "request_id": view.get("request_id"),
+        "client_request_id": view.get("client_request_id"),
         "interaction_id": view.get("interaction_id"),
         "session_id": view.get("session_id"),
         "user": caller.get("user"),

@@ -83,7 +83,7 @@ _FLUSH_BATCH = 200
 _LOST_MAX = 100_000
 #: Index kinds whose values come from callers, bodies or tokens: keyed by HMAC, never raw.
 #: (``decision`` and ``provider`` values come from the configuration.)
-_HASHED_INDEXES = frozenset({"user", "session", "model", "request"})
+_HASHED_INDEXES = frozenset({"user", "session", "model", "request", "client_request_id"})
 
 _SHA256_LUA = r"""
 local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
@@ -578,6 +578,7 @@ class RecordsStore:
                 ("decision", decision.get("action") if isinstance(decision, dict) else None),
                 ("provider", doc.get("provider")),
                 ("model", doc.get("model")),
+                ("client_request_id", doc.get("client_request_id")),
             ):
                 if value:
                     idx.append(self._index(name, str(value)))
@@ -731,12 +732,16 @@ class RecordsStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 50,
+        client_request_id: str | None = None,
     ) -> builtins.list[dict[str, Any]]:
-        """Interaction summaries, newest first, from the indexes (never a scan of the stream)."""
+        """Interaction summaries, newest first, from the indexes (never a scan of the stream).
+        ``client_request_id`` finds every interaction whose caller sent that ``x-request-id``
+        (callers choose it, so several users' requests may share one)."""
         k = self.keys
         await self._index_secret()
         filters = [self._index(n, v) for n, v in (("user", user), ("session", session), ("decision", decision),
-                                               ("provider", provider), ("model", model)) if v]
+                                               ("provider", provider), ("model", model),
+                                               ("client_request_id", client_request_id)) if v]
         keys = filters or [k.index("all")]
         lo = "-inf" if since is None else round(since * 1000)
         hi = "+inf" if until is None else round(until * 1000)

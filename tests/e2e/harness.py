@@ -92,6 +92,9 @@ class Stack:
     parent: Stack | None = None
     #: Start a Redis of its own even with a parent or REDIS_URL (for tests that stop or tamper with it).
     own_redis: bool = False
+    #: Sidecar-style internals: ext_proc and Envoy's admin on unix sockets in a private
+    #: directory, Envoy's readiness and stats on the read-only probe listener.
+    unix: bool = False
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,8 @@ class Stack:
             self.dev_jwks = jwks
             self.cred_file = self.workdir / "anthropic.key"
             self.cred_file.write_text(self.anthropic_credential + "\n")
-        names = ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin")
+        names = ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin", "envoy_probe")
+        self.private = self.workdir / "private"  # the sidecars' emptyDir
         self.ports.update(zip(names, free_ports(len(names)), strict=True))
         self.config_path = self.workdir / "extproc.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config()))
@@ -182,6 +186,11 @@ class Stack:
             "envoy": {"message_timeout_ms": 5000, "max_request_bytes": 1024 * 1024},
             "shutdown_grace_seconds": 10,
         }
+        if self.unix:
+            lst = cfg["listeners"]
+            lst["ext_proc"] = {"address": f"unix:{self.private / 'ext_proc.sock'}", "socket_mode": "0660"}
+            lst["envoy_admin"] = {"address": f"unix:{self.private / 'envoy_admin.sock'}", "socket_mode": "0600"}
+            lst["envoy_probe"] = {"address": "127.0.0.1", "port": self.ports["envoy_probe"]}
         cfg.update(self.extra_config)
         return {k: v for k, v in cfg.items() if v is not None}
 
@@ -208,7 +217,8 @@ class Stack:
                            "--base-id", str(free_port())],
                  self.logs / "envoy.log", env=self.env).start()
         self.procs["envoy"] = p
-        wait_http(f"http://127.0.0.1:{self.ports['envoy_admin']}/ready", 30, p)
+        ready_port = self.ports["envoy_probe"] if self.unix else self.ports["envoy_admin"]
+        wait_http(f"http://127.0.0.1:{ready_port}/ready", 30, p)
         wait_tcp("127.0.0.1", self.ports["http"], 10, p)
         return p
 

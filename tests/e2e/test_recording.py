@@ -255,3 +255,44 @@ def test_redis_down_required_fails_closed_and_best_effort_loses_nothing(rec: Sta
         s.config_path.write_text(original)
         s.stop_extproc()
         s.start_extproc()
+
+
+def test_two_callers_sending_the_same_x_request_id_get_separate_records(rec: Stack) -> None:
+    """The caller's x-request-id is a correlation attribute: never the record's id."""
+    s = rec
+    shared = f"client-{uuid.uuid4().hex[:8]}"
+    users = [f"ida-{uuid.uuid4().hex[:6]}", f"jon-{uuid.uuid4().hex[:6]}"]
+    answers = []
+    for user in users:
+        answers.append(client(s, s.token(user)).chat.completions.with_raw_response.create(
+            model="gpt-x", messages=[{"role": "user", "content": "hi"}],  # type: ignore[arg-type]
+            extra_headers={"x-request-id": shared}))
+    with pytest.raises(openai.AuthenticationError) as refused:  # an answer of the gateway's own
+        client(s, "not-a-token").chat.completions.create(
+            model="gpt-x", messages=[{"role": "user", "content": "hi"}],  # type: ignore[arg-type]
+            extra_headers={"x-request-id": shared})
+    ids = [rid_of(a) for a in answers]
+    assert len(set(ids)) == 2 and shared not in ids  # the gateway's ids, not the caller's
+    refused_id = refused.value.response.headers["x-request-id"]
+    assert refused_id not in (shared, *ids)
+    assert refused.value.response.json()["error"]["request_id"] == refused_id
+    for user, rid in zip(users, ids, strict=True):
+        doc = show(s, rid)
+        assert doc["caller"]["user"] == user and doc["request_id"] == rid
+        assert doc["client_request_id"] == shared
+    assert s.upstream.requests[-1].headers["x-request-id"] == ids[-1]  # upstream sees the gateway's id
+    assert "x-extproc-client-request-id" not in s.upstream.requests[-1].headers
+    found = s.cli("sessions", "list", "--client-request-id", shared, "--json", token=auditor(s))
+    assert found.returncode == 0, found.stderr
+    rows = lines(found.stdout)
+    assert sorted(r["request_id"] for r in rows) == sorted(ids)
+    assert {r["user"] for r in rows} == set(users) and {r["client_request_id"] for r in rows} == {shared}
+
+
+def test_a_malformed_client_request_id_is_dropped(rec: Stack) -> None:
+    s = rec
+    answer = client(s, s.token(f"kim-{uuid.uuid4().hex[:6]}")).chat.completions.with_raw_response.create(
+        model="gpt-x", messages=[{"role": "user", "content": "hi"}],  # type: ignore[arg-type]
+        extra_headers={"x-request-id": "a" * 129})
+    doc = show(s, rid_of(answer))
+    assert doc["client_request_id"] is None and rid_of(answer) != "a" * 129

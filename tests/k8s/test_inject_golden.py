@@ -64,7 +64,11 @@ def test_cases_cover_the_brief() -> None:
         "skip_already_injected",
         "skip_optout_annotation",
         "skip_optout_label",
-        "skip_host_network",
+        "refuse_host_network",
+        "refuse_share_process_namespace",
+        "refuse_sidecar_uid",
+        "refuse_privileged_ptrace",
+        "warn_weak_boundary_annotated",
         "skip_own_namespace",
         "error_not_a_pod",
         "gateway_inject_full",
@@ -99,6 +103,13 @@ def test_response_envelope(name: str) -> None:
         assert review["response"]["allowed"] is True
         assert "patch" not in review["response"]
         assert review["response"]["auditAnnotations"]["injection"].startswith("skipped")
+    if name.startswith("refuse_"):  # a spec that dissolves the app/sidecar boundary
+        assert review["response"]["allowed"] is False and "patch" not in review["response"]
+        assert review["response"]["status"]["code"] == 403
+        assert review["response"]["status"]["message"].startswith("extproc: refused")
+    if name.startswith("warn_"):  # the same, knowingly accepted by annotation: injected, with a warning
+        assert review["response"]["allowed"] is True and review["response"]["patchType"] == "JSONPatch"
+        assert any("allow-weak-boundary" in w for w in review["response"]["warnings"])
 
 
 def test_already_injected_fixture_is_the_injected_pod() -> None:

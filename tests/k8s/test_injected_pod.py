@@ -46,7 +46,7 @@ def test_native_sidecars_start_before_the_app() -> None:
     server = inits[1]
     # The startup probe gates the app containers on both listeners being ready.
     probe = " ".join(server["startupProbe"]["exec"]["command"])
-    assert "127.0.0.1:9100/readyz" in probe and "127.0.0.1:9901/ready" in probe
+    assert "127.0.0.1:9100/readyz" in probe and "127.0.0.1:15021/ready" in probe  # Envoy's probe listener
     assert server["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9100}
     assert server["command"] == ["extproc", "serve", "--config", "/etc/extproc/extproc.yaml"]
     assert inits[0]["command"] == [
@@ -87,6 +87,16 @@ def test_sidecars_match_the_configmap_config() -> None:
         assert f is not None and os.path.dirname(f) in mount_dirs, f
     assert server["ports"][0]["containerPort"] == cfg.admin.http.port
     assert cfg.admin.http.address == "0.0.0.0"  # kubelet probes reach the pod IP
+    # The private sockets are in the one volume only the two sidecars mount.
+    envoy = pod["spec"]["initContainers"][0]
+    for sock in (cfg.ext_proc.unix_path, cfg.envoy_admin.unix_path):
+        assert sock is not None
+        for c in (envoy, server):
+            assert {m["mountPath"]: m["name"] for m in c["volumeMounts"]}[os.path.dirname(sock)] == "extproc-private"
+    for c in pod["spec"]["containers"]:
+        assert all(m["name"] != "extproc-private" for m in c.get("volumeMounts", []))
+    assert cfg.envoy_probe is not None and f"127.0.0.1:{cfg.envoy_probe.port}/ready" in " ".join(
+        server["startupProbe"]["exec"]["command"])
 
 
 def test_app_env_points_sdks_at_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -272,8 +272,17 @@ def test_kubernetes_flavoured_config() -> None:
         "openai": "/var/run/secrets/extproc/providers/openai",
         "anthropic": "/var/run/secrets/extproc/providers/anthropic",
     }
-    # Pod-local listeners; only the probe/metrics endpoint faces the pod IP.
-    assert cfg.listener.address == cfg.ext_proc.address == cfg.envoy_admin.address == "127.0.0.1"
+    # The app's listener is pod-local; sidecar-internal traffic is on private unix sockets;
+    # only read-only probe/metrics endpoints face the pod IP; no admin gRPC in app pods.
+    assert cfg.listener.address == "127.0.0.1"
+    assert cfg.ext_proc.unix_path == "/var/run/extproc/private/ext_proc.sock" and cfg.ext_proc.socket_mode == 0o660
+    assert cfg.ext_proc.peer_uids == (101,)  # Envoy's uid, also the injector's default uids.envoy
+    other = load_config(K8S / "base/config/extproc.yaml", env={"EXTPROC_ENVOY_UID": "4242"})
+    assert other.ext_proc.peer_uids == (4242,)
+    assert cfg.envoy_admin.unix_path == "/var/run/extproc/private/envoy_admin.sock"
+    assert cfg.envoy_admin.socket_mode == 0o600
+    assert cfg.envoy_probe is not None and cfg.envoy_probe.port == 15021
+    assert cfg.admin.grpc.enabled is False
     assert cfg.tls is None
     assert load_config(
         K8S / "base/config/extproc.yaml", env={"REDIS_URL": "rediss://r:6380/0"}

@@ -142,3 +142,59 @@ def test_allow_uninspectable_is_a_list_of_narrow_path_patterns() -> None:
         data["providers"][0]["allow_uninspectable"] = bad
         with pytest.raises(ConfigError, match="allow_uninspectable"):
             parse_config(data, env={})
+
+
+# -- sidecar internals: unix sockets, the probe listener, admin gRPC off ------------------
+
+def _with_listeners(**listeners: object) -> dict[str, object]:
+    import copy
+
+    data = copy.deepcopy(BASE)
+    data["listeners"].update(listeners)
+    return data
+
+
+def test_unix_socket_listeners() -> None:
+    cfg = parse_config(_with_listeners(
+        ext_proc={"address": "unix:/run/extproc/ext_proc.sock", "socket_mode": "0600", "peer_uids": [101]},
+        envoy_admin={"address": "unix:///run/extproc/admin.sock"},
+        envoy_probe={"address": "0.0.0.0", "port": 15021},
+        admin_grpc=False,
+    ), env={})
+    assert cfg.ext_proc.unix_path == "/run/extproc/ext_proc.sock"
+    assert cfg.ext_proc.target == "unix:/run/extproc/ext_proc.sock"
+    assert cfg.ext_proc.socket_mode == 0o600 and cfg.ext_proc.peer_uids == (101,)
+    assert cfg.envoy_admin.unix_path == "/run/extproc/admin.sock" and cfg.envoy_admin.socket_mode == 0o660
+    assert cfg.envoy_probe is not None and cfg.envoy_probe.port == 15021
+    assert cfg.admin.grpc.enabled is False
+    tcp = parse_config(BASE, env={})
+    assert tcp.ext_proc.unix_path is None and tcp.ext_proc.target == f"127.0.0.1:{tcp.ext_proc.port}"
+    assert tcp.admin.grpc.enabled and tcp.envoy_probe is None
+
+
+@pytest.mark.parametrize(
+    ("listeners", "path", "fragment"),
+    [
+        ({"ext_proc": {"address": "unix:relative.sock"}}, "listeners.ext_proc.address", "absolute"),
+        ({"ext_proc": {"address": "unix:/" + "x" * 120}}, "listeners.ext_proc.address", "107 bytes"),
+        ({"ext_proc": {"address": "unix:/r/e.sock", "socket_mode": "0666"}}, "listeners.ext_proc.socket_mode",
+         "others nothing"),
+        ({"ext_proc": {"address": "unix:/r/e.sock", "socket_mode": "0400"}}, "listeners.ext_proc.socket_mode",
+         "read+write"),
+        ({"ext_proc": {"address": "unix:/r/e.sock", "socket_mode": "rw"}}, "listeners.ext_proc.socket_mode",
+         "octal"),
+        ({"ext_proc": {"address": "unix:/r/e.sock", "peer_uids": []}}, "listeners.ext_proc.peer_uids", "non-empty"),
+        ({"ext_proc": {"address": "unix:/r/e.sock", "peer_uids": [-1]}}, "listeners.ext_proc.peer_uids[0]", "uid"),
+        ({"ext_proc": {"address": "127.0.0.1", "port": 1, "peer_uids": [1]}}, "listeners.ext_proc.peer_uids",
+         "only to a unix"),
+        ({"envoy_admin": {"address": "unix:/r/a.sock", "peer_uids": [1]}}, "listeners.envoy_admin.peer_uids",
+         "unknown"),
+        ({"http": {"address": "unix:/r/h.sock"}}, "listeners.http.address", "no unix"),
+        ({"envoy_probe": {"address": "0.0.0.0", "port": 15021}}, "listeners.envoy_probe", "unix:/path"),
+    ],
+)
+def test_unix_listener_errors(listeners: dict[str, object], path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(_with_listeners(**listeners), env={})
+    assert exc.value.path == path, exc.value
+    assert fragment in exc.value.message

@@ -131,3 +131,55 @@ def test_every_local_reply_has_a_documented_code() -> None:
         assert f"`{lr.code}`" in table, f"{lr.code} is not in the README's error table"
         assert "ext_proc" not in lr.message and "gRPC" not in lr.message
     assert LOCAL_REPLIES[-1].when == "true"  # nothing Envoy says falls through unmapped
+
+
+def test_envoy_never_keeps_the_clients_request_id() -> None:
+    """The client's x-request-id is moved aside before Envoy's request-id logic, so Envoy's
+    own id (and the gateway's, set by ext_proc) is never the caller's choice."""
+    from extproc.config.envoy import CLIENT_REQUEST_ID_HEADER
+    from extproc.datapath import machine
+
+    assert CLIENT_REQUEST_ID_HEADER == machine.CLIENT_REQUEST_ID_HEADER
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    hcms = [h for h in _find(doc, "typedConfig")
+            if isinstance(h, dict) and h.get("@type", "").endswith("HttpConnectionManager")]
+    assert hcms
+    for hcm in hcms:
+        assert hcm.get("alwaysSetRequestIdInResponse", False) is False  # it would overwrite the gateway's id
+        (early,) = hcm["earlyHeaderMutationExtensions"]
+        steps = early["typedConfig"]["mutations"]
+        assert steps[-1] == {"remove": "x-request-id"}
+        assert steps[0] == {"remove": CLIENT_REQUEST_ID_HEADER}
+
+
+def test_sidecar_internals_render_as_unix_sockets_and_a_read_only_probe(tmp_path: Path) -> None:
+    from extproc.config.envoy import ENVOY_ADMIN_CLUSTER, EXT_PROC_CLUSTER, PROBE_PATHS, dump_yaml
+    from extproc.config.model import parse_config
+
+    data = yaml.safe_load((REPO / "examples" / "extproc.yaml").read_text())
+    data["listeners"].update(
+        ext_proc={"address": f"unix:{tmp_path}/ext_proc.sock"},
+        envoy_admin={"address": f"unix:{tmp_path}/admin.sock", "socket_mode": "0600"},
+        envoy_probe={"address": "0.0.0.0", "port": 15021},
+    )
+    data["listeners"].pop("tls", None)
+    cfg = parse_config(data, env={})
+    doc = render_envoy(cfg)
+    clusters = {c["name"]: c for c in doc["staticResources"]["clusters"]}
+    ep = clusters[EXT_PROC_CLUSTER]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
+    assert ep == {"pipe": {"path": f"{tmp_path}/ext_proc.sock"}}
+    admin_ep = clusters[ENVOY_ADMIN_CLUSTER]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]
+    assert admin_ep["address"] == {"pipe": {"path": f"{tmp_path}/admin.sock"}}
+    assert doc["admin"]["address"] == {"pipe": {"path": f"{tmp_path}/admin.sock", "mode": 0o600}}
+    (probe,) = [li for li in doc["staticResources"]["listeners"] if li["name"] == "probe"]
+    hcm = probe["filterChains"][0]["filters"][0]["typedConfig"]
+    assert [f["name"] for f in hcm["httpFilters"]] == ["envoy.filters.http.router"]  # no ext_proc there
+    routes = hcm["routeConfig"]["virtualHosts"][0]["routes"]
+    forwarded = [r for r in routes if "route" in r]
+    assert sorted(r["match"]["path"] for r in forwarded) == sorted(PROBE_PATHS)
+    assert all(r["match"]["headers"] == [{"name": ":method", "stringMatch": {"exact": "GET"}}] for r in forwarded)
+    assert routes[-1]["directResponse"]["status"] == 404
+    out = tmp_path / "envoy.yaml"
+    out.write_text(dump_yaml(cfg))
+    ok, msg = validate_envoy_config(out, cwd=tmp_path)
+    assert ok, msg

@@ -137,7 +137,7 @@ def test_forged_annotation_does_not_prevent_injection() -> None:
     [
         ({"annotations": {"extproc.io/inject": "false"}}, {}, "annotation"),
         ({"labels": {"extproc.io/inject": "disabled"}}, {}, "label"),
-        ({}, {"hostNetwork": True}, "hostNetwork"),
+        ({"annotations": {"extproc.io/allow-weak-boundary": "true"}}, {"hostNetwork": True}, "hostNetwork"),
         ({}, {"volumes": [{"name": "extproc-config", "emptyDir": {}}]}, "conflict"),
     ],
 )

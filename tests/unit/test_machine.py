@@ -5,9 +5,12 @@ import json
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from extproc.config.model import CredentialConfig, ProviderConfig
 from extproc.datapath.machine import (
+    CLIENT_REQUEST_ID_HEADER,
     Continue,
     Gateway,
     NeedIdentity,
@@ -16,6 +19,7 @@ from extproc.datapath.machine import (
     Reply,
     RequestMachine,
     Router,
+    client_request_id,
 )
 from extproc.identity.model import AuthError, Identity
 
@@ -56,7 +60,7 @@ def headers(path: str, **extra: str) -> dict[str, str]:
 
 
 def authed(path: str = "/openai/chat/completions", eos: bool = False, **h: str) -> tuple[RequestMachine, Continue]:
-    m = RequestMachine(gateway())
+    m = RequestMachine(gateway(), request_id="gw-1")
     need = m.on_request_headers(headers(path, authorization="Bearer a.b.c", **h), eos)
     assert isinstance(need, NeedIdentity) and need.token == "a.b.c"
     d = m.on_identity(ALICE)
@@ -74,13 +78,14 @@ def test_injects_credential_and_strips_caller_auth() -> None:
 
 
 def test_anthropic_sends_x_api_key_and_static_headers() -> None:
-    m = RequestMachine(gateway())
+    m = RequestMachine(gateway(), request_id="gw-1")
     need = m.on_request_headers(headers("/anthropic/v1/messages", **{"x-api-key": "h.p.s"}), False)
     assert isinstance(need, NeedIdentity) and need.token == "h.p.s"
     d = m.on_identity(ALICE)
     assert isinstance(d, Continue)
-    assert dict(d.set_headers) == {"x-api-key": "sk-ant-provider-secret", "anthropic-beta": "x"}
-    assert set(d.remove_headers) == {"authorization", "proxy-authorization"}
+    assert dict(d.set_headers) == {"x-api-key": "sk-ant-provider-secret", "anthropic-beta": "x",
+                                   "x-request-id": "gw-1"}
+    assert set(d.remove_headers) == {"authorization", "proxy-authorization", CLIENT_REQUEST_ID_HEADER}
 
 
 @pytest.mark.parametrize(
@@ -93,23 +98,23 @@ def test_anthropic_sends_x_api_key_and_static_headers() -> None:
     ],
 )
 def test_immediate_replies(path: str, hdrs: dict[str, str], status: int, code: str) -> None:
-    m = RequestMachine(gateway())
+    m = RequestMachine(gateway(), request_id="gw-1")
     d = m.on_request_headers(headers(path, **hdrs), False)
     assert isinstance(d, Reply) and d.status == status and d.code == code
     body = json.loads(d.body)
-    assert body["error"]["code"] == code and body["error"]["request_id"] == "rid-1"
-    assert ("x-request-id", "rid-1") in d.headers
+    assert body["error"]["code"] == code and body["error"]["request_id"] == "gw-1"
+    assert ("x-request-id", "gw-1") in d.headers and m.info.client_request_id == "rid-1"
     assert m.phase is Phase.DONE
     with pytest.raises(ProtocolError):
         m.on_request_body(b"{}", True)
 
 
 def test_auth_failure_and_missing_credential() -> None:
-    m = RequestMachine(gateway())
+    m = RequestMachine(gateway(), request_id="gw-1")
     m.on_request_headers(headers("/openai/x", authorization="Bearer a.b.c"), False)
     d = m.on_identity(AuthError("token_expired", "the token has expired"))
     assert isinstance(d, Reply) and d.status == 401
-    m2 = RequestMachine(gateway())
+    m2 = RequestMachine(gateway(), request_id="gw-1")
     m2.on_request_headers(headers("/down/x", authorization="Bearer a.b.c"), False)
     d2 = m2.on_identity(ALICE)
     assert isinstance(d2, Reply) and d2.status == 503 and d2.code == "credential_unavailable"
@@ -117,9 +122,9 @@ def test_auth_failure_and_missing_credential() -> None:
 
 
 def test_unauthenticated_route_forwards_without_identity() -> None:
-    m = RequestMachine(gateway())
+    m = RequestMachine(gateway(), request_id="gw-1")
     d = m.on_request_headers(headers("/open/x", authorization="Bearer caller"), True)
-    assert isinstance(d, Continue) and d.set_headers == ()
+    assert isinstance(d, Continue) and d.set_headers == (("x-request-id", "gw-1"),)
     assert "authorization" in d.remove_headers
     assert m.phase is Phase.FORWARDED
 
@@ -142,7 +147,7 @@ def test_response_scrubbing_headers_and_split_body() -> None:
 
 
 def test_protocol_errors() -> None:
-    m = RequestMachine(gateway())
+    m = RequestMachine(gateway(), request_id="gw-1")
     with pytest.raises(ProtocolError):
         m.on_response_body(b"x", False)
     with pytest.raises(ProtocolError):
@@ -183,7 +188,7 @@ def governed(masking: ResponseMasking | None = None) -> Gateway:
 
 
 def to_body(gw: Gateway, body: dict[str, object]) -> tuple[RequestMachine, object]:
-    m = RequestMachine(gw)
+    m = RequestMachine(gw, request_id="gw-1")
     m.on_request_headers(headers("/openai/chat/completions", authorization="Bearer a.b.c"), False)
     m.on_identity(ALICE)
     return m, m.on_request_body(json.dumps(body).encode(), True)
@@ -262,13 +267,13 @@ def test_error_shape_follows_the_route_api() -> None:
     d = m.on_request_headers(headers("/anthropic/v1/messages"), False)
     assert isinstance(d, Reply)
     body = json.loads(d.body)
-    assert body["type"] == "error" and body["request_id"] == "rid-1"
+    assert body["type"] == "error" and body["request_id"] == m.info.request_id != "rid-1"
     assert body["error"]["type"] == "authentication_error" and isinstance(body["error"]["message"], str)
     m = RequestMachine(gateway())
     d = m.on_request_headers(headers("/nowhere"), False)
     assert isinstance(d, Reply)
     body = json.loads(d.body)
-    assert body["type"] == "error" and body["error"]["request_id"] == "rid-1"
+    assert body["type"] == "error" and body["error"]["request_id"] == m.info.request_id != "rid-1"
 
 
 # ---------------------------------------------------------------------------
@@ -396,7 +401,7 @@ def test_record_start_is_written_before_forwarding_and_completed_after() -> None
     need2 = step(m, Event.BUDGET, lambda: m.on_budget(BudgetOutcome(allowed=True)))
     assert isinstance(need2, NeedRecordStart) and m.phase is Phase.RECORD
     entry = need2.entry
-    assert entry["interaction_id"] == "id-1" and entry["caller"]["user"] == "alice" and entry["forwarded"]
+    assert entry["request_id"] == m.info.request_id and entry["caller"]["user"] == "alice" and entry["forwarded"]
     assert "bob@example.com" not in json.dumps(entry)  # masked before it is ever written
     d = step(m, Event.RECORD_START, lambda: m.on_record_start(True))
     assert isinstance(d, Continue) and d.body is not None and m.phase is Phase.FORWARDED
@@ -405,7 +410,7 @@ def test_record_start_is_written_before_forwarding_and_completed_after() -> None
     step(m, Event.RESPONSE_BODY, lambda: m.on_response_body(b'{"choices":[]}', True))
     rec = [e for e in m.effects if isinstance(e, RecordEntries)]
     assert len(rec) == 1 and rec[0].start is entry and not rec[0].write_start
-    assert rec[0].complete["interaction_id"] == "id-1"
+    assert rec[0].complete["interaction_id"] == entry["interaction_id"]
 
 
 def test_record_start_refused_fails_closed_and_nothing_is_completed() -> None:
@@ -482,3 +487,44 @@ def test_mcp_tools_list_answer_is_filtered_by_policy() -> None:
     assert isinstance(d, Continue) and d.body is not None
     assert [t["name"] for t in json.loads(d.body)["result"]["tools"]] == ["search"]
     assert m.info.tools_hidden == ["delete_account"]
+
+
+# -- request identity: the gateway's, never the caller's ----------------------------------
+
+_SAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+
+
+@given(st.text(alphabet=_SAFE, min_size=1, max_size=128).filter(lambda v: v != "-"))
+def test_a_safe_client_request_id_is_kept_as_is(value: str) -> None:
+    assert client_request_id(value) == value
+
+
+@given(st.text(max_size=300))
+def test_a_client_request_id_is_kept_only_in_the_strict_shape(value: str) -> None:
+    kept = client_request_id(value)
+    if kept is not None:
+        assert kept == value and 1 <= len(value) <= 128 and set(value) <= set(_SAFE)
+    if len(value) > 128 or not set(value) <= set(_SAFE) or value in ("", "-"):
+        assert kept is None
+
+
+def test_the_callers_request_id_is_an_attribute_and_the_gateways_goes_upstream() -> None:
+    m = RequestMachine(gateway(), request_id="gw-7")
+    m.on_request_headers({":method": "POST", ":path": "/openai/x", "authorization": "Bearer a.b.c",
+                          CLIENT_REQUEST_ID_HEADER: "client-abc", "x-request-id": "envoy-own"}, False)
+    d = m.on_identity(ALICE)
+    assert isinstance(d, Continue)
+    assert m.info.request_id == "gw-7" and m.info.client_request_id == "client-abc"
+    assert ("x-request-id", "gw-7") in d.set_headers
+    assert CLIENT_REQUEST_ID_HEADER in d.remove_headers  # an internal header never leaves
+
+
+def test_a_hostile_client_request_id_is_dropped_and_the_answer_carries_the_gateways() -> None:
+    m = RequestMachine(gateway(), request_id="gw-8")
+    d = m.on_request_headers({":method": "GET", ":path": "/nowhere", "x-request-id": "x" * 129}, True)
+    assert isinstance(d, Reply)
+    assert m.info.client_request_id is None
+    assert json.loads(d.body)["error"]["request_id"] == "gw-8" and ("x-request-id", "gw-8") in d.headers
+    m2 = RequestMachine(gateway(), request_id="gw-9")
+    m2.on_request_headers({":method": "GET", ":path": "/nowhere", "x-request-id": "a b\nc"}, True)
+    assert m2.info.client_request_id is None

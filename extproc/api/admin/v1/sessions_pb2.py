@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#extproc/api/admin/v1/sessions.proto\x12\x14\x65xtproc.api.admin.v1\"\x93\x01\n\x12ListRecordsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05since\x18\x06 \x01(\x01\x12\r\n\x05until\x18\x07 \x01(\x01\x12\r\n\x05limit\x18\x08 \x01(\x05\"\xb7\x02\n\rRecordSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0einteraction_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05route\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\toperation\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\x05\x12\x16\n\x0ereceived_at_ms\x18\x0b \x01(\x03\x12\x12\n\nlatency_ms\x18\x0c \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\r \x01(\x03\x12\x0e\n\x06stream\x18\x0e \x01(\x08\x12\x10\n\x08\x63omplete\x18\x0f \x01(\x08\x12\x11\n\tforwarded\x18\x10 \x01(\x08\"K\n\x13ListRecordsResponse\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32#.extproc.api.admin.v1.RecordSummary\"&\n\x10GetRecordRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"R\n\x0cRecordDetail\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.extproc.api.admin.v1.RecordSummary\x12\x0c\n\x04json\x18\x02 \x01(\t\"4\n\x14\x45xportRecordsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\"\"\n\x12\x45xportRecordsChunk\x12\x0c\n\x04line\x18\x01 \x01(\t\"6\n\x14VerifyRecordsRequest\x12\x0f\n\x07\x66rom_id\x18\x01 \x01(\t\x12\r\n\x05to_id\x18\x02 \x01(\t\"\\\n\x15VerifyRecordsResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x03\x12\x16\n\x0e\x66irst_break_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xff\x02\n\x08Sessions\x12[\n\x04List\x12(.extproc.api.admin.v1.ListRecordsRequest\x1a).extproc.api.admin.v1.ListRecordsResponse\x12Q\n\x03Get\x12&.extproc.api.admin.v1.GetRecordRequest\x1a\".extproc.api.admin.v1.RecordDetail\x12`\n\x06\x45xport\x12*.extproc.api.admin.v1.ExportRecordsRequest\x1a(.extproc.api.admin.v1.ExportRecordsChunk0\x01\x12\x61\n\x06Verify\x12*.extproc.api.admin.v1.VerifyRecordsRequest\x1a+.extproc.api.admin.v1.VerifyRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#extproc/api/admin/v1/sessions.proto\x12\x14\x65xtproc.api.admin.v1\"\xae\x01\n\x12ListRecordsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05since\x18\x06 \x01(\x01\x12\r\n\x05until\x18\x07 \x01(\x01\x12\r\n\x05limit\x18\x08 \x01(\x05\x12\x19\n\x11\x63lient_request_id\x18\t \x01(\t\"\xd2\x02\n\rRecordSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0einteraction_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05route\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\toperation\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\x05\x12\x16\n\x0ereceived_at_ms\x18\x0b \x01(\x03\x12\x12\n\nlatency_ms\x18\x0c \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\r \x01(\x03\x12\x0e\n\x06stream\x18\x0e \x01(\x08\x12\x10\n\x08\x63omplete\x18\x0f \x01(\x08\x12\x11\n\tforwarded\x18\x10 \x01(\x08\x12\x19\n\x11\x63lient_request_id\x18\x11 \x01(\t\"K\n\x13ListRecordsResponse\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32#.extproc.api.admin.v1.RecordSummary\"&\n\x10GetRecordRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"R\n\x0cRecordDetail\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.extproc.api.admin.v1.RecordSummary\x12\x0c\n\x04json\x18\x02 \x01(\t\"4\n\x14\x45xportRecordsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\"\"\n\x12\x45xportRecordsChunk\x12\x0c\n\x04line\x18\x01 \x01(\t\"6\n\x14VerifyRecordsRequest\x12\x0f\n\x07\x66rom_id\x18\x01 \x01(\t\x12\r\n\x05to_id\x18\x02 \x01(\t\"\\\n\x15VerifyRecordsResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x03\x12\x16\n\x0e\x66irst_break_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xff\x02\n\x08Sessions\x12[\n\x04List\x12(.extproc.api.admin.v1.ListRecordsRequest\x1a).extproc.api.admin.v1.ListRecordsResponse\x12Q\n\x03Get\x12&.extproc.api.admin.v1.GetRecordRequest\x1a\".extproc.api.admin.v1.RecordDetail\x12`\n\x06\x45xport\x12*.extproc.api.admin.v1.ExportRecordsRequest\x1a(.extproc.api.admin.v1.ExportRecordsChunk0\x01\x12\x61\n\x06Verify\x12*.extproc.api.admin.v1.VerifyRecordsRequest\x1a+.extproc.api.admin.v1.VerifyRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +32,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'extproc.api.admin.v1.sessio
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTRECORDSREQUEST']._serialized_start=62
-  _globals['_LISTRECORDSREQUEST']._serialized_end=209
-  _globals['_RECORDSUMMARY']._serialized_start=212
-  _globals['_RECORDSUMMARY']._serialized_end=523
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=525
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=600
-  _globals['_GETRECORDREQUEST']._serialized_start=602
-  _globals['_GETRECORDREQUEST']._serialized_end=640
-  _globals['_RECORDDETAIL']._serialized_start=642
-  _globals['_RECORDDETAIL']._serialized_end=724
-  _globals['_EXPORTRECORDSREQUEST']._serialized_start=726
-  _globals['_EXPORTRECORDSREQUEST']._serialized_end=778
-  _globals['_EXPORTRECORDSCHUNK']._serialized_start=780
-  _globals['_EXPORTRECORDSCHUNK']._serialized_end=814
-  _globals['_VERIFYRECORDSREQUEST']._serialized_start=816
-  _globals['_VERIFYRECORDSREQUEST']._serialized_end=870
-  _globals['_VERIFYRECORDSRESPONSE']._serialized_start=872
-  _globals['_VERIFYRECORDSRESPONSE']._serialized_end=964
-  _globals['_SESSIONS']._serialized_start=967
-  _globals['_SESSIONS']._serialized_end=1350
+  _globals['_LISTRECORDSREQUEST']._serialized_end=236
+  _globals['_RECORDSUMMARY']._serialized_start=239
+  _globals['_RECORDSUMMARY']._serialized_end=577
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=579
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=654
+  _globals['_GETRECORDREQUEST']._serialized_start=656
+  _globals['_GETRECORDREQUEST']._serialized_end=694
+  _globals['_RECORDDETAIL']._serialized_start=696
+  _globals['_RECORDDETAIL']._serialized_end=778
+  _globals['_EXPORTRECORDSREQUEST']._serialized_start=780
+  _globals['_EXPORTRECORDSREQUEST']._serialized_end=832
+  _globals['_EXPORTRECORDSCHUNK']._serialized_start=834
+  _globals['_EXPORTRECORDSCHUNK']._serialized_end=868
+  _globals['_VERIFYRECORDSREQUEST']._serialized_start=870
+  _globals['_VERIFYRECORDSREQUEST']._serialized_end=924
+  _globals['_VERIFYRECORDSRESPONSE']._serialized_start=926
+  _globals['_VERIFYRECORDSRESPONSE']._serialized_end=1018
+  _globals['_SESSIONS']._serialized_start=1021
+  _globals['_SESSIONS']._serialized_end=1404
 # @@protoc_insertion_point(module_scope)

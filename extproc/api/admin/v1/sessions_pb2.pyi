@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ListRecordsRequest(_message.Message):
-    __slots__ = ("user", "session", "decision", "provider", "model", "since", "until", "limit")
+    __slots__ = ("user", "session", "decision", "provider", "model", "since", "until", "limit", "client_request_id")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ListRecordsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user: str
     session: str
     decision: str
@@ -24,10 +25,11 @@ class ListRecordsRequest(_message.Message):
     since: float
     until: float
     limit: int
-    def __init__(self, user: _Optional[str] = ..., session: _Optional[str] = ..., decision: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+    client_request_id: str
+    def __init__(self, user: _Optional[str] = ..., session: _Optional[str] = ..., decision: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., limit: _Optional[int] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class RecordSummary(_message.Message):
-    __slots__ = ("request_id", "interaction_id", "session_id", "user", "provider", "route", "model", "operation", "action", "status", "received_at_ms", "latency_ms", "total_tokens", "stream", "complete", "forwarded")
+    __slots__ = ("request_id", "interaction_id", "session_id", "user", "provider", "route", "model", "operation", "action", "status", "received_at_ms", "latency_ms", "total_tokens", "stream", "complete", "forwarded", "client_request_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +46,7 @@ class RecordSummary(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     interaction_id: str
     session_id: str
@@ -60,7 +63,8 @@ class RecordSummary(_message.Message):
     stream: bool
     complete: bool
     forwarded: bool
-    def __init__(self, request_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., session_id: _Optional[str] = ..., user: _Optional[str] = ..., provider: _Optional[str] = ..., route: _Optional[str] = ..., model: _Optional[str] = ..., operation: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[int] = ..., received_at_ms: _Optional[int] = ..., latency_ms: _Optional[int] = ..., total_tokens: _Optional[int] = ..., stream: _Optional[bool] = ..., complete: _Optional[bool] = ..., forwarded: _Optional[bool] = ...) -> None: ...
+    client_request_id: str
+    def __init__(self, request_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., session_id: _Optional[str] = ..., user: _Optional[str] = ..., provider: _Optional[str] = ..., route: _Optional[str] = ..., model: _Optional[str] = ..., operation: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[int] = ..., received_at_ms: _Optional[int] = ..., latency_ms: _Optional[int] = ..., total_tokens: _Optional[int] = ..., stream: _Optional[bool] = ..., complete: _Optional[bool] = ..., forwarded: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class ListRecordsResponse(_message.Message):
     __slots__ = ("records",)

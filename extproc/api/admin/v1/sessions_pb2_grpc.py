@@ -67,7 +67,7 @@ class SessionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """One interaction (start + complete merged) by request id; NOT_FOUND if unknown.
+        """One interaction (start + complete merged) by the gateway's request id; NOT_FOUND if unknown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
