@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/extproc dev --config examples/extproc.yaml
 
+# The Kubernetes tests run Debian's iptables, ip netns and setpriv (as root): setup-host.sh
+# installs what is missing.
 test: $(STAMP)
+	tests/k8s/setup-host.sh
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -15,6 +15,7 @@ PACKAGES=${PACKAGES:-python3,python3-venv,iptables,ca-certificates}
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need podman || ! need debootstrap; then
   echo "installing podman, buildah and debootstrap (apt-get)" >&2
+  apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman buildah debootstrap >&2
 fi
 
