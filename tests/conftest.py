@@ -21,8 +21,8 @@ _redis: Proc | None = None
 
 # Property tests: a quick profile while developing, a thorough one in CI (`.ci/run` sets CI=true).
 # Choose one by hand with HYPOTHESIS_PROFILE=dev|ci. Tests do not hard-code example counts.
-settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 

@@ -546,7 +546,10 @@ class InteractionRecorder:
         """What is known from the request headers. ``session_header`` is the raw value of
         ``settings.session_header`` (None when absent). ``request_id`` is the gateway's;
         ``client_request_id`` the caller's already validated correlation id (not a key)."""
-        self.request_id = request_id or "-"
+        # The gateway's id; still checked, as every value that reaches a record is (a caller
+        # should never be able to choose it, and nothing raw is stored if one ever could).
+        rid = request_id or "-"
+        self.request_id = rid if rid == "-" else (safe_token(rid, self.profile) or f"iid-{self.interaction_id}")
         # A caller's correlation id is stored only when it cannot carry PII (docs/recording.md).
         client_request_id = safe_token(client_request_id, self.profile)
         self.user = caller.user if caller is not None else None

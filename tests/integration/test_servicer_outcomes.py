@@ -44,7 +44,8 @@ def _count(metrics: Metrics, outcome: str) -> float:
 
 def _run(reset_at_end: bool) -> Metrics:
     metrics = Metrics()
-    gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [])
+    gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [],
+                 clock=lambda: 0.0, new_id=lambda: "id-1", timer=lambda: 0.0)
     servicer = ExternalProcessor(lambda: gw, lambda: None, metrics, store=None)  # type: ignore[arg-type]
 
     async def drive() -> None:
@@ -72,7 +73,8 @@ async def _cut_short() -> AsyncIterator[ep.ProcessingRequest]:
 
 def test_an_answer_cut_short_is_incomplete() -> None:
     metrics = Metrics()
-    gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [])
+    gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [],
+                 clock=lambda: 0.0, new_id=lambda: "id-1", timer=lambda: 0.0)
     servicer = ExternalProcessor(lambda: gw, lambda: None, metrics, store=None)  # type: ignore[arg-type]
 
     async def drive() -> None:

@@ -22,6 +22,10 @@ def test_extproc_envoy_run_passes_concurrency(tmp_path: Path) -> None:
     require_root()
     raw = yaml.safe_load((ROOT / "k8s/base/config/extproc.yaml").read_text())
     raw.setdefault("envoy", {})["concurrency"] = 3
+    # The admin interface on TCP inside the namespace: this reads /server_info, while the shipped
+    # sidecar puts it on a socket in the pod's private volume (tests/e2e/test_app_seat.py).
+    raw["listeners"]["envoy_admin"] = {"address": "127.0.0.1", "port": 9901}
+    raw["listeners"].pop("envoy_probe", None)
     cfg_file = tmp_path / "extproc.yaml"
     cfg_file.write_text(yaml.safe_dump(raw))
     boot = tmp_path / "envoy.yaml"

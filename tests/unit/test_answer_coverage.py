@@ -111,7 +111,7 @@ def chat_stream(field: str) -> bytes:
 
 
 @pytest.mark.parametrize("field", ["content", "reasoning_content", "reasoning", "refusal", "vendor_text"])
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(0, 4000), max_size=6))
 def test_chat_stream_masks_every_text_member(field: str, cuts: list[int]) -> None:
     out = run(chat_stream(field), "text/event-stream", "openai", cuts)
@@ -144,7 +144,7 @@ def responses_stream(kind: str = "response.output_text.delta") -> bytes:
 
 @pytest.mark.parametrize("kind", ["response.output_text.delta", "response.reasoning_summary_text.delta",
                                   "response.reasoning_text.delta", "response.refusal.delta"])
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(0, 4000), max_size=6))
 def test_responses_stream_masks_and_keeps_sequence_numbers_unique(kind: str, cuts: list[int]) -> None:
     out = run(responses_stream(kind), "text/event-stream", "openai", cuts)
@@ -173,7 +173,7 @@ def anthropic_stream(thinking: str, text: str) -> bytes:
     return sse(ev, named=True)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(0, 4000), max_size=6))
 def test_anthropic_thinking_is_masked_and_its_signature_dropped(cuts: list[int]) -> None:
     out = run(anthropic_stream(f"user {EMAIL} wants", f"hi {EMAIL}"), "text/event-stream", "anthropic", cuts)

@@ -37,7 +37,7 @@ ALPHABET = "ab @.\u200b\u00ad\uff20\u0430\u0301\ufb01xe4 jn-com1\U000e0061"
 SEEDS = ["jane@example.com", "ja\u200bne\uff20ex\u0430mple.com", "4242 4242 4242 4242", "x\U000e0061y@b.co"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     st.lists(st.one_of(st.sampled_from(SEEDS), st.text(alphabet=ALPHABET, max_size=8)), max_size=8),
     st.lists(st.integers(min_value=0, max_value=200), max_size=10),
@@ -51,7 +51,7 @@ def test_any_chunking_gives_the_whole_text_result(pieces: list[str], cuts: list[
     assert out == expected
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.sampled_from([*SEEDS, " ", "x", "\u200b"]), max_size=8), st.integers(1, 7))
 def test_byte_chunking_inside_characters(pieces: list[str], step: int) -> None:
     text = "".join(pieces)

@@ -14,7 +14,7 @@ from extproc.masking import MaskingProfile, Span, default_profile
 from extproc.masking.phone import DEFAULT_PHONE_REGIONS
 
 PROFILE = default_profile()
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _phones(text: str) -> list[str]:
