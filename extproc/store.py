@@ -18,12 +18,26 @@ from redis.exceptions import RedisError
 
 from extproc.errors import StoreUnavailable
 
-__all__ = ["DEFAULT_PREFIX", "RedisStore", "StoreUnavailable"]
+__all__ = ["DEFAULT_PREFIX", "KeySpace", "RedisStore", "StoreUnavailable"]
 
 log = logging.getLogger("extproc.store")
 
 #: Every key the project writes starts with this (configurable per deployment or tenant).
 DEFAULT_PREFIX = "extproc:"
+
+
+class KeySpace:
+    """Names keys under one prefix (the deployment's, or a tenant's: the Redis ACLs are written
+    for it), so no store spells a key by hand: ``KeySpace("extproc:")("records", "head")`` is
+    ``extproc:records:head``."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def __call__(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
 
 
 class RedisStore:

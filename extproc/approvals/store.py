@@ -50,7 +50,7 @@ from extproc.approvals.model import (
 )
 from extproc.approvals.notify import Notifier
 from extproc.identity.model import Identity
-from extproc.store import DEFAULT_PREFIX, StoreUnavailable
+from extproc.store import DEFAULT_PREFIX, KeySpace, StoreUnavailable
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -123,31 +123,23 @@ class ApprovalStore:
     ) -> None:
         self._r = redis
         self.prefix = prefix
+        self._k = k = KeySpace(prefix)
+        self.channel = k("approvals", "events")
+        self._pending = k("approvals", "pending")
+        self._all = k("approvals", "all")
         self._notifier = notifier
         self._clock = clock
 
     # -- keys ------------------------------------------------------------------
 
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}approvals:events"
-
     def _rec(self, approval_id: str) -> str:
-        return f"{self.prefix}approval:{approval_id}"
-
-    @property
-    def _pending(self) -> str:
-        return f"{self.prefix}approvals:pending"
-
-    @property
-    def _all(self) -> str:
-        return f"{self.prefix}approvals:all"
+        return self._k("approval", approval_id)
 
     def _by_binding(self, binding: Binding) -> str:
-        return f"{self.prefix}approvals:binding:{binding.key()}"
+        return self._k("approvals", "binding", binding.key())
 
     def _hb(self, owner: str) -> str:
-        return f"{self.prefix}approvals:heartbeat:{owner}"
+        return self._k("approvals", "heartbeat", owner)
 
     # -- create, read ---------------------------------------------------------
 

@@ -203,6 +203,6 @@ class ApprovalWaiter:
         ids = list(self._waiters)
         if not ids:
             return
-        for a in await self._store._load(ids, self._store._now(None), prune=f"{self._store.prefix}approvals:pending"):
+        for a in await self._store._load(ids, self._store._now(None), prune=self._store._pending):
             if a.state != PENDING:
                 self._resolve(a)

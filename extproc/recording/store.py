@@ -68,6 +68,7 @@ from extproc.recording.model import (
     summarize,
     verify_chain,
 )
+from extproc.store import DEFAULT_PREFIX, KeySpace
 
 __all__ = ["RecordKeys", "RecordingUnavailable", "RecordsStore", "Spool", "TrimResult"]
 
@@ -211,34 +212,26 @@ class TrimResult:
     first_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordKeys:
-    prefix: str = "extproc:"
+class RecordKeys(KeySpace):
+    """The recording store's keys (see docs/recording.md for the layout)."""
 
-    @property
-    def stream(self) -> str:
-        return f"{self.prefix}records"
+    __slots__ = ("anchor", "head", "index_secret", "stream")
 
-    @property
-    def head(self) -> str:
-        return f"{self.prefix}records:head"
-
-    @property
-    def anchor(self) -> str:
-        return f"{self.prefix}records:anchor"
-
-    @property
-    def index_secret(self) -> str:
-        return f"{self.prefix}records:index_key"
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        super().__init__(prefix)
+        self.stream = self("records")
+        self.head = self("records", "head")
+        self.anchor = self("records", "anchor")
+        self.index_secret = self("records", "index_key")
 
     def session(self, user_digest: str) -> str:
-        return f"{self.prefix}records:session:{user_digest}"
+        return self("records", "session", user_digest)
 
     def dedupe(self, interaction_id: str, kind: str) -> str:
-        return f"{self.prefix}records:uid:{interaction_id}:{kind}"
+        return self("records", "uid", interaction_id, kind)
 
     def index(self, kind: str, value: str | None = None) -> str:
-        return f"{self.prefix}idx:{kind}" if value is None else f"{self.prefix}idx:{kind}:{value}"
+        return self("idx", kind) if value is None else self("idx", kind, value)
 
 
 def _s(v: Any) -> str:
