@@ -71,7 +71,7 @@ def test_held_until_approved_by_the_cli_then_forwarded_once(fresh_upstream: Stac
     # The record of the interaction carries the approval reference.
     rid = s.upstream.requests[0].headers["x-request-id"]
     auditor = s.token("audrey", groups=("auditors",))
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # polls until true; the bound only stops a broken run
     while True:
         shown = s.cli("sessions", "show", rid, "--json", token=auditor)
         if (shown.returncode == 0 and json.loads(shown.stdout).get("complete")) or time.monotonic() > deadline:

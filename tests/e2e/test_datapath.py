@@ -123,7 +123,7 @@ def test_anthropic_credential_file_is_reread_after_rotation(fresh_upstream: Stac
     rotated = "sk-ant-rotated-" + "x" * 20
     s.cred_file.write_text(rotated)
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             s.upstream.reset()
             c.messages.create(model="m", max_tokens=5, messages=MSG,  # type: ignore[arg-type]

@@ -175,7 +175,7 @@ def test_streamed_usage_is_charged_to_the_token_budget(fresh_upstream: Stack, re
     assert json.loads(s.upstream.requests[0].body)["stream_options"] == {"include_usage": True}
     import time
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     status = 200
     while time.monotonic() < deadline:  # the charge is applied just after the stream ends
         try:
@@ -208,7 +208,7 @@ def test_hot_reload_swaps_policy_and_rejects_an_invalid_one(fresh_upstream: Stac
         return False
 
     def wait_for(want: bool) -> bool:
-        deadline = time.monotonic() + 6
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if blocked() == want:
                 return True
@@ -233,7 +233,7 @@ def test_hot_reload_swaps_policy_and_rejects_an_invalid_one(fresh_upstream: Stac
         no_rec = yaml.safe_load(original)
         no_rec.pop("recording")
         s.config_path.write_text(yaml.safe_dump(no_rec))
-        deadline = time.monotonic() + 6
+        deadline = time.monotonic() + 30
         while "turning recording on or off needs a restart" not in s.procs["extproc"].output():
             assert time.monotonic() < deadline
             time.sleep(0.2)
