@@ -199,13 +199,13 @@ class Reloader:
                 log.warning("configuration reload (%s): turning %s on or off needs a restart; kept as it was",
                             why, key)
                 gateway = replace(gateway, **{key: getattr(s.gateway, key)})
-        changed = [k for k in self.RESTART_KEYS if new.raw.get(k) != s.config.raw.get(k)]
+        changed = [k for k in self.RESTART_KEYS if getattr(new.file, k) != getattr(s.config.file, k)]
         if changed:
             log.warning("configuration reload (%s): changes to %s need a restart and were not applied",
                         why, ", ".join(changed))
         s.gateway = gateway
-        s.config = replace(s.config, raw={**s.config.raw, **{k: new.raw.get(k) for k in self.RELOADED_KEYS}},
-                           version=new.version)
+        kept = s.config.file.model_copy(update={k: getattr(new.file, k) for k in self.RELOADED_KEYS})
+        s.config = replace(s.config, file=kept, version=new.version, lines=new.lines)
         s.metrics.config_reloads.labels("applied").inc()
         log.info("configuration reloaded (%s): policy version %s", why, gateway.policy.version)
         return True

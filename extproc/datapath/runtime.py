@@ -37,7 +37,7 @@ def _profile_config(raw: Any) -> Mapping[str, Any] | None:
 
 
 def response_masking(cfg: Config) -> ResponseMasking:
-    raw = cfg.raw.get("masking")
+    raw = cfg.file.masking
     if raw is None:
         return ResponseMasking()
     err = _located(cfg)
@@ -82,15 +82,15 @@ def response_masking(cfg: Config) -> ResponseMasking:
 
 
 def policy(cfg: Config) -> Policy:
-    raw = cfg.raw.get("policy")
+    raw = cfg.file.policy
     if raw is None:
         return Policy.empty()
     return Policy.from_config(raw, file=cfg.source, lines=cfg.lines,
-                              masking_config=_profile_config(cfg.raw.get("masking")))
+                              masking_config=_profile_config(cfg.file.masking))
 
 
 def approvals(cfg: Config) -> ApprovalSettings | None:
-    raw = cfg.raw.get("approvals")
+    raw = cfg.file.approvals
     if raw is None:
         return None
     settings = ApprovalSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
@@ -105,7 +105,7 @@ def approvals(cfg: Config) -> ApprovalSettings | None:
 
 
 def recording(cfg: Config) -> RecordingSettings | None:
-    raw = cfg.raw.get("recording")
+    raw = cfg.file.recording
     if raw is None:
         return None
     settings = RecordingSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
@@ -114,7 +114,7 @@ def recording(cfg: Config) -> RecordingSettings | None:
 
 def tools(cfg: Config) -> tuple[ToolPolicy, str]:
     """The ``tools:`` section and what happens to forbidden tool calls in model answers."""
-    raw = cfg.raw.get("tools")
+    raw = cfg.file.tools
     if raw is None:
         return ToolPolicy.empty(), "remove"
     if not isinstance(raw, Mapping):
@@ -142,7 +142,7 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         credential=creds.get,
         all_credentials=creds.all_values,
         policy=policy(cfg),
-        governed=cfg.raw.get("policy") is not None,
+        governed=cfg.file.policy is not None,
         approvals=approvals(cfg),
         recording=recording(cfg),
         tools=tool_policy,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from extproc.config.model import CredentialConfig, ProviderConfig
+from extproc.config.model import AuthConfig, CredentialConfig, ProviderConfig
 from extproc.datapath.machine import (
     Continue,
     Gateway,
@@ -23,14 +23,15 @@ KEY = "sk-provider-secret-123456"
 def providers() -> list[ProviderConfig]:
     return [
         ProviderConfig(name="openai", api="openai", base_url="https://api.openai.com/v1", prefix="/openai",
-                       credential=CredentialConfig(env="K"), auth_header="authorization", auth_scheme="Bearer "),
+                       credential=CredentialConfig(env="K"), auth=AuthConfig(header="authorization", scheme="Bearer ")),
         ProviderConfig(name="anthropic", api="anthropic", base_url="https://api.anthropic.com", prefix="/anthropic",
-                       credential=CredentialConfig(env="A"), auth_header="x-api-key", auth_scheme="",
+                       credential=CredentialConfig(env="A"), auth=AuthConfig(header="x-api-key", scheme=""),
                        headers={"anthropic-beta": "x"}),
         ProviderConfig(name="open", api="generic", base_url="http://x", prefix="/open", credential=None,
-                       auth_header="authorization", auth_scheme="Bearer ", authenticate=False),
+                       auth=AuthConfig(header="authorization", scheme="Bearer "), authenticate=False),
         ProviderConfig(name="down", api="openai", base_url="http://x", prefix="/down",
-                       credential=CredentialConfig(env="MISSING"), auth_header="authorization", auth_scheme="Bearer "),
+                       credential=CredentialConfig(env="MISSING"),
+                       auth=AuthConfig(header="authorization", scheme="Bearer ")),
     ]
 
 
