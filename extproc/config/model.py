@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import AfterValidator, Field, model_validator
 
+from extproc.approvals.config import HOLD_MARGIN_SECONDS, ApprovalsSection
 from extproc.config.types import (
     Between,
     ConfigError,
@@ -39,6 +40,10 @@ from extproc.config.types import (
     located_error,
     validate_section,
 )
+from extproc.masking.config import MaskingSection
+from extproc.policy.loader import PolicySection, check_against_masking
+from extproc.recording.config import RecordingSection
+from extproc.tools.config import ToolsSection
 
 __all__ = [
     "AdminConfig",
@@ -376,9 +381,6 @@ def _version(v: object) -> int:
     return 1
 
 
-_Raw = dict[str, Any] | None
-
-
 class ConfigFile(Section):
     """The whole configuration file, typed. Sections left out are None (not configured)."""
 
@@ -389,11 +391,11 @@ class ConfigFile(Section):
     providers: tuple[ProviderConfig, ...] = ()
     envoy: EnvoyTuning = EnvoyTuning()
     shutdown_grace_seconds: Annotated[float, NumberBetween(0.0, 600.0)] = 20.0
-    policy: _Raw = None
-    masking: _Raw = None
-    approvals: _Raw = None
-    recording: _Raw = None
-    tools: _Raw = None
+    policy: PolicySection | None = None
+    masking: MaskingSection | None = None
+    approvals: ApprovalsSection | None = None
+    recording: RecordingSection | None = None
+    tools: ToolsSection | None = None
 
     @model_validator(mode="after")
     def _across_sections(self) -> ConfigFile:
@@ -409,6 +411,22 @@ class ConfigFile(Section):
                                   "providers", i, "prefix")
         if any(p.authenticate for p in providers) and not self.identity.issuers:
             raise Invalid("providers require authentication but no issuer is configured", "identity", "issuers")
+        if self.policy is not None:
+            try:
+                check_against_masking(self.policy, self.masking)
+            except Invalid as exc:
+                raise Invalid(exc.message, "policy", *exc.at) from None
+        if self.masking is not None and self.masking.responses.providers is not None:
+            names = {p.name for p in providers}
+            for i, name in enumerate(self.masking.responses.providers):
+                if name not in names:
+                    raise Invalid(f"unknown provider {name!r}", "masking", "responses", "providers", i)
+        if self.approvals is not None:
+            hold, limit = self.approvals.hold_seconds, self.envoy.max_message_timeout_seconds
+            if hold + HOLD_MARGIN_SECONDS > limit:
+                raise Invalid(f"a hold of {hold}s needs envoy.max_message_timeout_seconds >= "
+                              f"{hold + HOLD_MARGIN_SECONDS} (it is {limit}): Envoy would cut the held request",
+                              "approvals", "hold_seconds")
         return self
 
 

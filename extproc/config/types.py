@@ -36,6 +36,7 @@ from pydantic_core import CoreSchema, core_schema
 
 __all__ = [
     "Between",
+    "Checked",
     "ConfigError",
     "EnvText",
     "Flag",
@@ -43,6 +44,7 @@ __all__ = [
     "Names",
     "NonEmpty",
     "NumberBetween",
+    "OneOf",
     "OptionalNames",
     "Pattern",
     "Section",
@@ -216,6 +218,26 @@ class Pattern:
         return {"type": "string", "pattern": f"^(?:{self.regex})$"}
 
 
+@dataclass(frozen=True, slots=True)
+class OneOf:
+    """One of a fixed set of strings (kept in the code that gives them meaning)."""
+
+    choices: tuple[str, ...]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        allowed = frozenset(self.choices)
+
+        def check(v: object) -> str:
+            if not isinstance(v, str) or v not in allowed:
+                raise Invalid(f"must be one of {', '.join(self.choices)}, got {kind(v)}")
+            return v
+
+        return core_schema.no_info_plain_validator_function(check)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "enum": list(self.choices)}
+
+
 def _text(v: object) -> str:
     if not isinstance(v, str):
         raise Invalid(f"must be a string, got {kind(v)}")
@@ -223,7 +245,7 @@ def _text(v: object) -> str:
 
 
 def _non_empty(v: object) -> str:
-    if not isinstance(v, str) or not v.strip():
+    if not isinstance(v, str) or not v:
         raise Invalid(f"must be a non-empty string, got {kind(v)}")
     return v
 
@@ -236,7 +258,7 @@ def _env_text(v: object, info: ValidationInfo) -> str:
     return expand_env(str(v), env if env is not None else {})
 
 
-class _Plain:
+class Checked:
     """A string type validated by ``fn`` (messages of the project's own)."""
 
     def __init__(self, fn: Any, schema: JsonSchemaValue, *, info: bool = False) -> None:
@@ -254,11 +276,11 @@ class _Plain:
 
 
 #: Any string (empty allowed), no coercion from numbers.
-Text = Annotated[str, _Plain(_text, {"type": "string"})]
-#: A string with a non-space character.
-NonEmpty = Annotated[str, _Plain(_non_empty, {"type": "string", "minLength": 1})]
+Text = Annotated[str, Checked(_text, {"type": "string"})]
+#: A string of at least one character.
+NonEmpty = Annotated[str, Checked(_non_empty, {"type": "string", "minLength": 1})]
 #: A string in which ``${VAR}`` / ``${VAR:-default}`` are expanded from the environment.
-EnvText = Annotated[str, _Plain(_env_text, {"type": "string"}, info=True)]
+EnvText = Annotated[str, Checked(_env_text, {"type": "string"}, info=True)]
 
 
 def _one_or_many(v: object) -> object:
