@@ -72,6 +72,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from extproc.config.schema import render_schema
+
+    text = render_schema()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from extproc.server import serve
 
@@ -210,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("check", help="validate a configuration file; points at the offending key")
     cc.add_argument("file")
     cc.set_defaults(func=cmd_config_check)
+    cs = csub.add_parser("schema", help="print the JSON Schema of the configuration file (generated from its types)")
+    cs.add_argument("-o", "--output", help="write here instead of stdout")
+    cs.set_defaults(func=cmd_config_schema)
 
     e = sub.add_parser("envoy", help="Envoy configuration derived from the extproc configuration")
     esub = e.add_subparsers(dest="envoy_command", metavar="ACTION", required=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from extproc.config.types import Between, Invalid, Names, NumberBetween, OneOf, Pattern, Section
 
@@ -57,6 +57,8 @@ def _hook_url(url: str) -> str:
 
 
 class Webhook(Section):
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["url"]}, {"required": ["url_env"]}]})
+
     #: The URL, or None when it comes from the environment (``url_env``): Slack incoming-
     #: webhook URLs are credentials and do not belong in a committed file.
     url: Annotated[str, AfterValidator(_hook_url)] | None = None

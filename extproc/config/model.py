@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from extproc.approvals.config import HOLD_MARGIN_SECONDS, ApprovalsSection
 from extproc.config.types import (
@@ -246,6 +246,8 @@ class IdentitySpec(Section):
 
 class CredentialConfig(Section):
     """Where a provider's secret comes from. Exactly one of ``env``/``file`` is set."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["env"]}, {"required": ["file"]}]})
 
     env: EnvText | None = None
     file: EnvText | None = None
@@ -522,6 +524,10 @@ def _load_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
             for k, v in n.value:
                 key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
                 child = f"{path}.{key}" if path else str(key)
+                if child in lines:
+                    # YAML keeps the last one silently; a second section must not replace the first.
+                    raise ConfigError(f"already given on line {lines[child]}", path=child, file=file,
+                                      line=k.start_mark.line + 1)
                 lines[child] = k.start_mark.line + 1
                 walk(v, child)
         elif isinstance(n, yaml.SequenceNode):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
 from extproc.config.types import (
     Between,
@@ -206,6 +206,8 @@ class RuleSpec(Section):
 
 
 class BudgetSpec(Section):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}]})
+
     id: Ident
     description: Text = ""
     match: BudgetSelector = SelectorSpec()

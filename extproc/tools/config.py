@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
 from extproc.config.types import Flag, Invalid, NonEmpty, OneOf, OptionalNames, Pattern, Section, Text, kind
 from extproc.policy.matchers import RegexRejected, compile_regex
@@ -99,6 +99,8 @@ Bound = Annotated[float, BeforeValidator(_bound)]
 
 class ConditionSpec(Section):
     """One condition on one argument; every operator given must hold."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": [op]} for op in ARGUMENT_OPERATORS]})
 
     path: Annotated[str, BeforeValidator(_argument_path)]
     equals: JsonValue = None
