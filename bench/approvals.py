@@ -48,7 +48,7 @@ def bench_approvals(n: int = 20) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     from extproc.approvals.store import ApprovalStore
-    from extproc.identity.jwt import Identity
+    from extproc.identity.model import Identity
 
     work = Path(tempfile.mkdtemp(prefix="extproc-bench-approvals-"))
     s = Stack(work, extra_config={"recording": None}).start()

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from extproc.config.envoy import render_envoy  # noqa: E402
-from extproc.config.model import load_config  # noqa: E402
+from extproc.config.load import load_config  # noqa: E402
 from extproc.dev.keys import ensure_dev_issuer, mint_token  # noqa: E402
 from extproc.dev.procs import Proc, envoy_binary, free_port, free_ports, start_redis, wait_http, wait_tcp  # noqa: E402
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from extproc import __version__
-from extproc.config.model import Config, ConfigError, load_config
+from extproc.config.load import load_config
+from extproc.config.model import Config, ConfigError
 
 __all__ = ["main"]
 

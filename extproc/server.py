@@ -30,10 +30,11 @@ from extproc.admin.metrics import Metrics
 from extproc.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from extproc.approvals import api as approvals_api
 from extproc.approvals.gate import ApprovalGate
-from extproc.approvals.model import make_owner_id
+from extproc.approvals.ids import make_owner_id
 from extproc.approvals.notify import Notifier
 from extproc.approvals.store import ApprovalStore, ApprovalWaiter
-from extproc.config.model import Config, ConfigError, load_config
+from extproc.config.load import load_config
+from extproc.config.model import Config, ConfigError
 from extproc.datapath.machine import Gateway
 from extproc.datapath.runtime import build_gateway
 from extproc.datapath.servicer import ExternalProcessor

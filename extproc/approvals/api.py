@@ -30,7 +30,8 @@ from extproc.approvals.model import (
 from extproc.approvals.notify import Notifier
 from extproc.approvals.store import DEFAULT_PREFIX, ApprovalStore, ApprovalWaiter
 from extproc.identity.admin import authenticate_rpc
-from extproc.identity.jwt import Authenticator, Identity
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import Identity
 from extproc.store import StoreUnavailable
 
 __all__ = ["ApprovalsService", "add_to_server", "approval_to_pb"]

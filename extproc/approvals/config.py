@@ -3,7 +3,6 @@ policy rule's requests, and where notifications go."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -73,11 +72,12 @@ class Webhook(Section):
             raise Invalid("set exactly one of 'url' and 'url_env'")
         return self
 
-    def resolve_url(self, env: Mapping[str, str] | None = None) -> str | None:
+    def resolve_url(self, env: Mapping[str, str]) -> str | None:
+        """The URL; ``env`` is the process environment, passed in (this model reads no globals)."""
         if self.url:
             return self.url
         if self.url_env:
-            return (os.environ if env is None else env).get(self.url_env) or None
+            return env.get(self.url_env) or None
         return None
 
     def describe(self) -> str:

@@ -16,10 +16,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import ApprovalError, ApprovalSettings, new_approval
 from extproc.approvals.store import ApprovalStore, ApprovalWaiter
 from extproc.datapath.machine import ApprovalResult, NeedApproval
-from extproc.identity.jwt import Identity
+from extproc.identity.model import Identity
 from extproc.store import StoreUnavailable
 
 __all__ = ["ApprovalGate"]
@@ -46,7 +47,7 @@ class ApprovalGate:
             if appr is None:
                 try:
                     appr = new_approval(need.binding, requester=requester, settings=settings, now=self._clock(),
-                                        owner=self.owner)
+                                        owner=self.owner, approval_id=new_approval_id())
                 except ApprovalError as exc:
                     return ApprovalResult("no_approvers", reason=exc.message)
                 appr = await store.create(appr, owner=self.owner)

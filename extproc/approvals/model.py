@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import secrets
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -33,7 +30,9 @@ from typing import Any
 
 from extproc.approvals.config import GRANT_MODES, ApprovalsSection, Webhook
 from extproc.config.types import validate_section
-from extproc.identity.jwt import Identity
+from extproc.errors import ExtprocError
+from extproc.identity.model import Identity
+from extproc.strictjson import loads_strict
 
 __all__ = [
     "APPROVAL_ID_RE",
@@ -56,9 +55,7 @@ __all__ = [
     "decide",
     "expire_if_due",
     "grant_usable",
-    "make_owner_id",
     "new_approval",
-    "new_approval_id",
 ]
 
 PENDING = "pending"
@@ -89,7 +86,7 @@ _VOLATILE_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 
 
-class ApprovalError(Exception):
+class ApprovalError(ExtprocError):
     """A refused transition. ``code`` is stable; ``message`` is safe to show the caller.
 
     Codes: ``not_found``, ``not_pending``, ``expired``, ``self_approval``, ``not_an_approver``,
@@ -148,19 +145,6 @@ class Binding:
         )
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
 def content_digest(body: bytes | None, *, api: str) -> str:
     """``sha256:<hex>`` of the request content, normalised so equivalent requests match.
 
@@ -174,9 +158,9 @@ def content_digest(body: bytes | None, *, api: str) -> str:
     if not body:
         return "sha256:" + hashlib.sha256(prefix + b"empty").hexdigest()
     try:
-        doc = json.loads(body, object_pairs_hook=_no_duplicates)
+        doc = loads_strict(body)
     except (ValueError, RecursionError):
-        # ValueError covers JSONDecodeError, UnicodeDecodeError and _DuplicateKey.
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and StrictJsonError.
         return "sha256:" + hashlib.sha256(prefix + b"raw\x00" + body).hexdigest()
     if isinstance(doc, dict):
         drop = _VOLATILE_FIELDS.get(api, frozenset())
@@ -379,18 +363,14 @@ def _str(d: Mapping[str, Any], key: str) -> str:
 # transitions (pure)
 
 
-def new_approval_id() -> str:
-    return "apr_" + secrets.token_urlsafe(15)
-
-
 def new_approval(
     binding: Binding,
     *,
     requester: Identity | Principal,
     settings: ApprovalSettings,
     now: float,
+    approval_id: str,
     owner: str | None = None,
-    approval_id: str | None = None,
 ) -> Approval:
     """A pending approval for ``binding``; raises ``no_approvers`` when nobody could approve it.
 
@@ -404,7 +384,7 @@ def new_approval(
             f"policy rule '{binding.rule_id}' requires approval but approvals.rules names no approvers for it",
         )
     return Approval(
-        id=approval_id or new_approval_id(),
+        id=approval_id,
         binding=binding,
         requester=Principal.of(requester),
         created_at=now,
@@ -508,15 +488,6 @@ def consume(a: Approval, now: float) -> Approval:
 def _describe(rule: ApproverRule) -> str:
     parts = [f"group {g}" for g in rule.groups] + [f"user {u}" for u in rule.users]
     return ", ".join(parts) or "nobody"
-
-
-_BOOT = secrets.token_hex(6)
-
-
-def make_owner_id() -> str:
-    """``host:pid:boot``: names this process; ``boot`` is random per start, so a restarted
-    process reusing a pid never mistakes its predecessor's held approvals for its own."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_BOOT}"
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import random
 import urllib.error
 import urllib.request
@@ -106,7 +107,7 @@ class Notifier:
         self._post = post or post_json
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        self._env = env
+        self._env: Mapping[str, str] = os.environ if env is None else env
         self._tasks: set[asyncio.Task[None]] = set()
         #: The latest delivery per (webhook, approval): the next one waits for it, so a
         #: receiver sees "created" before "decided" for the same approval.

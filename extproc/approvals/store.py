@@ -49,8 +49,8 @@ from extproc.approvals.model import (
     grant_usable,
 )
 from extproc.approvals.notify import Notifier
-from extproc.identity.jwt import Identity
-from extproc.store import StoreUnavailable
+from extproc.identity.model import Identity
+from extproc.store import DEFAULT_PREFIX, StoreUnavailable
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -64,7 +64,6 @@ __all__ = [
 
 log = logging.getLogger("extproc.approvals")
 
-DEFAULT_PREFIX = "extproc:"
 #: A holder refreshes its heartbeat every ``HEARTBEAT_INTERVAL`` seconds; after
 #: ``HEARTBEAT_TTL`` without one, its held approvals count as abandoned.
 HEARTBEAT_INTERVAL = 10

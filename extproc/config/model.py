@@ -15,11 +15,9 @@ environment at load time, so one file serves a laptop and a cluster
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -57,7 +55,6 @@ __all__ = [
     "ListenerConfig",
     "ProviderConfig",
     "TlsListenerConfig",
-    "load_config",
     "located_error",
     "parse_config",
 ]
@@ -524,10 +521,6 @@ def _load_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
             for k, v in n.value:
                 key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
                 child = f"{path}.{key}" if path else str(key)
-                if child in lines:
-                    # YAML keeps the last one silently; a second section must not replace the first.
-                    raise ConfigError(f"already given on line {lines[child]}", path=child, file=file,
-                                      line=k.start_mark.line + 1)
                 lines[child] = k.start_mark.line + 1
                 walk(v, child)
         elif isinstance(n, yaml.SequenceNode):
@@ -546,26 +539,13 @@ def _load_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
 
 
 def parse_config(data: Any, *, file: str = "<config>", lines: Mapping[str, int] | None = None,
-                 env: Mapping[str, str] | None = None, text: str | None = None) -> Config:
-    """The configuration in ``data`` (the YAML document), validated in one pass."""
+                 env: Mapping[str, str], text: str | None = None) -> Config:
+    """The configuration in ``data`` (the YAML document), validated in one pass. ``env``
+    expands ``${VAR}``: the process environment, passed in by
+    :func:`extproc.config.load.load_config` (this module reads no files and no globals)."""
     if data is None:
         raise ConfigError("the file is empty", file=file)
-    parsed = validate_section(ConfigFile, data, path="", file=file, lines=lines,
-                              env=os.environ if env is None else env)
+    parsed = validate_section(ConfigFile, data, path="", file=file, lines=lines, env=env)
     digest_src = text if text is not None else repr(data)
     return Config(source=file, version=hashlib.sha256(digest_src.encode()).hexdigest()[:16], file=parsed,
                   lines=dict(lines or {}))
-
-
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    file = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not valid UTF-8 (byte {exc.start})", file=file) from None
-    data, lines = _load_with_lines(text, file)
-    return parse_config(data, file=file, lines=lines, env=env, text=text)

@@ -34,6 +34,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
+from extproc.errors import ConfigError, located_error
+
 __all__ = [
     "Between",
     "Checked",
@@ -54,40 +56,6 @@ __all__ = [
     "located_error",
     "validate_section",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, located by file, line and key path."""
-
-    def __init__(self, message: str, *, path: str = "", file: str = "", line: int | None = None) -> None:
-        self.message = message
-        self.path = path
-        self.file = file
-        self.line = line
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.file or "<config>"
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.path:
-            return f"{where}: {self.path}: {self.message}"
-        return f"{where}: {self.message}"
-
-
-def located_error(message: str, *, path: str, file: str, lines: Mapping[str, int] | None) -> ConfigError:
-    """A ``ConfigError`` at ``path``; a key that is missing has no line of its own, so the
-    nearest enclosing key's line is reported."""
-    lines = lines or {}
-    probe = path
-    line = lines.get(probe)
-    while line is None and probe:
-        shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
-        if shorter == probe:
-            break
-        probe = shorter
-        line = lines.get(probe)
-    return ConfigError(message, path=path, file=file, line=line)
 
 
 class Invalid(ValueError):

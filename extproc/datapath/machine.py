@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from typing import Any, Protocol
 from extproc.approvals.model import ApprovalSettings, Binding, content_digest
 from extproc.config.model import ProviderConfig
 from extproc.datapath.scrub import LiteralScrubber
-from extproc.errors import error_body
-from extproc.identity.jwt import AuthError, Identity, bearer_token
+from extproc.errors import ExtprocError, error_body
+from extproc.identity.model import AuthError, Identity, bearer_token
 from extproc.llmapi.sse import SseError
 from extproc.llmapi.usage import Usage, UsageTracker
 from extproc.masking import MaskingProfile
@@ -41,10 +40,12 @@ from extproc.tools import mcp
 from extproc.tools.policy import ToolCallGuard, ToolDecision, ToolPolicy, ToolRequest, argument_digest, mask_arguments
 
 __all__ = [
+    "TRANSITIONS",
     "ApprovalResult",
     "ChargeUsage",
     "Continue",
     "Decision",
+    "Event",
     "Gateway",
     "NeedApproval",
     "NeedBudget",
@@ -166,7 +167,7 @@ Decision = Continue | Reply
 Step = Continue | Reply | NeedIdentity | NeedBudget | NeedApproval | NeedRecordStart
 
 
-class ProtocolError(Exception):
+class ProtocolError(ExtprocError):
     """Envoy sent a message the machine cannot accept in its current phase."""
 
 
@@ -180,6 +181,47 @@ class Phase(enum.Enum):
     FORWARDED = "forwarded"
     RESPONSE = "response"
     DONE = "done"
+
+
+class Event(enum.Enum):
+    """What can happen to a machine: a message from Envoy, or the answer to a ``Need*``."""
+
+    REQUEST_HEADERS = "request headers"
+    IDENTITY = "an identity"
+    REQUEST_BODY = "a request body"
+    REQUEST_TRAILERS = "request trailers"
+    APPROVAL = "an approval outcome"
+    BUDGET = "a budget outcome"
+    RECORD_START = "a recording outcome"
+    RESPONSE_HEADERS = "response headers"
+    RESPONSE_BODY = "a response body"
+    RESPONSE_TRAILERS = "response trailers"
+
+
+#: The state table: which events each phase accepts, and the phases each may lead to (an
+#: immediate ``Reply`` always leads to DONE). Every ``on_*`` method refuses an event its phase
+#: does not accept with a ``ProtocolError`` (Envoy, or the servicer, sent something out of
+#: order); ``tests/unit/test_machine.py`` walks every (phase, event) pair and checks that every
+#: path it drives lands in a phase the table allows.
+TRANSITIONS: Mapping[tuple[Phase, Event], frozenset[Phase]] = {
+    (Phase.START, Event.REQUEST_HEADERS): frozenset(
+        {Phase.AUTH, Phase.REQUEST, Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+    (Phase.AUTH, Event.IDENTITY): frozenset(
+        {Phase.REQUEST, Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+    (Phase.REQUEST, Event.REQUEST_BODY): frozenset(
+        {Phase.HOLD, Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+    # The body was skipped (nothing governs it), but Envoy may still send one: let it pass.
+    (Phase.FORWARDED, Event.REQUEST_BODY): frozenset({Phase.FORWARDED}),
+    (Phase.REQUEST, Event.REQUEST_TRAILERS): frozenset({Phase.FORWARDED}),
+    (Phase.HOLD, Event.APPROVAL): frozenset({Phase.BUDGET, Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+    (Phase.BUDGET, Event.BUDGET): frozenset({Phase.RECORD, Phase.FORWARDED, Phase.DONE}),
+    (Phase.RECORD, Event.RECORD_START): frozenset({Phase.FORWARDED, Phase.DONE}),
+    # An upstream may answer before the request body was sent (e.g. an early 4xx).
+    (Phase.REQUEST, Event.RESPONSE_HEADERS): frozenset({Phase.RESPONSE, Phase.DONE}),
+    (Phase.FORWARDED, Event.RESPONSE_HEADERS): frozenset({Phase.RESPONSE, Phase.DONE}),
+    (Phase.RESPONSE, Event.RESPONSE_BODY): frozenset({Phase.RESPONSE, Phase.DONE}),
+    (Phase.RESPONSE, Event.RESPONSE_TRAILERS): frozenset({Phase.DONE}),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -251,6 +293,11 @@ class Gateway:
     credential: Callable[[str], str | None]
     #: Every credential the gateway knows; scrubbed from every response.
     all_credentials: Callable[[], Sequence[str]]
+    #: The wall clock and a source of unique ids, handed in: the machine reads no globals.
+    clock: Callable[[], float]
+    new_id: Callable[[], str]
+    #: A monotonic timer for the policy-latency metric.
+    timer: Callable[[], float]
     policy: Policy = field(default_factory=Policy.empty)
     #: False when no policy is configured: request bodies are then not even sent to us.
     governed: bool = False
@@ -263,7 +310,6 @@ class Gateway:
     #: What to do with a forbidden tool call in a model's answer: ``remove`` it or ``error``.
     model_tool_calls: str = "remove"
     masking: ResponseMasking = field(default_factory=ResponseMasking)
-    clock: Callable[[], float] = time.time
     literal_profiles: _LiteralProfiles = field(default_factory=_LiteralProfiles)
 
 
@@ -329,7 +375,7 @@ class RequestMachine:
     # -- request side --------------------------------------------------------
 
     def on_request_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Step:
-        self._expect(Phase.START, "request headers")
+        self._accept(Event.REQUEST_HEADERS)
         info = self.info
         info.request_id = headers.get("x-request-id") or "-"
         info.method = headers.get(":method", "")
@@ -351,7 +397,7 @@ class RequestMachine:
         return NeedIdentity(token)
 
     def on_identity(self, result: Identity | AuthError) -> Step:
-        self._expect(Phase.AUTH, "an identity")
+        self._accept(Event.IDENTITY)
         if isinstance(result, AuthError):
             return self._reply(result.status, result.code, result.message)
         self.info.identity = result
@@ -378,9 +424,11 @@ class RequestMachine:
         return self._decide(None, forward)
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Step:
-        if self.phase is Phase.FORWARDED and not self._gw.governed and not self._request_eos:
-            return Continue()  # we asked Envoy to skip it; nothing governs it if it comes anyway
-        self._expect(Phase.REQUEST, "a request body")
+        self._accept(Event.REQUEST_BODY)
+        if self.phase is Phase.FORWARDED:
+            if not self._gw.governed and not self._request_eos:
+                return Continue()  # we asked Envoy to skip it; nothing governs it if it comes anyway
+            raise ProtocolError("unexpected a request body in phase forwarded")
         if not end_of_stream:
             # BUFFERED mode sends the whole body at once; a partial one means a config drift.
             raise ProtocolError("request body arrived in pieces; the request body mode must be BUFFERED")
@@ -393,7 +441,7 @@ class RequestMachine:
         return self._decide(body, Continue())
 
     def on_record_start(self, written: bool) -> Decision:
-        self._expect(Phase.RECORD, "a recording outcome")
+        self._accept(Event.RECORD_START)
         if not written:
             self._start_entry = None  # nothing is forwarded: no interaction to complete
             return self._reply(503, "recording_unavailable",
@@ -404,7 +452,7 @@ class RequestMachine:
         return self._pending_body
 
     def on_budget(self, outcome: BudgetOutcome) -> Step:
-        self._expect(Phase.BUDGET, "a budget outcome")
+        self._accept(Event.BUDGET)
         self.info.budget = outcome
         if not outcome.allowed:
             if outcome.status == 429:
@@ -417,15 +465,14 @@ class RequestMachine:
         return self._release(self._pending_body)
 
     def on_request_trailers(self) -> Decision:
-        self._expect(Phase.REQUEST, "request trailers")
+        self._accept(Event.REQUEST_TRAILERS)
         self.phase = Phase.FORWARDED
         return Continue()
 
     # -- response side -------------------------------------------------------
 
     def on_response_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Decision:
-        if self.phase not in (Phase.REQUEST, Phase.FORWARDED):
-            raise ProtocolError(f"response headers in phase {self.phase.value}")
+        self._accept(Event.RESPONSE_HEADERS)
         self.phase = Phase.DONE if end_of_stream else Phase.RESPONSE
         try:
             self.info.status = int(headers.get(":status", "0"))
@@ -458,7 +505,7 @@ class RequestMachine:
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
     def on_response_body(self, body: bytes, end_of_stream: bool) -> Decision:
-        self._expect(Phase.RESPONSE, "a response body")
+        self._accept(Event.RESPONSE_BODY)
         scrubber = self._scrubber
         assert scrubber is not None
         if self._usage is not None:
@@ -487,7 +534,7 @@ class RequestMachine:
         return Continue(body=out)
 
     def on_response_trailers(self) -> Decision:
-        self._expect(Phase.RESPONSE, "response trailers")
+        self._accept(Event.RESPONSE_TRAILERS)
         # Trailers end the body without an end_of_stream chunk; what a masker still holds is
         # dropped, never leaked.
         self._finish_response()
@@ -531,9 +578,9 @@ class RequestMachine:
             body=body,
         )
         self._raw_body = body
-        t0 = time.perf_counter()
+        t0 = self._gw.timer()
         d = self._gw.policy.evaluate(req)
-        self.info.policy_seconds = time.perf_counter() - t0
+        self.info.policy_seconds = self._gw.timer() - t0
         self.info.decision = d
         if d.action == "block":
             code = "policy_blocked" if d.status != 400 else "unreadable_body"
@@ -562,7 +609,7 @@ class RequestMachine:
         return self._proceed(d, forward)
 
     def on_approval(self, result: ApprovalResult) -> Step:
-        self._expect(Phase.HOLD, "an approval outcome")
+        self._accept(Event.APPROVAL)
         self.info.approval = result
         d = self.info.decision
         assert d is not None and self._pending_body is not None
@@ -733,7 +780,8 @@ class RequestMachine:
         # detector masks; only a profile without that detector needs it as a literal.
         profile = self._gw.literal_profiles.get(settings.masking, self._gw.all_credentials())
         extra = (self._token,) if self._token and "JWT" not in profile.entities else ()
-        self._rec = rec = InteractionRecorder(settings, profile, now=now, secrets=extra)
+        self._rec = rec = InteractionRecorder(settings, profile, now=now, secrets=extra,
+                                              interaction_id=self._gw.new_id())
         rec.request(
             request_id=self.info.request_id, method=self.info.method, path=self.info.path.split("?", 1)[0],
             provider=p.name, route=self.info.path.split("?", 1)[0][len(p.prefix):] or "/",
@@ -861,9 +909,9 @@ class RequestMachine:
                                       operation=d.operation if d else None, now=self._gw.clock())
         self.effects.append(RecordEntries(start, complete, write_start=True))
 
-    def _expect(self, phase: Phase, what: str) -> None:
-        if self.phase is not phase:
-            raise ProtocolError(f"unexpected {what} in phase {self.phase.value}")
+    def _accept(self, event: Event) -> None:
+        if (self.phase, event) not in TRANSITIONS:
+            raise ProtocolError(f"unexpected {event.value} in phase {self.phase.value}")
 
 
 def _with_stream_usage(body: bytes) -> bytes:

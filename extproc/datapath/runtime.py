@@ -8,6 +8,9 @@ in whole; requests in flight keep the one they started with.
 
 from __future__ import annotations
 
+import time
+import uuid
+
 from extproc.approvals.config import HOLD_MARGIN_SECONDS
 from extproc.approvals.model import ApprovalSettings
 from extproc.config.model import Config
@@ -80,6 +83,9 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         router=Router(cfg.providers),
         credential=creds.get,
         all_credentials=creds.all_values,
+        clock=time.time,
+        new_id=lambda: uuid.uuid4().hex,
+        timer=time.perf_counter,
         policy=policy(cfg),
         governed=cfg.file.policy is not None,
         approvals=approvals(cfg),

@@ -39,7 +39,8 @@ from extproc.datapath.machine import (
     Step,
 )
 from extproc.datapath.runtime import HOLD_MARGIN
-from extproc.identity.jwt import Authenticator, AuthError
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import AuthError
 from extproc.policy import budgets
 from extproc.policy.model import BudgetOutcome
 from extproc.recording.model import interaction_log_line

@@ -5,8 +5,6 @@ the development token issuer that ``extproc token`` mints with.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import time
@@ -15,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from jose import jwk, jwt
+
+from extproc.certs import self_signed
 
 __all__ = [
     "DEV_AUDIENCE",
@@ -49,33 +47,10 @@ def ensure_dev_tls(
     cert_path, key_path = Path(cert_file), Path(key_file)
     if cert_path.exists() and key_path.exists():
         return False
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "extproc development gateway")])
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    _write_private(
-        key_path,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    cert_pem, key_pem = self_signed(hosts, common_name="extproc development gateway", days=365)
+    _write_private(key_path, key_pem)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert_pem)
     return True
 
 

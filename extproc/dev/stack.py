@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from extproc.config.envoy import dump_yaml
-from extproc.config.model import load_config
+from extproc.config.load import load_config
 from extproc.dev.keys import DEV_AUDIENCE, ensure_dev_issuer, ensure_dev_tls
 from extproc.dev.procs import Proc, envoy_binary, free_port, port_in_use, start_redis, validate_envoy_config, wait_http
 

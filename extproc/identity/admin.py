@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 import grpc
 
-from extproc.identity.jwt import Authenticator, AuthError, Identity, bearer_token
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import AuthError, Identity, bearer_token
 
 __all__ = ["authenticate_rpc", "require_member"]
 

@@ -32,6 +32,7 @@ from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
 from extproc.config.model import IssuerConfig
+from extproc.identity.model import AuthError, Identity, bearer_token
 
 __all__ = ["AuthError", "Authenticator", "Identity", "JwksFetcher", "bearer_token", "fetch_jwks"]
 
@@ -50,46 +51,7 @@ TOKEN_CACHE_SIZE = 10_000
 TOKEN_CACHE_MAX_TTL = 300.0
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who is calling, as established from a verified token."""
-
-    user: str
-    groups: tuple[str, ...]
-    issuer: str
-    subject: str
-    expires_at: float
-    #: For Kubernetes service-account tokens: ``system:serviceaccount:<namespace>:<name>``.
-    workload: str | None = None
-
-
-class AuthError(Exception):
-    """A request without a usable identity. ``code`` is stable, ``message`` is safe to show."""
-
-    def __init__(self, code: str, message: str, *, status: int = 401) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
 JwksFetcher = Callable[[IssuerConfig], Awaitable[Mapping[str, Any]]]
-
-
-def bearer_token(authorization: str | None, api_key: str | None = None) -> str | None:
-    """The caller's token: ``Authorization: Bearer`` first, else ``x-api-key``.
-
-    The Anthropic SDK sends its ``api_key`` as ``x-api-key``; accepting the JWT there lets
-    that SDK be pointed at the gateway without code beyond ``api_key=<token>``.
-    """
-    if authorization:
-        scheme, _, rest = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and rest.strip():
-            return rest.strip()
-        return None
-    if api_key and api_key.count(".") == 2:
-        return api_key.strip()
-    return None
 
 
 @dataclass(slots=True)

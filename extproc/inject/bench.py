@@ -7,7 +7,6 @@ two-container pod; the HTTPS numbers use one keep-alive connection to a server o
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import ssl
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from extproc import certs
 from extproc.inject.patch import handle_admission
 from extproc.inject.server import make_server
 from extproc.inject.settings import InjectSettings
@@ -58,39 +58,10 @@ def sample_review(uid: str = "bench-0000") -> dict[str, Any]:
 
 def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     """Write a throwaway self-signed certificate for ``host``; returns (cert, key) paths."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        san = x509.DNSName(host)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert_pem, key_pem = certs.self_signed([host], common_name=host, days=1)
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(key_pem)
     return cert_path, key_path
 
 

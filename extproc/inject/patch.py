@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extproc import __version__
+from extproc.errors import ExtprocError
 from extproc.inject.settings import InjectSettings
 
 __all__ = [
@@ -78,7 +79,7 @@ _STARTUP_PROBE = (
 )
 
 
-class ReviewError(ValueError):
+class ReviewError(ExtprocError, ValueError):
     """The AdmissionReview is malformed. ``uid`` is set when the review can still be answered."""
 
     def __init__(self, message: str, uid: str | None = None, api_version: str | None = None) -> None:
@@ -88,7 +89,7 @@ class ReviewError(ValueError):
         self.api_version = api_version
 
 
-class JsonPatchError(ValueError):
+class JsonPatchError(ExtprocError, ValueError):
     """A JSON Patch operation cannot be applied."""
 
 

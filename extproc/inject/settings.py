@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from extproc.errors import ExtprocError
+
 __all__ = ["CaBundle", "InjectSettings", "SettingsError", "load_settings", "parse_settings"]
 
 Mode = Literal["sidecar", "gateway"]
@@ -37,7 +39,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 
-class SettingsError(ValueError):
+class SettingsError(ExtprocError, ValueError):
     """An invalid injector settings file; the message names the key."""
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.strictjson import StrictJsonError, loads_strict
+
 __all__ = [
     "GOVERNED_OPERATIONS",
     "OPERATIONS",
@@ -104,25 +106,6 @@ def normalize_path(path: str) -> str:
     return path or "/"
 
 
-class _BodyError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Parsers disagree on which duplicate wins; a body where we would inspect one
-    # "messages" and the provider would use the other is a bypass, so refuse it.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _BodyError(f"duplicate key {key[:64]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise _BodyError(f"{name} is not valid JSON")
-
-
 def parse_json_object(body: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     """(object, None) or (None, why it is not a strict JSON object)."""
     value, error = parse_json(body)
@@ -141,8 +124,8 @@ def parse_json(body: bytes | None) -> tuple[Any, str | None]:
     except UnicodeDecodeError as exc:
         return None, f"request body is not valid UTF-8 (byte {exc.start})"
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _BodyError as exc:
+        value = loads_strict(text)
+    except StrictJsonError as exc:
         return None, f"request body is not valid JSON: {exc}"
     except json.JSONDecodeError as exc:
         return None, f"request body is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"

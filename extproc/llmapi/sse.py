@@ -17,13 +17,15 @@ import codecs
 import re
 from dataclasses import dataclass
 
+from extproc.errors import ExtprocError
+
 __all__ = ["DEFAULT_MAX_EVENT_SIZE", "SseError", "SseEvent", "SseParser", "parse_events", "serialize_event"]
 
 DEFAULT_MAX_EVENT_SIZE = 1 << 20
 _EOL = re.compile(r"\r\n|\r|\n")
 
 
-class SseError(ValueError):
+class SseError(ExtprocError, ValueError):
     """The stream cannot be parsed safely (e.g. an event or line beyond the size limit)."""
 
 

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from extproc.errors import ExtprocError
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 from extproc.masking.profile import MaskingProfile
 from extproc.masking.streaming import ByteStreamMasker, StreamingMasker
@@ -61,11 +62,11 @@ _TEXT_APPLICATION_TYPES = frozenset({
 })
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(ExtprocError):
     """A body that must be buffered to be masked exceeds the limit; fail closed."""
 
 
-class UnmaskableContent(Exception):
+class UnmaskableContent(ExtprocError):
     """The content type is not text; masking it would corrupt it."""
 
 

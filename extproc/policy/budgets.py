@@ -31,10 +31,10 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from extproc.policy.model import BudgetCharge, BudgetOutcome
+from extproc.store import DEFAULT_PREFIX
 
 __all__ = ["DEFAULT_PREFIX", "BudgetOutcome", "charge_usage", "check_and_reserve", "window_start"]
 
-DEFAULT_PREFIX = "extproc:"
 #: Keys outlive their window a little, so a late usage correction still finds them.
 _GRACE_SECONDS = 60
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from extproc.config.model import Config, ConfigError, load_config
+from extproc.config.load import load_config
+from extproc.config.model import Config, ConfigError
+from extproc.errors import ExtprocError
 from extproc.policy.engine import Policy
 from extproc.policy.model import Decision, PolicyRequest
 
@@ -82,7 +84,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-class CaseError(ValueError):
+class CaseError(ExtprocError, ValueError):
     pass
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import re2
 
+from extproc.errors import ExtprocError
+
 __all__ = [
     "GlobSet",
     "Hit",
@@ -131,7 +133,7 @@ def keyword_pattern(keyword: str) -> str:
     return f"(?:{body})"
 
 
-class RegexRejected(ValueError):
+class RegexRejected(ExtprocError, ValueError):
     """RE2 cannot run the pattern; the message says why (and where, when it can)."""
 
 

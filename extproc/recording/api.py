@@ -18,7 +18,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from extproc.api.admin.v1 import sessions_pb2, sessions_pb2_grpc
 from extproc.identity.admin import authenticate_rpc, require_member
-from extproc.identity.jwt import Authenticator, Identity
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import Identity
 from extproc.recording.model import RecordingSettings, summarize
 from extproc.recording.store import RecordsStore
 

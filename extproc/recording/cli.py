@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from extproc.errors import ExtprocError
 from extproc.recording.model import ChainEntry, VerifyResult, canonical_json, verify_chain
 
 __all__ = ["parse_time", "register", "render_interaction", "replay_chunks", "verify_export"]
@@ -170,7 +171,7 @@ class _Closing:
             self._channel.close()
 
 
-class _CliError(Exception):
+class _CliError(ExtprocError):
     pass
 
 

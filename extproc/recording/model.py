@@ -33,14 +33,13 @@ import codecs
 import hashlib
 import json
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from extproc.config.types import validate_section
-from extproc.identity.jwt import Identity
+from extproc.identity.model import Identity
 from extproc.llmapi.usage import Usage
 from extproc.masking import HOLD_MARGIN, MaskingProfile, default_profile
 from extproc.policy.model import Decision
@@ -63,7 +62,6 @@ __all__ = [
     "interaction_log_line",
     "mask_pieces",
     "merge_interaction",
-    "new_session_id",
     "next_session",
     "recording_profile",
     "session_from_header",
@@ -233,10 +231,6 @@ def session_from_header(value: str | None) -> str | None:
     return value if _SESSION_RE.match(value) else None
 
 
-def new_session_id() -> str:
-    return "s_" + uuid.uuid4().hex[:20]
-
-
 def next_session(
     last: tuple[str, float] | None, now: float, gap_seconds: float, new_id: str
 ) -> tuple[str, float]:
@@ -380,12 +374,12 @@ class InteractionRecorder:
         profile: MaskingProfile | None = None,
         *,
         now: float,
+        interaction_id: str,
         secrets: Iterable[str | None] = (),
-        interaction_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.profile = recording_profile(profile or settings.masking, secrets)
-        self.interaction_id = interaction_id or uuid.uuid4().hex
+        self.interaction_id = interaction_id
         self.received_at = now
         self.forwarded_at: float | None = None
         self.request_id = "-"

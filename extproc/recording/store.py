@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from extproc.errors import StoreUnavailable
 from extproc.recording.model import (
     GENESIS_HASH,
     ChainEntry,
@@ -55,7 +57,6 @@ from extproc.recording.model import (
     canonical_json,
     entry_digest,
     merge_interaction,
-    new_session_id,
     summarize,
     verify_chain,
 )
@@ -179,8 +180,13 @@ return ARGV[3]
 """
 
 
-class RecordingUnavailable(Exception):
-    """A ``start`` entry could not be recorded and the mode is ``required``: refuse (503)."""
+#: A ``start`` entry could not be recorded and the mode is ``required``: refuse (503). The same
+#: condition as any other store outage, so the same class.
+RecordingUnavailable = StoreUnavailable
+
+
+def new_session_id() -> str:
+    return "s_" + uuid.uuid4().hex[:20]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 from extproc.masking.responses import BodyTooLarge, media_type
+from extproc.strictjson import DuplicateKey, loads_strict
 
 __all__ = [
     "APPROVAL_DENIED",
@@ -130,36 +131,6 @@ class Refusal:
 # parsing
 
 
-class _Duplicate(ValueError):
-    pass
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Parsers disagree on which duplicate wins, so the server could act on a value
-            # the policy never saw.
-            raise _Duplicate(f"duplicate object key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def loads_strict(text: str | bytes) -> Any:
-    """JSON as RFC 8259 means it: UTF-8 only, no NaN/Infinity, no duplicate keys.
-
-    Raises ``ValueError`` (including ``UnicodeDecodeError``) or ``RecursionError``.
-    """
-    if isinstance(text, bytes):
-        # json.loads(bytes) would also accept UTF-16/32; a server reading UTF-8 would not.
-        text = text.decode("utf-8")
-    return json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
-
-
 def _valid_id(value: Any) -> bool:
     # MCP: "a string or integer", never null; bool is an int subclass in Python but not in JSON.
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
@@ -239,7 +210,7 @@ def parse_body(body: bytes, *, max_batch: int = 50) -> Parsed | JsonRpcFailure:
     """
     try:
         doc = loads_strict(body)
-    except _Duplicate as exc:
+    except DuplicateKey as exc:
         return JsonRpcFailure(INVALID_REQUEST, str(exc))
     except UnicodeDecodeError:
         return JsonRpcFailure(PARSE_ERROR, "body is not UTF-8")

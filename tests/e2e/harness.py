@@ -187,7 +187,7 @@ class Stack:
 
     def render_envoy(self) -> None:
         from extproc.config.envoy import dump_yaml
-        from extproc.config.model import load_config
+        from extproc.config.load import load_config
 
         self.envoy_yaml.write_text(dump_yaml(load_config(self.config_path, env=self.env)))
         ok, out = validate_envoy_config(self.envoy_yaml)

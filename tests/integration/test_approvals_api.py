@@ -26,11 +26,13 @@ from extproc.api.admin.v1 import approvals_pb2 as pb
 from extproc.api.admin.v1 import approvals_pb2_grpc as pb_grpc
 from extproc.approvals import cli as approvals_cli
 from extproc.approvals.api import add_to_server
+from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import Approval, ApprovalSettings, Binding, content_digest, new_approval
 from extproc.approvals.store import ApprovalStore, ApprovalWaiter
 from extproc.config.model import IssuerConfig
 from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
-from extproc.identity.jwt import Authenticator, Identity
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import Identity
 
 SETTINGS = ApprovalSettings.from_config(
     {"rules": {"secrets": {"groups": ["sec"]}, "two-man": {"groups": ["sec"], "quorum": 2}}}
@@ -62,7 +64,8 @@ class Env:
             policy_version="pv1",
             rule_id=rule,
         )
-        return await self.store.create(new_approval(b, requester=requester, settings=SETTINGS, now=time.time()))
+        return await self.store.create(new_approval(
+            approval_id=new_approval_id(), binding=b, requester=requester, settings=SETTINGS, now=time.time()))
 
 
 @asynccontextmanager

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from extproc.admin.http import Request, Response, serve_http
+from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import Approval, ApprovalSettings, Binding, Webhook, content_digest, new_approval
 from extproc.approvals.notify import Notifier
 from extproc.approvals.store import ApprovalStore
-from extproc.identity.jwt import Identity
+from extproc.identity.model import Identity
 
 ALICE = Identity("alice", ("eng",), "https://idp", "alice", 0)
 BOB = Identity("bob", ("sec",), "https://idp", "bob", 0)
@@ -59,7 +60,7 @@ async def receiving(rcv: Receiver) -> AsyncIterator[Receiver]:
 def approval(text: str = "x") -> Approval:
     b = Binding("alice", "https://idp", "openai", "/chat/completions",
                 content_digest(text.encode(), api="openai"), "pv1", "secrets")
-    return new_approval(b, requester=ALICE, settings=SETTINGS, now=time.time())
+    return new_approval(approval_id=new_approval_id(), binding=b, requester=ALICE, settings=SETTINGS, now=time.time())
 
 
 def test_retries_until_delivered() -> None:

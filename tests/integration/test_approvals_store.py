@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
+from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import (
     Approval,
     ApprovalError,
@@ -26,7 +27,7 @@ from extproc.approvals.model import (
     new_approval,
 )
 from extproc.approvals.store import ApprovalStore, ApprovalWaiter
-from extproc.identity.jwt import Identity
+from extproc.identity.model import Identity
 
 T = TypeVar("T")
 
@@ -81,7 +82,9 @@ def run(fn: Callable[[Redis, str], Awaitable[T]]) -> T:
 
 
 async def make(store: ApprovalStore, *, quorum: int = 1, owner: str | None = None, **kw: Any) -> Approval:
-    a = new_approval(binding(**kw), requester=ALICE, settings=settings(quorum), now=time.time())
+    a = new_approval(
+        approval_id=new_approval_id(), binding=binding(**kw), requester=ALICE, settings=settings(quorum),
+        now=time.time())
     return await store.create(a, owner=owner)
 
 
@@ -260,7 +263,8 @@ def test_grants_window(redis_url: str) -> None:
     async def body(r: Redis, p: str) -> None:
         store = ApprovalStore(r, prefix=p)
         s = settings(grant="window", grant_window_seconds=60)
-        a = await store.create(new_approval(binding(), requester=ALICE, settings=s, now=time.time()))
+        a = await store.create(new_approval(
+            approval_id=new_approval_id(), binding=binding(), requester=ALICE, settings=s, now=time.time()))
         approved = await store.decide(a.id, BOB, "approve")
         assert approved.decided_at is not None
         t = approved.decided_at
@@ -298,8 +302,9 @@ def test_abandon_stale_and_release(redis_url: str) -> None:
 def test_maintain(redis_url: str) -> None:
     async def body(r: Redis, p: str) -> None:
         store = ApprovalStore(r, prefix=p)
-        soon = new_approval(binding(), requester=ALICE, settings=settings(hold_seconds=1, ttl_seconds=1),
-                            now=time.time())
+        soon = new_approval(
+            approval_id=new_approval_id(), binding=binding(), requester=ALICE,
+            settings=settings(hold_seconds=1, ttl_seconds=1), now=time.time())
         await store.create(soon)
         task = asyncio.create_task(store.maintain("host:9:me", interval=0.05))
         try:

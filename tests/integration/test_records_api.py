@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 from extproc.api.admin.v1 import sessions_pb2, sessions_pb2_grpc
 from extproc.config.model import IssuerConfig
 from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
-from extproc.identity.jwt import Authenticator, Identity
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import Identity
 from extproc.recording.api import add_to_server
 from extproc.recording.cli import register
 from extproc.recording.model import AuditorSettings, InteractionRecorder, RecordingSettings, SpoolSettings
@@ -91,7 +92,7 @@ class Api:
     def record(self, rid: str, *, user: str = "alice", step: float = 0.1) -> None:
         async def go() -> None:
             t = time.time()
-            rec = InteractionRecorder(self.settings, now=t, secrets=(CRED,))
+            rec = InteractionRecorder(self.settings, now=t, interaction_id=uuid.uuid4().hex, secrets=(CRED,))
             rec.request(request_id=rid, method="POST", path="/demo/chat/completions", provider="demo",
                         route="/chat/completions", caller=Identity(user, ("eng",), DEV_ISSUER, user, 0.0))
             await self.store.append_start(rec.forwarded(b'{"stream": true}', now=t + 0.001))

@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from extproc.dev.procs import free_port
-from extproc.identity.jwt import Identity
+from extproc.identity.model import Identity
 from extproc.policy.model import Decision
 from extproc.recording.model import (
     InteractionRecorder,
@@ -84,7 +84,7 @@ def interaction(
     body: bytes = b'{"prompt": "hi bob@example.com"}',
 ) -> tuple[InteractionRecorder, dict[str, Any]]:
     t = time.time() if now is None else now
-    rec = InteractionRecorder(store.settings, now=t)
+    rec = InteractionRecorder(store.settings, now=t, interaction_id=uuid.uuid4().hex)
     rec.request(request_id=rid, method="POST", path=f"/{provider}/chat/completions", provider=provider,
                 route="/chat/completions", caller=Identity(user, ("eng",), "iss", user, 0.0), session_header=session)
     d = None if action is None else Decision(action=action, mode="enforce", rule_id=f"r-{action}", message="",

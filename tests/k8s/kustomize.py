@@ -26,9 +26,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import yaml
-
-from extproc.inject.patch import apply_json_patch
 
 CLUSTER_SCOPED = {
     "Namespace",
@@ -226,7 +225,7 @@ def build(directory: str | Path) -> list[dict[str, Any]]:
                 raise KustomizeError(f"{kfile}: a JSON 6902 patch needs a target")
             hits = [i for i, o in enumerate(objects) if _matches(o, target)]
             for i in hits:
-                objects[i] = apply_json_patch(objects[i], body)
+                objects[i] = jsonpatch.apply_patch(objects[i], body)
         elif isinstance(body, dict):
             if target is None:
                 target = {"kind": body["kind"], "name": body["metadata"]["name"]}

@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pytest
 
-from extproc.inject.patch import apply_json_patch, handle_admission
+from extproc.inject.patch import handle_admission
 from extproc.inject.settings import InjectSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def run_case(name: str) -> dict[str, Any]:
     if "patch" in resp:
         ops = json.loads(base64.b64decode(resp["patch"]))
         result["patch"] = ops
-        result["patched_pod"] = apply_json_patch(request["request"]["object"], ops)
+        result["patched_pod"] = jsonpatch.apply_patch(request["request"]["object"], ops)
     return result
 
 

@@ -36,7 +36,7 @@ def test_rewrite_ignores_stale_paths() -> None:
     assert json.loads(rewrite({"a": "x"}, {("missing", 0): "y", ("a",): "z"})) == {"a": "z"}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(json_values, st.data())
 def test_rewrite_property_valid_json_and_other_values_equal(doc: Any, data: st.DataObject) -> None:
     leaves = list(string_leaves(doc, ()))

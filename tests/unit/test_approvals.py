@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import (
     APPROVAL_ID_RE,
     Approval,
@@ -27,11 +28,10 @@ from extproc.approvals.model import (
     expire_if_due,
     grant_usable,
     new_approval,
-    new_approval_id,
 )
 from extproc.approvals.notify import generic_payload, slack_payload
 from extproc.config.model import ConfigError, _load_with_lines
-from extproc.identity.jwt import Identity
+from extproc.identity.model import Identity
 
 T0 = 1_700_000_000.0
 
@@ -69,7 +69,8 @@ def cfg(quorum: int = 1, **kw: Any) -> ApprovalSettings:
 
 
 def pending(quorum: int = 1, **kw: Any) -> Approval:
-    return new_approval(binding(), requester=ALICE, settings=cfg(quorum, **kw), now=T0)
+    return new_approval(
+        approval_id=new_approval_id(), binding=binding(), requester=ALICE, settings=cfg(quorum, **kw), now=T0)
 
 
 # -- content digest ---------------------------------------------------------------------
@@ -125,10 +126,12 @@ def test_new_approval_shape() -> None:
 def test_no_approvers_for_rule() -> None:
     s = ApprovalSettings.from_config({"rules": {"other": {"users": ["bob"]}}})
     with pytest.raises(ApprovalError) as exc:
-        new_approval(binding(), requester=ALICE, settings=s, now=T0)
+        new_approval(approval_id=new_approval_id(), binding=binding(), requester=ALICE, settings=s, now=T0)
     assert exc.value.code == "no_approvers"
     star = ApprovalSettings.from_config({"rules": {"*": {"users": ["bob"]}}})
-    assert new_approval(binding(), requester=ALICE, settings=star, now=T0).approvers.users == ("bob",)
+    assert new_approval(
+        approval_id=new_approval_id(), binding=binding(), requester=ALICE, settings=star, now=T0,
+    ).approvers.users == ("bob",)
 
 
 @pytest.mark.parametrize(
@@ -238,13 +241,13 @@ VOTERS = (ALICE, ALICE_OTHER_ISSUER, BOB, CAROL, DAVE, ERIN)
 ELIGIBLE = {("alice", "https://ci"), ("bob", "https://idp"), ("carol", "https://idp"), ("erin", "https://idp")}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     quorum=st.integers(min_value=1, max_value=4),
     votes=st.lists(st.tuples(st.integers(0, len(VOTERS) - 1), st.sampled_from(["approve", "deny"])), max_size=12),
 )
 def test_votes_property(quorum: int, votes: list[tuple[int, str]]) -> None:
-    a = new_approval(binding(), requester=ALICE, settings=cfg(), now=T0)
+    a = new_approval(approval_id=new_approval_id(), binding=binding(), requester=ALICE, settings=cfg(), now=T0)
     a = replace(a, approvers=replace(a.approvers, quorum=quorum))
     voted: set[tuple[str, str]] = set()
     expect = "pending"
@@ -358,7 +361,7 @@ def test_settings_error_lines() -> None:
 
 
 def test_slack_payload_escapes_and_hints() -> None:
-    a = new_approval(
+    a = new_approval(approval_id=new_approval_id(), binding=
         binding(rule_id="secrets"), requester=ident("<!channel>", "eng"), settings=cfg(), now=T0
     )
     text = slack_payload("created", a)["text"]

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from extproc.cli import main
-from extproc.config.model import ConfigError, load_config, parse_config
+from extproc.config.load import load_config
+from extproc.config.model import ConfigError, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "examples" / "extproc.yaml").read_text())

@@ -85,14 +85,3 @@ def test_config_check_points_at_file_line_and_key(
     assert f"{f}:{line}: {path}: " in err, err
     assert fragment in err, err
 
-
-def test_a_key_given_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # YAML would keep the last one silently: a second policy: section replacing the first.
-    text = BASE + "policy:\n  default: block\nredis:  # <-\n  url: redis://elsewhere:6379/0\n"
-    line = next(i for i, t in enumerate(text.splitlines(), 1) if "# <-" in t)
-    first = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("redis:"))
-    f = tmp_path / "twice.yaml"
-    f.write_text(text)
-    assert main(["config", "check", str(f)]) == 2
-    err = capsys.readouterr().err
-    assert f"{f}:{line}: redis: " in err and f"already given on line {first}" in err, err

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from extproc.config.envoy import dump_yaml, render_envoy
-from extproc.config.model import load_config
+from extproc.config.load import load_config
 from extproc.dev.keys import ensure_dev_tls
 from extproc.dev.procs import validate_envoy_config
 

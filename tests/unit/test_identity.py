@@ -10,7 +10,8 @@ import pytest
 
 from extproc.config.model import IssuerConfig
 from extproc.dev.keys import mint_token
-from extproc.identity.jwt import Authenticator, AuthError, bearer_token
+from extproc.identity.jwt import Authenticator
+from extproc.identity.model import AuthError, bearer_token
 from tests.fakes.oidc import new_ec_pem, new_rsa_pem, public_jwk
 
 ISS = "https://issuer.test"

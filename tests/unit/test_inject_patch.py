@@ -229,7 +229,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_arbitrary_json_never_raises(value: Any) -> None:
     status, _doc = handle_admission(json.dumps(value).encode(), S)
@@ -263,7 +263,7 @@ pod_like = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pod_like, st.sampled_from(["Ignore", "Fail"]))
 def test_arbitrary_pods_in_a_valid_envelope(obj: Any, policy: str) -> None:
     """Inside a well-formed envelope, any object: an answer with the uid; a patch that applies."""

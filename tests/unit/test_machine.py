@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -15,7 +17,7 @@ from extproc.datapath.machine import (
     RequestMachine,
     Router,
 )
-from extproc.identity.jwt import AuthError, Identity
+from extproc.identity.model import AuthError, Identity
 
 KEY = "sk-provider-secret-123456"
 
@@ -35,10 +37,16 @@ def providers() -> list[ProviderConfig]:
     ]
 
 
+def ids() -> Callable[[], str]:
+    """Plain, predictable ids: the machine is handed its id source."""
+    counter = itertools.count(1)
+    return lambda: f"id-{next(counter)}"
+
+
 def gateway() -> Gateway:
     creds = {"openai": KEY, "anthropic": "sk-ant-provider-secret"}
     return Gateway(router=Router(providers()), credential=creds.get, all_credentials=lambda: list(creds.values()),
-                   clock=lambda: 0.0)
+                   clock=lambda: 0.0, new_id=ids(), timer=lambda: 0.0)
 
 
 ALICE = Identity(user="alice", groups=("eng",), issuer="i", subject="alice", expires_at=1e12)
@@ -171,7 +179,8 @@ POLICY = Policy.from_config({
 def governed(masking: ResponseMasking | None = None) -> Gateway:
     g = gateway()
     return Gateway(router=g.router, credential=g.credential, all_credentials=g.all_credentials, policy=POLICY,
-                   governed=True, masking=masking or ResponseMasking(), clock=lambda: 0.0)
+                   governed=True, masking=masking or ResponseMasking(), clock=lambda: 0.0,
+                   new_id=ids(), timer=lambda: 0.0)
 
 
 def to_body(gw: Gateway, body: dict[str, object]) -> tuple[RequestMachine, object]:
@@ -239,3 +248,214 @@ def test_response_masking_of_split_sse_and_unmaskable_content() -> None:
     m2.on_budget(BudgetOutcome(allowed=True))
     r = m2.on_response_headers({":status": "200", "content-type": "image/png"}, False)
     assert isinstance(r, Reply) and r.status == 502 and r.code == "unmaskable_response"
+
+
+# ---------------------------------------------------------------------------
+# the state table, walked exhaustively
+
+from dataclasses import replace  # noqa: E402
+
+from extproc.approvals.model import ApprovalSettings  # noqa: E402
+from extproc.datapath.machine import (  # noqa: E402
+    TRANSITIONS,
+    ApprovalResult,
+    Event,
+    NeedApproval,
+    NeedRecordStart,
+    RecordEntries,
+)
+from extproc.recording.model import RecordingSettings  # noqa: E402
+from extproc.tools.policy import ToolPolicy  # noqa: E402
+
+CALLS: dict[Event, Callable[[RequestMachine], object]] = {
+    Event.REQUEST_HEADERS: lambda m: m.on_request_headers(headers("/openai/x"), False),
+    Event.IDENTITY: lambda m: m.on_identity(ALICE),
+    Event.REQUEST_BODY: lambda m: m.on_request_body(b"{}", True),
+    Event.REQUEST_TRAILERS: lambda m: m.on_request_trailers(),
+    Event.APPROVAL: lambda m: m.on_approval(ApprovalResult("approved", "apr_1")),
+    Event.BUDGET: lambda m: m.on_budget(BudgetOutcome(allowed=True)),
+    Event.RECORD_START: lambda m: m.on_record_start(True),
+    Event.RESPONSE_HEADERS: lambda m: m.on_response_headers({":status": "200"}, False),
+    Event.RESPONSE_BODY: lambda m: m.on_response_body(b"x", False),
+    Event.RESPONSE_TRAILERS: lambda m: m.on_response_trailers(),
+}
+
+
+@pytest.mark.parametrize(("phase", "event"), [
+    (p, e) for p in Phase for e in Event if (p, e) not in TRANSITIONS
+])
+def test_every_event_a_phase_does_not_accept_is_a_protocol_error(phase: Phase, event: Event) -> None:
+    m = RequestMachine(governed())
+    m.phase = phase
+    with pytest.raises(ProtocolError, match=f"in phase {phase.value}"):
+        CALLS[event](m)
+    assert m.phase is phase  # refused before anything changed
+
+
+def test_the_table_names_every_event_and_no_path_leaves_it() -> None:
+    assert {e for _, e in TRANSITIONS} == set(Event)
+    assert all(Phase.DONE not in {p for p, _ in TRANSITIONS} for _ in [0])  # DONE accepts nothing
+
+
+def step(m: RequestMachine, event: Event, call: Callable[[], object]) -> object:
+    """Drive one event and check the move against the table."""
+    before = m.phase
+    out = call()
+    assert m.phase in TRANSITIONS[(before, event)], (before, event, m.phase)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# approvals, record start and MCP, with plain values
+
+APPROVAL_POLICY = Policy.from_config({"rules": [
+    {"id": "merger", "match": {"content": {"keywords": ["merger"]}}, "action": "require_approval",
+     "message": "M&A talk needs legal"},
+]})
+APPROVALS = ApprovalSettings.from_config({"hold_seconds": 30, "rules": {"merger": {"groups": ["legal"]}}})
+
+
+def held(approvals: ApprovalSettings | None = APPROVALS) -> tuple[RequestMachine, object]:
+    gw = replace(governed(), policy=APPROVAL_POLICY, approvals=approvals)
+    m = RequestMachine(gw)
+    step(m, Event.REQUEST_HEADERS,
+         lambda: m.on_request_headers(headers("/openai/chat/completions", authorization="Bearer a.b.c"), False))
+    step(m, Event.IDENTITY, lambda: m.on_identity(ALICE))
+    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "the merger plan"}]}).encode()
+    return m, step(m, Event.REQUEST_BODY, lambda: m.on_request_body(body, True))
+
+
+def test_approval_hold_binds_the_request_and_approved_forwards_it() -> None:
+    m, need = held()
+    assert isinstance(need, NeedApproval) and m.phase is Phase.HOLD
+    assert need.hold_seconds == 30 and need.message == "M&A talk needs legal"
+    b = need.binding
+    assert (b.user, b.issuer, b.provider, b.route, b.rule_id) == ("alice", "i", "openai", "/chat/completions", "merger")
+    assert b.content_digest.startswith("sha256:") and b.policy_version == APPROVAL_POLICY.version
+    d = step(m, Event.APPROVAL, lambda: m.on_approval(ApprovalResult("approved", "apr_1")))
+    assert d == Continue()  # the body goes as sent; the credential went with the headers
+    assert m.phase is Phase.FORWARDED and m.info.approval == ApprovalResult("approved", "apr_1")
+
+
+@pytest.mark.parametrize(("state", "status", "code"), [
+    ("denied", 403, "approval_denied"),
+    ("pending", 403, "approval_pending"),
+    ("no_approvers", 403, "approval_unavailable"),
+    ("unavailable", 503, "approval_unavailable"),
+])
+def test_approval_outcomes_that_refuse(state: str, status: int, code: str) -> None:
+    m, need = held()
+    assert isinstance(need, NeedApproval)
+    r = step(m, Event.APPROVAL, lambda: m.on_approval(ApprovalResult(state, "apr_9", reason="no")))
+    assert isinstance(r, Reply) and (r.status, r.code) == (status, code)
+    err = json.loads(r.body)["error"]
+    assert err["code"] == code and err["rule_id"] == "merger"
+    assert m.phase is Phase.DONE
+
+
+def test_approval_rule_without_approvals_configured_fails_closed() -> None:
+    _, r = held(approvals=None)
+    assert isinstance(r, Reply) and r.status == 403 and r.code == "approval_unavailable"
+
+
+def recorded_gateway() -> Gateway:
+    return replace(governed(), recording=RecordingSettings(), clock=itertools.count(100).__next__)
+
+
+def test_record_start_is_written_before_forwarding_and_completed_after() -> None:
+    m = RequestMachine(recorded_gateway())
+    step(m, Event.REQUEST_HEADERS, lambda: m.on_request_headers(
+        headers("/openai/chat/completions", authorization="Bearer a.b.c", **{"x-session-id": "s-42"}), False))
+    step(m, Event.IDENTITY, lambda: m.on_identity(ALICE))
+    body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi bob@example.com"}]}).encode()
+    need = step(m, Event.REQUEST_BODY, lambda: m.on_request_body(body, True))
+    assert isinstance(need, NeedBudget)
+    need2 = step(m, Event.BUDGET, lambda: m.on_budget(BudgetOutcome(allowed=True)))
+    assert isinstance(need2, NeedRecordStart) and m.phase is Phase.RECORD
+    entry = need2.entry
+    assert entry["interaction_id"] == "id-1" and entry["caller"]["user"] == "alice" and entry["forwarded"]
+    assert "bob@example.com" not in json.dumps(entry)  # masked before it is ever written
+    d = step(m, Event.RECORD_START, lambda: m.on_record_start(True))
+    assert isinstance(d, Continue) and d.body is not None and m.phase is Phase.FORWARDED
+    step(m, Event.RESPONSE_HEADERS,
+         lambda: m.on_response_headers({":status": "200", "content-type": "application/json"}, False))
+    step(m, Event.RESPONSE_BODY, lambda: m.on_response_body(b'{"choices":[]}', True))
+    rec = [e for e in m.effects if isinstance(e, RecordEntries)]
+    assert len(rec) == 1 and rec[0].start is entry and not rec[0].write_start
+    assert rec[0].complete["interaction_id"] == "id-1"
+
+
+def test_record_start_refused_fails_closed_and_nothing_is_completed() -> None:
+    m = RequestMachine(replace(recorded_gateway(), policy=Policy.empty(), governed=False))
+    step(m, Event.REQUEST_HEADERS,
+         lambda: m.on_request_headers(headers("/openai/chat/completions", authorization="Bearer a.b.c"), False))
+    step(m, Event.IDENTITY, lambda: m.on_identity(ALICE))
+    need = step(m, Event.REQUEST_BODY, lambda: m.on_request_body(b'{"model":"m"}', True))
+    assert isinstance(need, NeedRecordStart)
+    r = step(m, Event.RECORD_START, lambda: m.on_record_start(False))
+    assert isinstance(r, Reply) and (r.status, r.code) == (503, "recording_unavailable")
+    # What is left to write is the refusal itself (best effort), never a forwarded interaction.
+    rec = [e for e in m.effects if isinstance(e, RecordEntries)]
+    assert len(rec) == 1 and rec[0].write_start and not rec[0].start["forwarded"]
+    assert rec[0].complete["error"] == "recording_unavailable"
+    assert rec[0].complete["status"] == 503
+
+
+MCP_TOOLS = ToolPolicy.from_config({"rules": [
+    {"id": "no-delete", "match": {"tool": "delete_*"}, "action": "block", "message": "no deletes"},
+    {"id": "export", "match": {"tool": "export"}, "action": "require_approval"},
+]})
+
+
+def mcp_gateway(approvals: ApprovalSettings | None = APPROVALS) -> Gateway:
+    g = gateway()
+    mcp_provider = ProviderConfig(name="crm", api="mcp", base_url="http://crm", prefix="/mcp/crm", credential=None,
+                                  auth=AuthConfig(header="authorization", scheme="Bearer "))
+    return replace(g, router=Router([*providers(), mcp_provider]), tools=MCP_TOOLS, approvals=approvals)
+
+
+def mcp_call(gw: Gateway, name: str, rpc_id: int = 1) -> tuple[RequestMachine, object]:
+    m = RequestMachine(gw)
+    step(m, Event.REQUEST_HEADERS, lambda: m.on_request_headers(
+        headers("/mcp/crm", authorization="Bearer a.b.c", **{"content-type": "application/json"}), False))
+    step(m, Event.IDENTITY, lambda: m.on_identity(ALICE))
+    body = json.dumps({"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call",
+                       "params": {"name": name, "arguments": {"q": 1}}}).encode()
+    return m, step(m, Event.REQUEST_BODY, lambda: m.on_request_body(body, True))
+
+
+def test_mcp_blocked_tool_gets_a_jsonrpc_error_and_allowed_one_passes() -> None:
+    m, r = mcp_call(mcp_gateway(), "delete_account", rpc_id=7)
+    assert isinstance(r, Reply) and r.status == 200 and r.code == "tool_blocked"
+    doc = json.loads(r.body)
+    assert doc["id"] == 7 and "no deletes" in doc["error"]["message"]
+    assert [td.action for td in m.info.tool_decisions] == ["block"]
+    m2, d = mcp_call(mcp_gateway(), "search")
+    assert isinstance(d, Continue) and m2.phase is Phase.FORWARDED
+
+
+def test_mcp_tool_needing_approval_is_held_and_refused_in_jsonrpc_terms() -> None:
+    m, need = mcp_call(mcp_gateway(), "export", rpc_id=3)
+    assert isinstance(need, NeedApproval) and need.binding.route == "tools/call:export"
+    r = step(m, Event.APPROVAL, lambda: m.on_approval(ApprovalResult("denied", "apr_2", reason="not today")))
+    assert isinstance(r, Reply) and r.code == "approval_denied"
+    doc = json.loads(r.body)
+    assert doc["id"] == 3 and "not today" in doc["error"]["message"]
+    _, r2 = mcp_call(mcp_gateway(approvals=None), "export")
+    assert isinstance(r2, Reply) and r2.code == "approval_unavailable"
+
+
+def test_mcp_tools_list_answer_is_filtered_by_policy() -> None:
+    m = RequestMachine(mcp_gateway())
+    m.on_request_headers(headers("/mcp/crm", authorization="Bearer a.b.c"), False)
+    m.on_identity(ALICE)
+    m.on_request_body(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', True)
+    m.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "search", "inputSchema": {"type": "object"}},
+        {"name": "delete_account", "inputSchema": {"type": "object"}},
+    ]}}
+    d = m.on_response_body(json.dumps(answer).encode(), True)
+    assert isinstance(d, Continue) and d.body is not None
+    assert [t["name"] for t in json.loads(d.body)["result"]["tools"]] == ["search"]
+    assert m.info.tools_hidden == ["delete_account"]

@@ -327,7 +327,7 @@ def test_anthropic_flush_goes_before_block_stop() -> None:
     assert json.loads(events[i - 1].data or "")["delta"] == {"type": "text_delta", "text": "[EMAIL]"}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(
     case=st.sampled_from(CASES),
     text_cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),

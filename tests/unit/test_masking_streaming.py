@@ -94,7 +94,7 @@ def _stream(profile: MaskingProfile, chunks: list[str]) -> tuple[str, int]:
     return "".join(out), max_held
 
 
-SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -15,10 +15,6 @@ CASES = str(ROOT / "examples" / "policy-cases.yaml")
 BENCH = str(ROOT / "examples" / "policy-bench.yaml")
 
 
-def _masking() -> None:
-    pytest.importorskip("extproc.masking")
-
-
 def _config(tmp_path: Path, policy: str) -> str:
     base = (ROOT / "examples" / "extproc.yaml").read_text()
     f = tmp_path / "cfg.yaml"
@@ -27,7 +23,6 @@ def _config(tmp_path: Path, policy: str) -> str:
 
 
 def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
-    _masking()
     assert run(["policy", "check", DEMO]) == 0
     assert "OK" in capsys.readouterr().out
     assert run(["policy", "check", BENCH]) == 0
@@ -48,7 +43,6 @@ def test_check_points_at_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_demo_cases_pass(capsys: pytest.CaptureFixture[str]) -> None:
-    _masking()
     assert run(["policy", "test", DEMO, CASES]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and out.strip().splitlines()[-1].startswith("PASS: 13/13")

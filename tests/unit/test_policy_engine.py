@@ -465,7 +465,7 @@ def _check(d: Decision) -> None:
         json.loads(d.body)  # a rewritten body is always valid JSON
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(json_values, shaped), apis, paths)
 def test_evaluate_never_raises_on_any_json(value: Any, api: str, path: str) -> None:
     raw = json.dumps(value).encode("utf-8", "surrogatepass")
@@ -473,7 +473,7 @@ def test_evaluate_never_raises_on_any_json(value: Any, api: str, path: str) -> N
     _check(ROBUST._evaluate(r))  # the inner function: its bugs must not hide behind the safety net
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=200), apis, paths, st.sampled_from(["POST", "GET", "post"]))
 def test_evaluate_never_raises_on_any_bytes(raw: bytes, api: str, path: str, method: str) -> None:
     _check(ROBUST._evaluate(req(body=raw, api=api, path=path, method=method)))

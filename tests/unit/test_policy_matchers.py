@@ -40,7 +40,7 @@ def test_keyword_examples(keyword: str, text: str, hit: bool) -> None:
     assert KeywordMatcher([keyword]).search(text) is hit
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(kws, others, others)
 def test_keyword_property_embedded_in_a_longer_word_never_matches(kw: str, left: str, right: str) -> None:
     m = KeywordMatcher([kw])
@@ -52,7 +52,7 @@ def test_keyword_property_embedded_in_a_longer_word_never_matches(kw: str, left:
     assert not m.search(f"{left} {kw}{right}")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(
     st.lists(words, min_size=2, max_size=4),
     st.lists(st.sampled_from([" ", "  ", "\n", "\t", " \r\n "]), min_size=3, max_size=3),
@@ -93,7 +93,7 @@ def test_rejection_points_at_the_position() -> None:
     assert "at position 3" in str(exc.value)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(
     st.text(alphabet="abc", min_size=1, max_size=5),
     st.sampled_from(["(?={})", "(?!{})", "(?<={})", "(?<!{})", "({})\\1"]),
@@ -105,7 +105,7 @@ def test_property_re2_rejects_what_it_cannot_run(body: str, template: str) -> No
     assert "not supported by RE2" in str(exc.value)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.text(min_size=1, max_size=10))
 def test_property_escaped_literals_compile_and_find_themselves(s: str) -> None:
     assume("\x00" not in s)
@@ -128,7 +128,7 @@ def test_globs() -> None:
     assert GlobSet(["a.b"]).matches("a.b") and not GlobSet(["a.b"]).matches("axb")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     st.lists(st.text(alphabet="skK\u0131i\u0130\u017f\u212a\u00e9", min_size=1, max_size=4), min_size=1, max_size=3),
     st.text(alphabet="skK\u0131i\u0130\u017f\u212a\u00e9 \u00a0\u2003\n-", max_size=30),

@@ -45,7 +45,7 @@ def test_intact_chain_verifies() -> None:
     assert verify_chain([], expected_prev=GENESIS_HASH, head=("", "")).ok
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(n=st.integers(1, 12), data=st.data())
 def test_any_edit_or_deletion_is_found_at_the_right_place(n: int, data: st.DataObject) -> None:
     chain = build(n)

@@ -24,7 +24,7 @@ def texts_and_splits(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     return text, cuts
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(texts_and_splits())
 def test_any_chunking_gives_the_one_shot_result_and_no_secret(case: tuple[bytes, list[int]]) -> None:
     text, cuts = case

@@ -35,7 +35,7 @@ def test_parses_all_field_kinds_and_line_endings() -> None:
     assert parse_events(STREAM) == EXPECTED
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=40))
 def test_any_byte_split_gives_same_events(cuts: list[int]) -> None:
     parser = SseParser()

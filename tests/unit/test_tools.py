@@ -259,7 +259,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(args=st.dictionaries(st.sampled_from(["env", "query", "limit", "where", "ids", "x"]), json_values),
        tool=st.sampled_from(["delete_x", "sql", "export", "update", "shell", "send_mail", ""]))
 def test_evaluate_never_raises(args: dict[str, Any], tool: str) -> None:
@@ -388,7 +388,7 @@ def test_chat_sse_allowed_call_passes_unchanged_in_meaning() -> None:
     assert [d.action for d in guard.decisions] == ["allow"] and guard.blocked == []
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0), max_size=40))
 def test_chat_sse_removes_forbidden_call_among_parallel_calls(cuts: list[int]) -> None:
     body = chat_stream([("deploy", ARGS_OK), ("deploy", ARGS_PROD), ("read_file", '{"p": "a"}')])
@@ -526,7 +526,7 @@ def accumulate_responses(out: bytes) -> dict[str, Any]:
             "errors": errors}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0), max_size=30))
 def test_responses_sse_remove(cuts: list[int]) -> None:
     body = responses_stream([("delete_file", '{"p": "/"}'), ("deploy", ARGS_OK)])
@@ -604,7 +604,7 @@ def accumulate_anthropic(out: bytes) -> dict[str, Any]:
             "errors": errors}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0), max_size=30))
 def test_anthropic_sse_remove_parallel(cuts: list[int]) -> None:
     body = anthropic_stream([("text", "Sure."), ("deploy", ARGS_PROD), ("deploy", ARGS_OK), ("text", "Bye")])
@@ -655,7 +655,7 @@ def test_truncated_stream_decides_held_call_fail_closed() -> None:
     assert b"tool_use" not in out and guard.blocked == ["deploy"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(data=st.lists(st.one_of(st.text(max_size=30), json_values.map(json.dumps)), max_size=8),
        api=st.sampled_from(["openai", "anthropic"]))
 def test_guard_never_raises_on_odd_events(data: list[str], api: str) -> None:
@@ -664,7 +664,7 @@ def test_guard_never_raises_on_odd_events(data: list[str], api: str) -> None:
     _run(guard, body, [5])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(doc=json_values)
 def test_guard_never_raises_on_odd_json(doc: Any) -> None:
     for api in ("openai", "anthropic"):

@@ -28,7 +28,7 @@ def run(ctype: str, data: bytes, cuts: list[int]) -> Usage | None:
     return t.finish()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.integers(0, len(OPENAI_SSE)), max_size=5), st.lists(st.integers(0, len(ANTHROPIC_SSE)), max_size=5))
 def test_any_chunking(c1: list[int], c2: list[int]) -> None:
     assert run("text/event-stream", OPENAI_SSE, c1) == Usage(11, 22)
