@@ -361,7 +361,7 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
         ],
     }
     if settings.extproc_env:
-        extproc["env"] = [dict(e) for e in settings.extproc_env]
+        extproc["env"] = [e.manifest() for e in settings.extproc_env]
     return [envoy, extproc]
 
 
