@@ -150,12 +150,12 @@ class AdminConfig:
 
 
 class Listeners(Section):
-    http: HttpListener = HttpListener()
+    http: HttpListener = Field(default_factory=HttpListener)
     tls: TlsSpec | None = None
-    ext_proc: ExtProcListener = ExtProcListener()
-    admin: AdminHttpListener = AdminHttpListener()
-    admin_grpc: AdminGrpcListener = AdminGrpcListener()
-    envoy_admin: EnvoyAdminListener = EnvoyAdminListener()
+    ext_proc: ExtProcListener = Field(default_factory=ExtProcListener)
+    admin: AdminHttpListener = Field(default_factory=AdminHttpListener)
+    admin_grpc: AdminGrpcListener = Field(default_factory=AdminGrpcListener)
+    envoy_admin: EnvoyAdminListener = Field(default_factory=EnvoyAdminListener)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Listeners:
@@ -290,7 +290,7 @@ class ProviderConfig(Section):
     #: The path prefix routed to this provider; ``/<name>`` when left out.
     prefix: EnvText = ""
     credential: CredentialConfig | None = None
-    auth: AuthConfig = AuthConfig()
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     #: Extra static headers sent upstream (e.g. ``anthropic-version``), lower-case keys.
     headers: Mapping[str, EnvText] = Field(default_factory=dict)
     #: Whether callers must present a verified token on this route.
@@ -384,11 +384,11 @@ class ConfigFile(Section):
     """The whole configuration file, typed. Sections left out are None (not configured)."""
 
     version: Annotated[int, AfterValidator(_version)] = 1
-    listeners: Listeners = Listeners()
-    redis: RedisSpec = RedisSpec()
-    identity: IdentitySpec = IdentitySpec()
+    listeners: Listeners = Field(default_factory=Listeners)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+    identity: IdentitySpec = Field(default_factory=IdentitySpec)
     providers: tuple[ProviderConfig, ...] = ()
-    envoy: EnvoyTuning = EnvoyTuning()
+    envoy: EnvoyTuning = Field(default_factory=EnvoyTuning)
     shutdown_grace_seconds: Annotated[float, NumberBetween(0.0, 600.0)] = 20.0
     policy: PolicySection | None = None
     masking: MaskingSection | None = None
@@ -489,10 +489,6 @@ class Config:
             if p.name == name:
                 return p
         raise KeyError(name)
-
-    def error(self, path: str, message: str) -> ConfigError:
-        """A problem found after parsing, located in this file."""
-        return located_error(message, path=path, file=self.source, lines=self.lines)
 
 
 # ---------------------------------------------------------------------------

@@ -291,8 +291,10 @@ def _keys(cls: type[BaseModel]) -> set[str]:
 class Section(BaseModel):
     """A frozen mapping of known keys. ``null`` reads as an empty mapping."""
 
+    # defer_build: a section's validator is built when it is first used, so commands that
+    # never read a configuration (approvals, sessions, token) do not pay for building them.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, validate_default=False,
-                              arbitrary_types_allowed=False, hide_input_in_errors=True)
+                              arbitrary_types_allowed=False, hide_input_in_errors=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -159,15 +159,15 @@ class InjectSettings(Section):
         default_factory=lambda: {"OPENAI_BASE_URL": "/openai", "ANTHROPIC_BASE_URL": "/anthropic"})
     #: Only with an https gateway_url: CA bundle mounted into app containers.
     ca_bundle: CaBundle | None = None
-    images: Images = Images()
+    images: Images = Field(default_factory=Images)
     image_pull_policy: Annotated[str, OneOf(("Always", "IfNotPresent", "Never"))] = "IfNotPresent"
     #: ConfigMap (keys ``extproc.yaml`` and ``envoy.yaml``) in the pod's namespace.
     config_map: ObjectName = "extproc-config"
     #: Secret with the provider keys (one file per provider) in the pod's namespace.
     provider_secret: ObjectName = "extproc-provider-keys"  # noqa: S105 - a Secret name
-    token: Token = Token()
-    uids: Uids = Uids()
-    ports: Ports = Ports()
+    token: Token = Field(default_factory=Token)
+    uids: Uids = Field(default_factory=Uids)
+    ports: Ports = Field(default_factory=Ports)
     #: Outbound TCP ports the optional redirect sends to Envoy.
     redirect_ports: tuple[TcpPort, ...] = (80, 443)
     resources: Annotated[Mapping[Annotated[str, OneOf(("envoy", "extproc", "redirect"))], ContainerResources],

@@ -92,4 +92,4 @@ class ResponsesSpec(Section):
 
 
 class MaskingSection(ProfileSpec):
-    responses: ResponsesSpec = ResponsesSpec()
+    responses: ResponsesSpec = Field(default_factory=ResponsesSpec)

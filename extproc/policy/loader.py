@@ -165,7 +165,7 @@ class RuleMaskingSpec(Section):
 class RuleSpec(Section):
     id: Ident
     description: Text = ""
-    match: MatchSpec = MatchSpec()
+    match: MatchSpec = Field(default_factory=MatchSpec)
     unless: Unless | None = None
     action: Annotated[str, OneOf(ACTIONS)]
     message: Text = ""
@@ -210,7 +210,7 @@ class BudgetSpec(Section):
 
     id: Ident
     description: Text = ""
-    match: BudgetSelector = SelectorSpec()
+    match: BudgetSelector = Field(default_factory=SelectorSpec)
     unless: SelectorSpec | None = None
     per: Annotated[str, OneOf(BUDGET_SCOPES)] = "user"
     requests: Annotated[int, Between(1, 10**12)] | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from pydantic import Field
+
 from extproc.config.types import Between, Flag, NonEmpty, OneOf, Pattern, Section
 from extproc.masking.config import ProfileSpec
 
@@ -45,8 +47,8 @@ class RecordingSection(Section):
     session_gap_seconds: Annotated[int, Between(1, 7 * 86400)] = 1800
     max_body_bytes: Annotated[int, Between(0, 16 * 1024 * 1024)] = 256 * 1024
     max_chunks: Annotated[int, Between(1, 100_000)] = 2000
-    retention: RetentionSettings = RetentionSettings()
-    spool: SpoolSettings = SpoolSettings()
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     #: The masking profile applied to recorded text; every built-in detector when left out.
     masking: ProfileSpec | None = None
-    auditors: AuditorSettings = AuditorSettings()
+    auditors: AuditorSettings = Field(default_factory=AuditorSettings)

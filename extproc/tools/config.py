@@ -164,7 +164,7 @@ class ToolRuleSpec(Section):
     id: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                                "must be letters, digits, '.', '_' or '-' (at most 64)")]
     description: Text = ""
-    match: ToolMatchSpec = ToolMatchSpec()
+    match: ToolMatchSpec = Field(default_factory=ToolMatchSpec)
     action: Annotated[str, OneOf(TOOL_ACTIONS)]
     message: Text = ""
     #: The section's ``mode`` when left out.
