@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -289,7 +289,10 @@ def _keys(cls: type[BaseModel]) -> set[str]:
 
 
 class Section(BaseModel):
-    """A frozen mapping of known keys. ``null`` reads as an empty mapping."""
+    """A frozen mapping of known keys. ``null`` reads as an empty mapping, and a key whose
+    value is ``null`` as a key left out (unless ``keep_nulls``: null is then a value)."""
+
+    keep_nulls: ClassVar[bool] = False
 
     # defer_build: a section's validator is built when it is first used, so commands that
     # never read a configuration (approvals, sessions, token) do not pay for building them.
@@ -313,7 +316,10 @@ class Section(BaseModel):
                 got = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
                 hint = f" (did you mean {got[0]!r}?)" if got else ""
                 raise Invalid(f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}", key)
-        return data
+        if cls.keep_nulls:
+            return data
+        # ``key:`` with no value means "not set": the default applies (a required key is missing).
+        return {k: v for k, v in data.items() if v is not None}
 
 
 # ---------------------------------------------------------------------------

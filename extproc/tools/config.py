@@ -101,6 +101,8 @@ class ConditionSpec(Section):
     """One condition on one argument; every operator given must hold."""
 
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": [op]} for op in ARGUMENT_OPERATORS]})
+    #: ``equals: null`` compares with JSON null.
+    keep_nulls = True
 
     path: Annotated[str, BeforeValidator(_argument_path)]
     equals: JsonValue = None

@@ -85,3 +85,17 @@ def test_config_check_points_at_file_line_and_key(
     assert f"{f}:{line}: {path}: " in err, err
     assert fragment in err, err
 
+
+
+def test_a_key_without_a_value_takes_its_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `key:` with nothing after it is YAML null: read as "not set", as the hand-written readers did.
+    text = BASE.replace("http:        {address: 127.0.0.1, port: 10000}", "http:        {address: , port: 10000}")
+    text += "approvals:\n  hold_seconds:\n  rules:\n    secrets: {groups: [legal]}\n"
+    f = tmp_path / "nulls.yaml"
+    f.write_text(text)
+    assert main(["config", "check", str(f)]) == 0, capsys.readouterr().err
+    from extproc.config.load import load_config
+
+    cfg = load_config(f, env={})
+    assert cfg.listener.address == "127.0.0.1"
+    assert cfg.file.approvals is not None and cfg.file.approvals.hold_seconds == 120
