@@ -173,9 +173,9 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from extproc.admin.client import AdminCallError, channel
     from extproc.api.admin.v1 import admin_pb2, admin_pb2_grpc
 
     target = args.admin
@@ -184,12 +184,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config)
         target = f"{cfg.admin.grpc.address}:{cfg.admin.grpc.port}"
-    with grpc.insecure_channel(target) as ch:
-        try:
+    try:
+        with channel(target) as ch:
             st = admin_pb2_grpc.AdminStub(ch).GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
-        except grpc.RpcError as exc:
-            print(f"cannot reach the admin API at {target}: {exc.code().name}", file=sys.stderr)
-            return 1
+    except AdminCallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(MessageToDict(st, preserving_proto_field_name=True), indent=2))
     return 0
 

@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from extproc.admin.client import AdminCallError, add_admin_arguments, channel, token_metadata
+
 __all__ = ["register"]
-
-DEFAULT_ADMIN = "127.0.0.1:50052"
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--admin",
-        default=os.environ.get("EXTPROC_ADMIN", DEFAULT_ADMIN),
-        help=f"admin gRPC address (default: $EXTPROC_ADMIN or {DEFAULT_ADMIN})",
-    )
-    common.add_argument("--token", help="your own bearer token (default: $EXTPROC_TOKEN)")
+    add_admin_arguments(common, token_help="your own bearer token", timeout=10.0)  # noqa: S106 (help text)
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default: 10)")
 
     p = subparsers.add_parser(
         "approvals",
@@ -166,45 +158,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, call: Any) -> int:
-    import grpc
-
     from extproc.api.admin.v1 import approvals_pb2_grpc as pb_grpc
 
-    token = (args.token or os.environ.get("EXTPROC_TOKEN") or "").strip()
-    if not token:
-        print(
-            "error: no token: pass --token or set EXTPROC_TOKEN to your own JWT "
-            "(the local stack: export EXTPROC_TOKEN=$(extproc token --sub NAME --groups GROUP))",
-            file=sys.stderr,
-        )
-        return 2
-    md = [("authorization", f"Bearer {token}")]
-    with grpc.insecure_channel(args.admin) as ch:
-        try:
+    try:
+        md = token_metadata(args, who="your own JWT")
+        with channel(args.admin) as ch:
             rc: int = call(pb_grpc.ApprovalsStub(ch), md)
             return rc
-        except grpc.RpcError as exc:
-            print(_explain(exc, args.admin), file=sys.stderr)
-            return 1
-
-
-def _explain(exc: Any, target: str) -> str:
-    import grpc
-
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return f"error: not authenticated: {details} (check --token / EXTPROC_TOKEN; tokens expire)"
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return f"error: permission denied: {details}"
-    if code == grpc.StatusCode.NOT_FOUND:
-        return f"error: not found: {details}"
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return f"error: cannot do that now: {details}"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return f"error: cannot reach the admin API at {target}: {details}"
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return f"error: the server at {target} does not serve the approvals API"
-    return f"error: {code.name}: {details}"
+    except AdminCallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if exc.usage else 1
 
 
 def _check_id(approval_id: str) -> int | None:

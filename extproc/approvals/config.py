@@ -11,12 +11,13 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from extproc.config.types import Between, Invalid, Names, NumberBetween, OneOf, Pattern, Section
 
-__all__ = ["GRANT_MODES", "HOLD_MARGIN_SECONDS", "WEBHOOK_FORMATS", "ApprovalsSection", "ApproverSpec", "Webhook"]
+__all__ = ["GRANT_MODES", "HOLD_GRACE_SECONDS", "WEBHOOK_FORMATS", "ApprovalsSection", "ApproverSpec",
+           "Webhook"]
 
 GRANT_MODES: tuple[str, ...] = ("once", "window")
 WEBHOOK_FORMATS: tuple[str, ...] = ("generic", "slack")
 #: Seconds a held request's message timeout is extended beyond the hold itself.
-HOLD_MARGIN_SECONDS = 5
+HOLD_GRACE_SECONDS = 5
 
 RuleKey = Annotated[str, Pattern(r"\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                                  "must be a policy rule id (letters, digits, '.', '_', '-') or '*'")]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
-from extproc.approvals.config import HOLD_MARGIN_SECONDS, ApprovalsSection
+from extproc.approvals.config import HOLD_GRACE_SECONDS, ApprovalsSection
 from extproc.config.types import (
     Between,
     ConfigError,
@@ -422,9 +422,9 @@ class ConfigFile(Section):
                     raise Invalid(f"unknown provider {name!r}", "masking", "responses", "providers", i)
         if self.approvals is not None:
             hold, limit = self.approvals.hold_seconds, self.envoy.max_message_timeout_seconds
-            if hold + HOLD_MARGIN_SECONDS > limit:
+            if hold + HOLD_GRACE_SECONDS > limit:
                 raise Invalid(f"a hold of {hold}s needs envoy.max_message_timeout_seconds >= "
-                              f"{hold + HOLD_MARGIN_SECONDS} (it is {limit}): Envoy would cut the held request",
+                              f"{hold + HOLD_GRACE_SECONDS} (it is {limit}): Envoy would cut the held request",
                               "approvals", "hold_seconds")
         return self
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from extproc.approvals.config import HOLD_MARGIN_SECONDS
+from extproc.approvals.config import HOLD_GRACE_SECONDS
 from extproc.approvals.model import ApprovalSettings
 from extproc.config.model import Config
 from extproc.datapath.machine import Gateway, ResponseMasking, Router
@@ -21,10 +21,8 @@ from extproc.policy import Policy
 from extproc.recording.model import RecordingSettings
 from extproc.tools.policy import ToolPolicy
 
-__all__ = ["HOLD_MARGIN", "approvals", "build_gateway", "response_masking", "validate_sections"]
+__all__ = ["HOLD_GRACE_SECONDS", "approvals", "build_gateway", "response_masking", "validate_sections"]
 
-#: Seconds a held request's message timeout is extended beyond the hold itself.
-HOLD_MARGIN = HOLD_MARGIN_SECONDS
 
 
 def response_masking(cfg: Config) -> ResponseMasking:

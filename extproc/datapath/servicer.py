@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -27,6 +26,7 @@ from extproc.datapath.machine import (
     ApprovalResult,
     ChargeUsage,
     Continue,
+    Decision,
     Gateway,
     NeedApproval,
     NeedBudget,
@@ -38,9 +38,9 @@ from extproc.datapath.machine import (
     RequestMachine,
     Step,
 )
-from extproc.datapath.runtime import HOLD_MARGIN
+from extproc.datapath.runtime import HOLD_GRACE_SECONDS
 from extproc.identity.jwt import Authenticator
-from extproc.identity.model import AuthError
+from extproc.identity.model import AuthError, Identity
 from extproc.policy import budgets
 from extproc.policy.model import BudgetOutcome
 from extproc.recording.model import interaction_log_line
@@ -124,14 +124,6 @@ def _immediate(r: Reply) -> ep.ProcessingResponse:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A request-side message whose answer waits for a human: see ``ExternalProcessor._hold``."""
-
-    kind: str
-    need: NeedApproval
-
-
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -173,14 +165,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
                 t0 = time.perf_counter()
-                resp = await self._handle(machine, auth, req, kind)
-                if isinstance(resp, _Held):
-                    # Envoy waits message_timeout for an answer; extend it (once per
-                    # processing state, at most max_message_timeout) before holding.
-                    yield ep.ProcessingResponse(
-                        override_message_timeout=duration_pb2.Duration(seconds=resp.need.hold_seconds + HOLD_MARGIN)
-                    )
-                    resp = await self._hold(machine, gateway, resp)
+                resp: ep.ProcessingResponse | None = None
+                async for resp in self._handle(machine, gateway, auth, req, kind):
+                    if resp.HasField("override_message_timeout"):
+                        yield resp  # before a hold: not the answer to this message yet
+                assert resp is not None
                 hist = self._message_seconds.get(kind or "")
                 if hist is not None:
                     hist.observe(time.perf_counter() - t0)
@@ -271,24 +260,40 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return False
         return True
 
-    async def _resolve(self, machine: RequestMachine, d: Step) -> Step:
-        """Fulfil the machine's I/O requests until it decides (approval holds excepted)."""
+    async def _authenticate(self, auth: Authenticator, need: NeedIdentity) -> Identity | AuthError:
+        try:
+            return await auth.authenticate(need.token)
+        except AuthError as exc:
+            self._metrics.auth_failures.labels(exc.code).inc()
+            return exc
+
+    async def _approve(self, machine: RequestMachine, gateway: Gateway, need: NeedApproval) -> ApprovalResult:
+        gate, settings, ident = self._approvals, gateway.approvals, machine.info.identity
+        if gate is None or settings is None or ident is None:
+            return ApprovalResult("unavailable")
+        return await gate.hold(need, ident, settings)
+
+    async def _fulfil(
+        self, machine: RequestMachine, gateway: Gateway, auth: Authenticator, d: Step
+    ) -> AsyncIterator[ep.ProcessingResponse | Decision]:
+        """The one place every ``Need*`` is fulfilled: feed the machine the answers until it
+        decides, then yield the decision. Before an approval hold it yields the message-timeout
+        extension Envoy must get first (Envoy waits ``message_timeout`` for an answer; the
+        override lasts one processing state, at most ``max_message_timeout``)."""
         while True:
-            if isinstance(d, NeedBudget):
+            if isinstance(d, NeedIdentity):
+                d = machine.on_identity(await self._authenticate(auth, d))
+            elif isinstance(d, NeedBudget):
                 d = machine.on_budget(await self._reserve(machine, d))
             elif isinstance(d, NeedRecordStart):
                 d = machine.on_record_start(await self._record_start(d))
+            elif isinstance(d, NeedApproval):
+                yield ep.ProcessingResponse(
+                    override_message_timeout=duration_pb2.Duration(seconds=d.hold_seconds + HOLD_GRACE_SECONDS))
+                d = machine.on_approval(await self._approve(machine, gateway, d))
             else:
-                return d
-
-    async def _hold(self, machine: RequestMachine, gateway: Gateway, held: _Held) -> ep.ProcessingResponse:
-        gate, settings, ident = self._approvals, gateway.approvals, machine.info.identity
-        if gate is None or settings is None or ident is None:
-            result = ApprovalResult("unavailable")
-        else:
-            result = await gate.hold(held.need, ident, settings)
-        d = await self._resolve(machine, machine.on_approval(result))
-        return self._request_response(held.kind, d)
+                yield d
+                return
 
     @staticmethod
     def _request_response(kind: str, d: Step) -> ep.ProcessingResponse:
@@ -303,39 +308,34 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))
 
     async def _handle(
-        self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest, kind: str | None
-    ) -> ep.ProcessingResponse | _Held:
+        self, machine: RequestMachine, gateway: Gateway, auth: Authenticator, req: ep.ProcessingRequest,
+        kind: str | None,
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        """Yields this message's answer last; anything before it is a message-timeout extension."""
         d: Step
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
-            if isinstance(d, NeedIdentity):
-                try:
-                    ident = await auth.authenticate(d.token)
-                    d = machine.on_identity(ident)
-                except AuthError as exc:
-                    self._metrics.auth_failures.labels(exc.code).inc()
-                    d = machine.on_identity(exc)
         elif kind == "request_body":
             d = machine.on_request_body(req.request_body.body, req.request_body.end_of_stream)
         elif kind == "response_headers":
-            d = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
-            if isinstance(d, Reply):
-                return _immediate(d)
-            return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(d)))
+            r = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
+            yield _immediate(r) if isinstance(r, Reply) else ep.ProcessingResponse(
+                response_headers=ep.HeadersResponse(response=_common(r)))
+            return
         elif kind == "response_body":
-            d = machine.on_response_body(req.response_body.body, req.response_body.end_of_stream)
-            if isinstance(d, Reply):
-                return _immediate(d)
-            return ep.ProcessingResponse(response_body=ep.BodyResponse(response=_common(d)))
+            r = machine.on_response_body(req.response_body.body, req.response_body.end_of_stream)
+            yield _immediate(r) if isinstance(r, Reply) else ep.ProcessingResponse(
+                response_body=ep.BodyResponse(response=_common(r)))
+            return
         elif kind == "request_trailers":
             machine.on_request_trailers()
-            return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+            yield ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+            return
         elif kind == "response_trailers":
             machine.on_response_trailers()
-            return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+            yield ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+            return
         else:
             raise ProtocolError(f"unsupported ext_proc message {kind!r}")
-        # request side: identity done; an approval hold waits in Process, the rest resolves here
-        if isinstance(d, NeedApproval):
-            return _Held(kind, d)
-        return self._request_response(kind, await self._resolve(machine, d))
+        async for out in self._fulfil(machine, gateway, auth, d):
+            yield out if isinstance(out, ep.ProcessingResponse) else self._request_response(kind, out)

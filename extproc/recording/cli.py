@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from extproc.admin.client import AdminCallError, add_admin_arguments, explain, token_metadata
 from extproc.errors import ExtprocError
 from extproc.recording.model import ChainEntry, VerifyResult, canonical_json, verify_chain
 
@@ -138,27 +138,30 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
 
     from extproc.api.admin.v1 import sessions_pb2_grpc
 
-    token = args.token or os.environ.get("EXTPROC_TOKEN")
-    if not token:
-        raise _CliError("no token: pass --token or set EXTPROC_TOKEN (an auditor's token)")
-    channel = grpc.insecure_channel(args.admin)
-    stub = sessions_pb2_grpc.SessionsStub(channel)
-    md = (("authorization", f"Bearer {token}"),)
+    try:
+        md = token_metadata(args, who="an auditor's JWT")
+    except AdminCallError as exc:
+        raise _CliError(str(exc)) from None
+    ch = grpc.insecure_channel(args.admin)
+    stub = sessions_pb2_grpc.SessionsStub(ch)
     try:
         result = getattr(stub, method)(request, metadata=md, timeout=args.timeout)
         if method == "Export":
-            return _Closing(result, channel)
+            return _Closing(result, ch, args.admin)
     except grpc.RpcError as exc:
-        channel.close()
-        raise _CliError(f"{exc.code().name}: {exc.details()}") from None
-    channel.close()
+        ch.close()
+        raise _CliError(explain(exc, args.admin, api="sessions")) from None
+    ch.close()
     return result
 
 
 class _Closing:
-    def __init__(self, it: Any, channel: Any) -> None:
+    """An export stream that closes its channel when it ends, and explains a broken stream."""
+
+    def __init__(self, it: Any, ch: Any, target: str) -> None:
         self._it = it
-        self._channel = channel
+        self._channel = ch
+        self._target = target
 
     def __iter__(self) -> Any:
         import grpc
@@ -166,7 +169,7 @@ class _Closing:
         try:
             yield from self._it
         except grpc.RpcError as exc:
-            raise _CliError(f"{exc.code().name}: {exc.details()}") from None
+            raise _CliError(explain(exc, self._target, api="sessions")) from None
         finally:
             self._channel.close()
 
@@ -311,10 +314,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ssub = s.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--admin", default=os.environ.get("EXTPROC_ADMIN", "127.0.0.1:50052"),
-                       help="admin gRPC address (default: $EXTPROC_ADMIN or 127.0.0.1:50052)")
-        p.add_argument("--token", help="an auditor's bearer token (default: $EXTPROC_TOKEN)")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default: 30)")
+        add_admin_arguments(p, token_help="an auditor's bearer token", timeout=30.0)  # noqa: S106 (help text)
 
     ls = ssub.add_parser("list", help="interaction summaries, newest first")
     common(ls)

@@ -199,7 +199,7 @@ def test_cli_list_show_export_verify(api: Api, capsys: pytest.CaptureFixture[str
     assert cli(api, "verify") == 0
     assert "OK" in capsys.readouterr().out
     assert cli(api, "list", token=api.token("mallory")) == 1
-    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert "error: permission denied:" in capsys.readouterr().err
 
 
 def test_cli_verify_reports_the_first_break(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
