@@ -10,11 +10,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extproc import __version__
-from extproc.config.load import load_config
-from extproc.config.model import Config
 from extproc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from extproc.config.model import Config
 
 __all__ = ["main"]
 
@@ -53,6 +55,10 @@ def _setup_logging(level: str, fmt: str) -> None:
 
 
 def _load(path: str) -> Config:
+    # Imported here: building the configuration types costs start-up time that commands
+    # without a configuration file (approvals, sessions, token) should not pay.
+    from extproc.config.load import load_config
+
     cfg = load_config(path)
     _validate_extensions(cfg)
     return cfg
@@ -72,6 +78,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     print(f"{args.file}: OK (config version {cfg.version}; {len(cfg.providers)} provider(s), "
           f"{len(cfg.issuers)} issuer(s))")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from extproc.config.schema import render_schema
+
+    text = render_schema()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -213,6 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     target = args.admin
     if args.config:
+        from extproc.config.load import load_config
+
         cfg = load_config(args.config)
         target = f"{cfg.admin.grpc.address}:{cfg.admin.grpc.port}"
     try:
@@ -234,12 +253,33 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 #: Subcommand groups contributed by other modules: each takes the subparsers object.
-REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.masking.cli", "extproc.approvals.cli",
-                         "extproc.recording.cli",
-                         "extproc.inject.server"]
+#: Commands registered by their capability's module (``register(subparsers)``), by name.
+REGISTRARS: dict[str, str] = {
+    "policy": "extproc.policy.cli",
+    "mask": "extproc.masking.cli",
+    "approvals": "extproc.approvals.cli",
+    "sessions": "extproc.recording.cli",
+    "inject": "extproc.inject.server",
+}
+_VALUED_OPTIONS = ("--log-level", "--log-format")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (None for help, version or a missing one)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the module of the command it names is imported (the
+    others, and the configuration types they bring, cost start-up time for nothing)."""
     p = argparse.ArgumentParser(
         prog="extproc",
         description="AI-governance egress sidecar for Envoy: authenticates callers, injects provider "
@@ -263,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("check", help="validate a configuration file; points at the offending key")
     cc.add_argument("file")
     cc.set_defaults(func=cmd_config_check)
+    cs = csub.add_parser("schema", help="print the JSON Schema of the configuration file (generated from its types)")
+    cs.add_argument("-o", "--output", help="write here instead of stdout")
+    cs.set_defaults(func=cmd_config_schema)
 
     e = sub.add_parser("envoy", help="Envoy configuration derived from the extproc configuration")
     esub = e.add_subparsers(dest="envoy_command", metavar="ACTION", required=True)
@@ -313,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for mod_name in REGISTRARS:
+    command = _command(argv) if argv is not None else None
+    wanted = [REGISTRARS[command]] if command in REGISTRARS else (
+        [] if command is not None and command in sub.choices else list(REGISTRARS.values()))
+    for mod_name in wanted:
         try:
             mod = importlib.import_module(mod_name)
         except ImportError:
@@ -330,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level, args.log_format)
     func = getattr(args, "func", None)

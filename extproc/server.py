@@ -233,13 +233,13 @@ class Reloader:
                 log.warning("configuration reload (%s): turning %s on or off needs a restart; kept as it was",
                             why, key)
                 gateway = replace(gateway, **{key: getattr(s.gateway, key)})
-        changed = [k for k in self.RESTART_KEYS if new.raw.get(k) != s.config.raw.get(k)]
+        changed = [k for k in self.RESTART_KEYS if getattr(new.file, k) != getattr(s.config.file, k)]
         if changed:
             log.warning("configuration reload (%s): changes to %s need a restart and were not applied",
                         why, ", ".join(changed))
         s.gateway = gateway
-        s.config = replace(s.config, raw={**s.config.raw, **{k: new.raw.get(k) for k in self.RELOADED_KEYS}},
-                           version=new.version)
+        kept = s.config.file.model_copy(update={k: getattr(new.file, k) for k in self.RELOADED_KEYS})
+        s.config = replace(s.config, file=kept, version=new.version, lines=new.lines)
         s.metrics.config_reloads.labels("applied").inc()
         log.info("configuration reloaded (%s): policy version %s", why, gateway.policy.version)
         return True
@@ -261,7 +261,7 @@ async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: f
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
     try:
-        config = replace(config, issuers=await discover_issuers(config.issuers, _http_get_json))
+        config = config.with_issuers(await discover_issuers(config.issuers, _http_get_json))
     except IssuerDiscoveryError as exc:
         log.error("token issuer discovery failed (issuer: discover): %s", exc)
         raise SystemExit(3) from None

@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
-from extproc.config.reader import SectionReader, kind
+from extproc.approvals.config import GRANT_MODES, ApprovalsSection, Webhook
+from extproc.config.types import validate_section
 from extproc.errors import ExtprocError
 from extproc.identity.model import Identity
 from extproc.strictjson import loads_strict
@@ -62,8 +62,6 @@ PENDING = "pending"
 STATES: tuple[str, ...] = ("pending", "approved", "denied", "expired", "abandoned")
 TERMINAL_STATES: frozenset[str] = frozenset(STATES) - {PENDING}
 VERDICTS: tuple[str, ...] = ("approve", "deny")
-GRANT_MODES: tuple[str, ...] = ("once", "window")
-WEBHOOK_FORMATS: tuple[str, ...] = ("generic", "slack")
 
 #: ``apr_`` + 20 URL-safe characters (120 random bits): unguessable, so knowing an id is not
 #: a capability, but it is not worth enumerating either.
@@ -497,36 +495,10 @@ def _describe(rule: ApproverRule) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Webhook:
-    #: The URL, or None when it comes from the environment (``url_env``): Slack incoming-
-    #: webhook URLs are credentials and do not belong in a committed file.
-    url: str | None
-    url_env: str | None = None
-    format: str = "generic"
-    timeout_seconds: float = 5.0
-    retries: int = 3
-
-    def resolve_url(self, env: Mapping[str, str]) -> str | None:
-        """The URL; ``env`` is the process environment, passed in (this model reads no globals)."""
-        if self.url:
-            return self.url
-        if self.url_env:
-            return env.get(self.url_env) or None
-        return None
-
-    def describe(self) -> str:
-        """Safe for logs: scheme and host only (the path of a Slack URL is its secret)."""
-        if self.url:
-            parts = urlsplit(self.url)
-            return f"{parts.scheme}://{parts.hostname}"
-        return f"${self.url_env}"
-
-
-@dataclass(frozen=True, slots=True)
 class ApprovalSettings:
-    #: How long the data path holds a request waiting for a decision.
+    """The ``approvals:`` section compiled: approver rules as the records store them."""
+
     hold_seconds: int = 120
-    #: How long a request stays approvable (a caller may retry after the hold ran out).
     ttl_seconds: int = 900
     grant: str = "once"
     grant_window_seconds: int = 3600
@@ -540,110 +512,23 @@ class ApprovalSettings:
     @classmethod
     def from_config(
         cls,
-        raw: Any,
+        raw: object,
         *,
         path: str = "approvals",
         file: str = "",
         lines: Mapping[str, int] | None = None,
     ) -> ApprovalSettings:
-        """Validate the ``approvals:`` section; None (no section) gives the defaults, no rules.
+        """Validate and compile an ``approvals:`` mapping; None (no section) gives the defaults."""
+        return cls.from_section(validate_section(ApprovalsSection, raw, path=path, file=file, lines=lines))
 
-        ``hold_seconds`` is bounded here by the absolute limit; that it also fits under
-        ``envoy.max_message_timeout_seconds`` is checked where both are known.
-        """
-        r = _Reader(file, lines or {})
-        m = r.mapping(
-            raw, path, {"hold_seconds", "ttl_seconds", "grant", "grant_window_seconds", "rules", "webhooks"}
-        )
-        hold = r.integer(m, "hold_seconds", path, 120, 1, 3600)
-        ttl = r.integer(m, "ttl_seconds", path, 900, 1, 7 * 86400)
-        if ttl < hold:
-            raise r.error(
-                f"{path}.ttl_seconds",
-                f"must be at least hold_seconds ({hold}), or a request expires while it is held",
-            )
-        grant = m.get("grant", "once")
-        if grant not in GRANT_MODES:
-            raise r.error(f"{path}.grant", f"must be one of {', '.join(GRANT_MODES)}, got {kind(grant)}")
-        window = r.integer(m, "grant_window_seconds", path, 3600, 1, 30 * 86400)
-
-        rules: dict[str, ApproverRule] = {}
-        rules_raw = m.get("rules")
-        if rules_raw is not None and not isinstance(rules_raw, dict):
-            raise r.error(f"{path}.rules", f"must be a mapping of policy rule id to approvers, got {kind(rules_raw)}")
-        for rid, spec in (rules_raw or {}).items():
-            rp = f"{path}.rules.{rid}"
-            if not isinstance(rid, str) or not (rid == "*" or _RULE_ID_RE.match(rid)):
-                raise r.error(rp, "must be a policy rule id (letters, digits, '.', '_', '-') or '*'")
-            sm = r.mapping(spec, rp, {"groups", "users", "quorum"})
-            groups = r.strings(sm, "groups", rp)
-            users = r.strings(sm, "users", rp)
-            if not groups and not users:
-                raise r.error(rp, "names no approvers: set 'groups', 'users' or both")
-            quorum = r.integer(sm, "quorum", rp, 1, 1, 10)
-            if not groups and quorum > len(set(users)):
-                raise r.error(
-                    f"{rp}.quorum", f"is {quorum} but only {len(set(users))} user(s) may approve"
-                )
-            rules[rid] = ApproverRule(groups=groups, users=users, quorum=quorum)
-
-        hooks: list[Webhook] = []
-        hooks_raw = m.get("webhooks")
-        if hooks_raw is not None and not isinstance(hooks_raw, list):
-            raise r.error(f"{path}.webhooks", f"must be a list, got {kind(hooks_raw)}")
-        for i, h in enumerate(hooks_raw or []):
-            hp = f"{path}.webhooks[{i}]"
-            hm = r.mapping(h, hp, {"url", "url_env", "format", "timeout_seconds", "retries"})
-            url, url_env = hm.get("url"), hm.get("url_env")
-            if (url is None) == (url_env is None):
-                raise r.error(hp, "set exactly one of 'url' and 'url_env'")
-            if url is not None:
-                parts = urlsplit(url) if isinstance(url, str) else None
-                if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-                    raise r.error(f"{hp}.url", "must be an http:// or https:// URL with a host")
-            if url_env is not None and (not isinstance(url_env, str) or not _ENV_NAME_RE.match(url_env)):
-                raise r.error(f"{hp}.url_env", "must be an environment variable name")
-            fmt = hm.get("format", "generic")
-            if fmt not in WEBHOOK_FORMATS:
-                raise r.error(f"{hp}.format", f"must be one of {', '.join(WEBHOOK_FORMATS)}, got {kind(fmt)}")
-            hooks.append(
-                Webhook(
-                    url=url,
-                    url_env=url_env,
-                    format=fmt,
-                    timeout_seconds=r.number(hm, "timeout_seconds", hp, 5.0, 0.1, 60.0),
-                    retries=r.integer(hm, "retries", hp, 3, 0, 10),
-                )
-            )
+    @classmethod
+    def from_section(cls, s: ApprovalsSection) -> ApprovalSettings:
         return cls(
-            hold_seconds=hold,
-            ttl_seconds=ttl,
-            grant=grant,
-            grant_window_seconds=window,
-            rules=MappingProxyType(rules),
-            webhooks=tuple(hooks),
+            hold_seconds=s.hold_seconds,
+            ttl_seconds=s.ttl_seconds,
+            grant=s.grant,
+            grant_window_seconds=s.grant_window_seconds,
+            rules=MappingProxyType({rid: ApproverRule(groups=r.groups, users=r.users, quorum=r.quorum)
+                                    for rid, r in s.rules.items()}),
+            webhooks=s.webhooks,
         )
-
-
-_RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class _Reader(SectionReader):
-    """The shared strict reader, plus approver name lists (deduplicated, order kept)."""
-
-    def strings(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
-        p = f"{path}.{key}"
-        v = m.get(key)
-        if v is None:
-            return ()
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list):
-            raise self.error(p, f"must be a list of strings, got {kind(v)}")
-        for i, item in enumerate(v):
-            if not isinstance(item, str) or not item.strip():
-                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {kind(item)}")
-        return tuple(dict.fromkeys(v))
-
-

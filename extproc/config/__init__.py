@@ -1,2 +1,3 @@
-"""Configuration: the typed gateway configuration (``model``), the strict section reader
-(``reader``) and the Envoy bootstrap rendered from it (``envoy``)."""
+"""Configuration: the typed vocabulary (``types``), the whole file as typed sections
+(``model``), reading it (``load``), its JSON Schema (``schema``) and the Envoy bootstrap
+rendered from it (``envoy``)."""

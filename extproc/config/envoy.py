@@ -103,7 +103,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as PbAny
 
-from extproc.config.model import Config, ListenerConfig, ProviderConfig
+from extproc.config.model import Config, ListenerConfig, ProviderConfig, UnixListener
 from extproc.errors import ERROR_TYPES
 
 __all__ = ["EXT_PROC_CLUSTER", "LOCAL_REPLIES", "LocalReply", "dump_yaml", "render_bootstrap", "render_envoy"]
@@ -144,7 +144,7 @@ def _listen_addr(lc: ListenerConfig) -> Address:
     the socket file with ``socket_mode``."""
     path = lc.unix_path
     if path is not None:
-        return Address(pipe=Pipe(path=path, mode=lc.socket_mode))
+        return Address(pipe=Pipe(path=path, mode=lc.socket_mode if isinstance(lc, UnixListener) else 0o660))
     return _addr(lc.address, lc.port)
 
 

@@ -1,11 +1,15 @@
 """The one configuration file that both the ext_proc server and Envoy's config derive from.
 
-Loading is strict: every key is known, every value is checked, and an error names the
-file, the line and the key path (``providers[1].base_url``) of what is wrong. Relative
-paths inside the file are resolved against the current working directory, like Envoy's.
+The whole file is parsed once into frozen typed objects (:class:`ConfigFile`, pydantic v2):
+every key is known, every value is checked, and an error names the file, the line and the
+key path (``providers[1].base_url``) of what is wrong. Each section's type lives with the
+capability it configures (``policy``, ``masking``, ``approvals``, ``recording``, ``tools``);
+checks that span sections are made here. Relative paths inside the file are resolved
+against the current working directory, like Envoy's.
 
-``${VAR}`` and ``${VAR:-default}`` in string values are expanded from the environment at
-load time, so one file serves a laptop and a cluster (``redis.url: ${REDIS_URL:-...}``).
+``${VAR}`` and ``${VAR:-default}`` in the base sections' string values are expanded from the
+environment at load time, so one file serves a laptop and a cluster
+(``redis.url: ${REDIS_URL:-...}``).
 """
 
 from __future__ import annotations
@@ -14,23 +18,50 @@ import fnmatch
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
-from extproc.errors import ConfigError, located_error
+from extproc.approvals.config import HOLD_GRACE_SECONDS, ApprovalsSection
+from extproc.config.types import (
+    Between,
+    Checked,
+    ConfigError,
+    EnvText,
+    Flag,
+    Invalid,
+    Names,
+    NumberBetween,
+    Pattern,
+    Section,
+    expand_env,
+    kind,
+    located_error,
+    validate_section,
+)
+from extproc.datapath.config import TIMEOUT_MARGIN_SECONDS, InspectionSettings
+from extproc.masking.config import MaskingSection
+from extproc.policy.loader import PolicySection, check_against_masking
+from extproc.recording.config import RecordingSection
+from extproc.tools.config import ToolsSection
 
 __all__ = [
     "AdminConfig",
+    "AuthConfig",
     "Config",
     "ConfigError",
+    "ConfigFile",
     "CredentialConfig",
     "EnvoyTuning",
+    "ExtProcListener",
     "IssuerConfig",
     "ListenerConfig",
     "ProviderConfig",
+    "TlsListenerConfig",
+    "UnixListener",
     "located_error",
     "parse_config",
 ]
@@ -38,21 +69,48 @@ __all__ = [
 ApiFlavour = Literal["openai", "anthropic", "generic", "mcp"]
 API_FLAVOURS: tuple[str, ...] = ("openai", "anthropic", "generic", "mcp")
 
+_HEADER_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_RESERVED_PREFIXES = ("/_extproc",)
+
+#: Defaults per API flavour: which header carries the credential and extra headers.
+_AUTH_DEFAULTS: dict[str, tuple[str, str]] = {
+    "openai": ("authorization", "Bearer "),
+    "generic": ("authorization", "Bearer "),
+    "mcp": ("authorization", "Bearer "),
+    "anthropic": ("x-api-key", ""),
+}
+
+SYSTEM_CA_CANDIDATES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # macOS, some others
+)
+# The rendered config must not depend on the machine it was rendered on, so the default is
+# the Debian path (also what the official Envoy image uses); the others are suggestions.
+DEFAULT_CA_FILE = SYSTEM_CA_CANDIDATES[0]
+
+#: The asymmetric algorithms python-jose can verify (it has no RSASSA-PSS).
+_ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+
+Port = Annotated[int, Between(0, 65535, env=True)]
+
 
 # ---------------------------------------------------------------------------
-# dataclasses: the validated, immutable view the rest of the program uses
+# listeners
 
 
-@dataclass(frozen=True, slots=True)
-class ListenerConfig:
-    address: str
-    port: int
-    #: Unix-socket listeners (``address: unix:/path``): the socket file's mode (no bits for
-    #: others) and, for ext_proc, the peer uids allowed to connect (empty: the server's own).
-    socket_mode: int = 0o660
-    peer_uids: tuple[int, ...] = ()
-    #: ``admin_grpc: false`` turns the admin gRPC API off (sidecars: approvers use a shared one).
-    enabled: bool = True
+class ListenerConfig(Section):
+    """A TCP listener (``address``, ``port``)."""
+
+    address: EnvText = "127.0.0.1"
+    port: Port = 0
+
+    @model_validator(mode="after")
+    def _tcp_only(self) -> ListenerConfig:
+        if self.address.startswith("unix:") and not isinstance(self, UnixListener):
+            raise Invalid("must be a host or IP address (no unix: socket here)", "address")
+        return self
 
     @property
     def unix_path(self) -> str | None:
@@ -67,6 +125,131 @@ class ListenerConfig:
         """The address in gRPC's form: ``unix:/path`` or ``host:port``."""
         path = self.unix_path
         return f"unix:{path}" if path is not None else f"{self.address}:{self.port}"
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
+_MODE_MESSAGE = "must be an octal mode such as '0600' or '0660'"
+
+
+def _socket_mode(v: object) -> int:
+    if isinstance(v, str):  # "0660": octal, as chmod reads it
+        try:
+            v = int(v, 8)
+        except ValueError:
+            raise Invalid(f"{_MODE_MESSAGE}, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777:
+        raise Invalid(f"{_MODE_MESSAGE}, got {kind(v)}")
+    if v & 0o007 or not v & 0o600 == 0o600:
+        raise Invalid(f"must give the owner read+write and others nothing (e.g. '0660'), got {v:04o}")
+    return v
+
+
+def _uids(v: object, info: ValidationInfo) -> tuple[int, ...]:
+    if not isinstance(v, list | tuple) or not v:
+        raise Invalid(f"must be a non-empty list of uids, got {kind(v)}")
+    ctx = info.context
+    env = ctx.get("env") if isinstance(ctx, Mapping) else None
+    out: list[int] = []
+    for i, uid in enumerate(v):
+        if isinstance(uid, str):  # "${EXTPROC_ENVOY_UID}": the injector tells the sidecar Envoy's uid
+            try:
+                uid = int(expand_env(uid, env or {}))
+            except ValueError:  # Invalid (an unset variable) is a ValueError too
+                raise Invalid(f"must be a uid (a non-negative integer), got {uid!r}", i) from None
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= 2**32 - 2:
+            raise Invalid(f"must be a uid (a non-negative integer), got {kind(uid)}", i)
+        out.append(uid)
+    return tuple(out)
+
+
+SocketMode = Annotated[int, Checked(_socket_mode, {"anyOf": [{"type": "string", "pattern": "^0?[0-7]{3}$"},
+                                                             {"type": "integer", "minimum": 0, "maximum": 0o777}]})]
+PeerUids = Annotated[tuple[int, ...], Checked(_uids, {"type": "array", "minItems": 1, "items": {"anyOf": [
+    {"type": "integer", "minimum": 0, "maximum": 2**32 - 2}, {"type": "string", "pattern": r"\$\{"}]}}, info=True)]
+
+
+class UnixListener(ListenerConfig):
+    """A listener that may be a unix socket (``address: unix:/absolute/path``): then
+    ``socket_mode`` applies (no bits for others) and ``port`` is ignored."""
+
+    socket_mode: SocketMode = 0o660
+
+    @model_validator(mode="after")
+    def _unix(self) -> UnixListener:
+        path = self.unix_path
+        if path is None:
+            for key in ("socket_mode", "peer_uids"):
+                if key in self.model_fields_set:
+                    raise Invalid("applies only to a unix:/path address", key)
+            return self
+        if not path.startswith("/") or len(path.encode()) > 107:
+            raise Invalid("a unix socket address must be unix:/absolute/path (at most 107 bytes)", "address")
+        return self if self.port == 0 else self.model_copy(update={"port": 0})
+
+
+class HttpListener(ListenerConfig):
+    port: Port = 10000
+
+
+class ExtProcListener(UnixListener):
+    port: Port = 50051
+    #: The uids allowed to connect to a unix socket (empty: the server's own).
+    peer_uids: PeerUids = ()
+
+
+class AdminHttpListener(ListenerConfig):
+    port: Port = 9100
+
+
+class AdminGrpcListener(ListenerConfig):
+    port: Port = 50052
+
+
+class AdminGrpcOff(AdminGrpcListener):
+    """``admin_grpc: false``: no admin gRPC API (sidecars: approvers use a shared one)."""
+
+    @property
+    def enabled(self) -> bool:
+        return False
+
+
+def _admin_grpc_off(v: object) -> object:
+    return AdminGrpcOff.model_construct(address="127.0.0.1", port=0) if v is False else v
+
+
+def _or_false(schema: dict[str, Any]) -> None:
+    ref = dict(schema)
+    schema.clear()
+    schema["anyOf"] = [ref, {"const": False}]
+
+
+class EnvoyAdminListener(UnixListener):
+    port: Port = 9901
+
+
+class EnvoyProbeListener(ListenerConfig):
+    """Envoy's listener serving only ``GET /ready`` and ``GET /stats/prometheus`` (proxied to
+    the admin socket): what kubelet probes and Prometheus need, nothing that changes Envoy."""
+
+    port: Port = 15021
+
+
+class TlsSpec(Section):
+    """``listeners.tls``: both files, or neither for a generated development certificate."""
+
+    address: EnvText = "127.0.0.1"
+    port: Port = 10443
+    cert_file: EnvText | None = None
+    key_file: EnvText | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSpec:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise Invalid("set both 'cert_file' and 'key_file', or neither for a development certificate")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,39 +268,230 @@ class AdminConfig:
     grpc: ListenerConfig
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialConfig:
+class Listeners(Section):
+    http: HttpListener = Field(default_factory=HttpListener)
+    tls: TlsSpec | None = None
+    ext_proc: ExtProcListener = Field(default_factory=ExtProcListener)
+    admin: AdminHttpListener = Field(default_factory=AdminHttpListener)
+    #: ``false`` turns the admin gRPC API off.
+    admin_grpc: Annotated[AdminGrpcListener, BeforeValidator(_admin_grpc_off),
+                          Field(json_schema_extra=cast(Any, _or_false))] = Field(default_factory=AdminGrpcListener)
+    envoy_admin: EnvoyAdminListener = Field(default_factory=EnvoyAdminListener)
+    #: Needs ``envoy_admin`` on a unix socket (it proxies to it).
+    envoy_probe: EnvoyProbeListener | None = None
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Listeners:
+        if self.envoy_probe is not None and self.envoy_admin.unix_path is None:
+            raise Invalid("needs listeners.envoy_admin on a unix:/path socket", "envoy_probe")
+        seen: dict[int, str] = {}
+        for key in ("http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin", "envoy_probe"):
+            listener = getattr(self, key)
+            port = listener.port if listener is not None else 0
+            if port == 0:
+                continue
+            if port in seen:
+                raise Invalid(f"port {port} is already used by {seen[port]}", key, "port")
+            seen[port] = f"listeners.{key}"
+        return self
+
+
+# ---------------------------------------------------------------------------
+# redis, identity
+
+
+def _redis_url(url: str) -> str:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+        raise Invalid("must be a redis://, rediss://, redis+sentinel:// or unix:// URL")
+    return url
+
+
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]{0,99}:")
+
+
+def _key_prefix(prefix: str) -> str:
+    if not _KEY_PREFIX.fullmatch(prefix):
+        raise Invalid("must be 1-100 of [A-Za-z0-9_.-:{}] ending with ':', e.g. extproc:team-a:")
+    return prefix
+
+
+class RedisSpec(Section):
+    url: Annotated[EnvText, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    #: Prefix of every key and the pub/sub channel: one prefix per tenant lets a Redis ACL
+    #: user be confined to its own keys (``~<prefix>*``, ``&<prefix>*``).
+    key_prefix: Annotated[EnvText, AfterValidator(_key_prefix)] = "extproc:"
+
+
+class IssuerConfig(Section):
+    issuer: EnvText
+    audiences: Names = ()
+    jwks_url: EnvText | None = None
+    jwks_file: EnvText | None = None
+    #: CA bundle to verify the JWKS endpoint (Kubernetes API server CA, for example).
+    jwks_ca_file: EnvText | None = None
+    #: A bearer token sent when fetching the JWKS (Kubernetes requires one).
+    jwks_token_file: EnvText | None = None
+    user_claim: EnvText = "sub"
+    groups_claim: EnvText = "groups"
+    clock_skew_seconds: Annotated[int, Between(0, 300, env=True)] = 30
+    #: Allowed signature algorithms; empty means "whatever the JWKS keys declare".
+    algorithms: Names = ()
+    #: An unknown ``kid`` triggers a JWKS refresh at most this often (a flood of forged
+    #: key ids must not become a flood of fetches).
+    jwks_min_refresh_seconds: Annotated[int, Between(0, 3600, env=True)] = 10
+
+    @model_validator(mode="after")
+    def _check(self) -> IssuerConfig:
+        if not self.issuer:
+            raise Invalid("must not be empty", "issuer")
+        if not self.audiences:
+            where = ("audiences",) if "audiences" in self.model_fields_set else ()
+            raise Invalid("at least one audience is required: a token minted for another service must not be "
+                          "accepted", *where)
+        if self.jwks_url and self.jwks_file:
+            raise Invalid("set at most one of 'jwks_url' and 'jwks_file'")
+        if self.jwks_url and urlsplit(self.jwks_url).scheme not in ("http", "https"):
+            raise Invalid(f"must be an http(s) URL, got {self.jwks_url!r}", "jwks_url")
+        if not self.jwks_url and not self.jwks_file and not self.issuer.startswith(("https://", "http://")):
+            raise Invalid("no 'jwks_url' or 'jwks_file', and the issuer is not a URL to discover it from "
+                          "(<issuer>/.well-known/openid-configuration)")
+        for i, alg in enumerate(self.algorithms):
+            if alg not in _ASYMMETRIC_ALGS:
+                raise Invalid(f"{alg!r} is not allowed; only asymmetric algorithms "
+                              f"({', '.join(sorted(_ASYMMETRIC_ALGS))})", "algorithms", i)
+        return self
+
+
+class IdentitySpec(Section):
+    issuers: tuple[IssuerConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> IdentitySpec:
+        names = [i.issuer for i in self.issuers]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                raise Invalid(f"issuer {n!r} is listed twice", "issuers", i, "issuer")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# providers
+
+
+class CredentialConfig(Section):
     """Where a provider's secret comes from. Exactly one of ``env``/``file`` is set."""
 
-    env: str | None = None
-    file: str | None = None
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["env"]}, {"required": ["file"]}]})
+
+    env: EnvText | None = None
+    file: EnvText | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> CredentialConfig:
+        if bool(self.env) == bool(self.file):
+            raise Invalid("set exactly one of 'env' (an environment variable name) or 'file' (a path)")
+        if self.env and not re.fullmatch(_ENV_NAME, self.env):
+            raise Invalid(f"is not a valid environment variable name: {self.env!r}", "env")
+        return self
 
     def describe(self) -> str:
         return f"env:{self.env}" if self.env else f"file:{self.file}"
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
-    name: str
-    api: ApiFlavour
-    base_url: str
-    prefix: str
-    credential: CredentialConfig | None
-    #: Header the credential is sent in, lower case (``authorization`` or ``x-api-key``...).
-    auth_header: str
-    #: Prefix put before the secret in that header, e.g. ``Bearer `` (may be empty).
-    auth_scheme: str
+class AuthConfig(Section):
+    """Header the credential is sent in (lower case) and the prefix put before the secret
+    (``Bearer ``, may be empty); the defaults depend on the provider's API."""
+
+    header: EnvText = ""
+    scheme: EnvText | None = None
+
+
+def _base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"must be an http:// or https:// URL with a host, got {url!r}")
+    if parts.query or parts.fragment:
+        raise Invalid("must not carry a query string or fragment")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise Invalid("has an invalid port") from None
+    return url.rstrip("/")
+
+
+_PATTERN_HINT = "path pattern like '/files' or '/audio/*'"
+
+
+def _uninspectable(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple):
+        raise Invalid(f"must be a list of {_PATTERN_HINT}s, got {kind(v)}")
+    for i, item in enumerate(v):
+        if not isinstance(item, str) or not item.startswith("/") or item.strip("/*") == "":
+            raise Invalid(f"must be a {_PATTERN_HINT} (not everything), got {item!r}", i)
+    return tuple(v)
+
+
+UninspectablePaths = Annotated[tuple[str, ...], Checked(_uninspectable, {
+    "type": "array", "items": {"type": "string", "pattern": "^/", "not": {"pattern": r"^[/*]*$"}}})]
+
+
+class ProviderConfig(Section):
+    name: Annotated[str, Pattern(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?",
+                                 "must be lower-case letters, digits, '-' or '_' (at most 63)")]
+    api: ApiFlavour = "openai"
+    base_url: Annotated[EnvText, AfterValidator(_base_url)]
+    #: The path prefix routed to this provider; ``/<name>`` when left out.
+    prefix: EnvText = ""
+    credential: CredentialConfig | None = None
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     #: Extra static headers sent upstream (e.g. ``anthropic-version``), lower-case keys.
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, EnvText] = Field(default_factory=dict)
     #: Whether callers must present a verified token on this route.
-    authenticate: bool = True
+    authenticate: Flag = True
     #: Path patterns (after the prefix, ``fnmatch`` globs) whose bodies the gateway cannot
     #: read (not JSON: file uploads, audio) but may forward anyway. On an ``openai`` or
     #: ``anthropic`` route every other such body is refused (403 ``uninspectable_body``).
-    allow_uninspectable: tuple[str, ...] = ()
+    allow_uninspectable: UninspectablePaths = ()
 
     def allows_uninspectable(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.allow_uninspectable)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ProviderConfig:
+        prefix = self.prefix or f"/{self.name}"
+        if not prefix.startswith("/") or prefix == "/" or "//" in prefix or any(c in prefix for c in "?#* "):
+            raise Invalid(f"must be a path like '/openai', got {prefix!r}", "prefix")
+        prefix = prefix.rstrip("/")
+        if prefix.startswith(_RESERVED_PREFIXES):
+            raise Invalid(f"{prefix!r} is reserved for the gateway itself", "prefix")
+        default_header, default_scheme = _AUTH_DEFAULTS[self.api]
+        header = (self.auth.header or default_header).lower()
+        if not _HEADER_RE.match(header) or header == "host":
+            raise Invalid(f"is not a header name a credential can be sent in: {header!r}", "auth", "header")
+        scheme = self.auth.scheme
+        if scheme is None:
+            scheme = default_scheme if header == default_header else ""
+        elif scheme and not scheme.endswith(" "):
+            scheme += " "
+        headers: dict[str, str] = {}
+        for k, v in self.headers.items():
+            if not _HEADER_RE.match(k.lower()) or k.lower() in ("host", header, "authorization", "x-api-key"):
+                raise Invalid("cannot be set as a static upstream header", "headers", k)
+            if not v:
+                raise Invalid("must not be empty", "headers", k)
+            headers[k.lower()] = v
+        if (prefix, header, scheme, headers) == (self.prefix, self.auth.header, self.auth.scheme, self.headers):
+            return self
+        return self.model_copy(update={"prefix": prefix, "auth": AuthConfig(header=header, scheme=scheme),
+                                       "headers": headers})
+
+    @property
+    def auth_header(self) -> str:
+        return self.auth.header
+
+    @property
+    def auth_scheme(self) -> str:
+        return self.auth.scheme or ""
 
     @property
     def upstream(self) -> tuple[str, str, int, str]:
@@ -132,61 +506,166 @@ class ProviderConfig:
         return f"provider_{self.name}"
 
 
-@dataclass(frozen=True, slots=True)
-class IssuerConfig:
-    issuer: str
-    audiences: tuple[str, ...]
-    jwks_url: str | None
-    jwks_file: str | None
-    #: CA bundle to verify the JWKS endpoint (Kubernetes API server CA, for example).
-    jwks_ca_file: str | None
-    #: A bearer token sent when fetching the JWKS (Kubernetes requires one).
-    jwks_token_file: str | None
-    user_claim: str
-    groups_claim: str
-    clock_skew_seconds: int
-    #: Allowed signature algorithms; empty means "whatever the JWKS keys declare".
-    algorithms: tuple[str, ...]
-    #: An unknown ``kid`` triggers a JWKS refresh at most this often (a flood of forged
-    #: key ids must not become a flood of fetches).
-    jwks_min_refresh_seconds: int = 10
+# ---------------------------------------------------------------------------
+# envoy
 
 
-@dataclass(frozen=True, slots=True)
-class EnvoyTuning:
-    message_timeout_ms: int
-    max_message_timeout_seconds: int
-    stream_idle_timeout_seconds: int
-    request_timeout_seconds: int
-    upstream_connect_timeout_seconds: float
-    max_request_bytes: int
-    upstream_ca_file: str
-    access_log: bool
-    concurrency: int | None
+class EnvoyTuning(Section):
+    message_timeout_ms: Annotated[int, Between(50, 60_000, env=True)] = 2000
+    max_message_timeout_seconds: Annotated[int, Between(1, 3600, env=True)] = 600
+    stream_idle_timeout_seconds: Annotated[int, Between(10, 86_400, env=True)] = 900
+    request_timeout_seconds: Annotated[int, Between(0, 86_400, env=True)] = 0
+    upstream_connect_timeout_seconds: Annotated[float, NumberBetween(0.1, 60)] = 5.0
+    max_request_bytes: Annotated[int, Between(1024, 256 * 1024 * 1024, env=True)] = 8 * 1024 * 1024
+    upstream_ca_file: EnvText = DEFAULT_CA_FILE
+    access_log: Flag = True
+    #: Envoy worker threads; 0 lets Envoy decide (one per core).
+    concurrency: Annotated[int, Between(0, 256, env=True)] = 0
+
+    @model_validator(mode="after")
+    def _idle_outlasts_holds(self) -> EnvoyTuning:
+        if self.stream_idle_timeout_seconds <= self.max_message_timeout_seconds:
+            raise Invalid("must be longer than envoy.max_message_timeout_seconds, or a held request is cut off",
+                          "stream_idle_timeout_seconds")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# the file
+
+
+def _version(v: object) -> int:
+    if v != 1 or isinstance(v, bool):
+        raise Invalid(f"unsupported config version {v!r}; this build reads version 1")
+    return 1
+
+
+class ConfigFile(Section):
+    """The whole configuration file, typed. Sections left out are None (not configured)."""
+
+    version: Annotated[int, AfterValidator(_version)] = 1
+    listeners: Listeners = Field(default_factory=Listeners)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+    identity: IdentitySpec = Field(default_factory=IdentitySpec)
+    providers: tuple[ProviderConfig, ...] = ()
+    envoy: EnvoyTuning = Field(default_factory=EnvoyTuning)
+    shutdown_grace_seconds: Annotated[float, NumberBetween(0.0, 600.0)] = 20.0
+    policy: PolicySection | None = None
+    masking: MaskingSection | None = None
+    approvals: ApprovalsSection | None = None
+    recording: RecordingSection | None = None
+    tools: ToolsSection | None = None
+    inspection: InspectionSettings = Field(default_factory=InspectionSettings)
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> ConfigFile:
+        providers = self.providers
+        if not providers:
+            raise Invalid("at least one provider is required (a list of mappings)", "providers")
+        for i, p in enumerate(providers):
+            for j, q in enumerate(providers[:i]):
+                if p.name == q.name:
+                    raise Invalid(f"provider {p.name!r} is already defined at providers[{j}]", "providers", i, "name")
+                if p.prefix == q.prefix or p.prefix.startswith(q.prefix + "/") or q.prefix.startswith(p.prefix + "/"):
+                    raise Invalid(f"{p.prefix!r} overlaps providers[{j}] ({q.name}: {q.prefix!r})",
+                                  "providers", i, "prefix")
+        if any(p.authenticate for p in providers) and not self.identity.issuers:
+            raise Invalid("providers require authentication but no issuer is configured", "identity", "issuers")
+        if self.policy is not None:
+            try:
+                check_against_masking(self.policy, self.masking)
+            except Invalid as exc:
+                raise Invalid(exc.message, "policy", *exc.at) from None
+        if self.masking is not None and self.masking.responses.providers is not None:
+            names = {p.name for p in providers}
+            for i, name in enumerate(self.masking.responses.providers):
+                if name not in names:
+                    raise Invalid(f"unknown provider {name!r}", "masking", "responses", "providers", i)
+        timeout, limit = self.inspection.timeout_seconds, self.envoy.max_message_timeout_seconds
+        if timeout + TIMEOUT_MARGIN_SECONDS > limit:
+            raise Invalid(f"must leave {TIMEOUT_MARGIN_SECONDS} s under envoy.max_message_timeout_seconds ({limit}): "
+                          "Envoy would cut the request before its inspection ends", "inspection", "timeout_seconds")
+        if self.approvals is not None:
+            hold, limit = self.approvals.hold_seconds, self.envoy.max_message_timeout_seconds
+            if hold + HOLD_GRACE_SECONDS > limit:
+                raise Invalid(f"a hold of {hold}s needs envoy.max_message_timeout_seconds >= "
+                              f"{hold + HOLD_GRACE_SECONDS} (it is {limit}): Envoy would cut the held request",
+                              "approvals", "hold_seconds")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """A loaded configuration: the typed file, where it came from and its line map."""
+
     source: str
+    #: A digest of the file's text, reported by ``config check`` and on reloads.
     version: str
-    listener: ListenerConfig
-    tls: TlsListenerConfig | None
-    ext_proc: ListenerConfig
-    admin: AdminConfig
-    envoy_admin: ListenerConfig
-    redis_url: str
-    issuers: tuple[IssuerConfig, ...]
-    providers: tuple[ProviderConfig, ...]
-    envoy: EnvoyTuning
-    raw: Mapping[str, Any]
-    #: Prefix of every Redis key and channel (``redis.key_prefix``).
-    redis_prefix: str = "extproc:"
-    #: Key path (``policy.rules[2].match``) -> line number, for errors raised by later loaders.
+    file: ConfigFile
+    #: Key path (``policy.rules[2].match``) -> line number, for errors found after parsing.
     lines: Mapping[str, int] = field(default_factory=dict)
-    shutdown_grace_seconds: float = 20.0
-    #: Envoy listener serving only ``GET /ready`` and ``GET /stats/prometheus`` (proxied to the
-    #: admin socket): what kubelet probes and Prometheus need, nothing that changes Envoy.
-    envoy_probe: ListenerConfig | None = None
+    #: ``identity.issuers`` with ``issuer: discover`` resolved at start-up (the file keeps what
+    #: it says, so a reload compares like with like).
+    discovered_issuers: tuple[IssuerConfig, ...] | None = None
+
+    @property
+    def listener(self) -> ListenerConfig:
+        return self.file.listeners.http
+
+    @property
+    def tls(self) -> TlsListenerConfig | None:
+        t = self.file.listeners.tls
+        if t is None:
+            return None
+        return TlsListenerConfig(address=t.address, port=t.port, cert_file=t.cert_file or ".run/tls/gateway.crt",
+                                 key_file=t.key_file or ".run/tls/gateway.key", generated=not t.cert_file)
+
+    @property
+    def ext_proc(self) -> ExtProcListener:
+        return self.file.listeners.ext_proc
+
+    @property
+    def admin(self) -> AdminConfig:
+        return AdminConfig(http=self.file.listeners.admin, grpc=self.file.listeners.admin_grpc)
+
+    @property
+    def envoy_admin(self) -> EnvoyAdminListener:
+        return self.file.listeners.envoy_admin
+
+    @property
+    def envoy_probe(self) -> EnvoyProbeListener | None:
+        return self.file.listeners.envoy_probe
+
+    @property
+    def redis_url(self) -> str:
+        return self.file.redis.url
+
+    @property
+    def redis_prefix(self) -> str:
+        """Prefix of every Redis key and channel (``redis.key_prefix``)."""
+        return self.file.redis.key_prefix
+
+    @property
+    def issuers(self) -> tuple[IssuerConfig, ...]:
+        if self.discovered_issuers is not None:
+            return self.discovered_issuers
+        return self.file.identity.issuers
+
+    @property
+    def providers(self) -> tuple[ProviderConfig, ...]:
+        return self.file.providers
+
+    @property
+    def envoy(self) -> EnvoyTuning:
+        return self.file.envoy
+
+    @property
+    def shutdown_grace_seconds(self) -> float:
+        return self.file.shutdown_grace_seconds
+
+    def with_issuers(self, issuers: tuple[IssuerConfig, ...]) -> Config:
+        """The same configuration trusting ``issuers`` (``issuer: discover`` resolved at start-up)."""
+        return replace(self, discovered_issuers=issuers)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -238,539 +717,14 @@ def _load_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
     return data, lines
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand(value: str, env: Mapping[str, str]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        got = env.get(name)
-        if got:
-            return got
-        if default is not None:
-            return default
-        raise KeyError(name)
-
-    return _ENV_RE.sub(sub, value)
-
-
-# ---------------------------------------------------------------------------
-# a small strict reader
-
-
-class _Reader:
-    def __init__(self, file: str, lines: dict[str, int], env: Mapping[str, str]) -> None:
-        self.file = file
-        self.lines = lines
-        self.env = env
-
-    def error(self, path: str, message: str) -> ConfigError:
-        return located_error(message, path=path, file=self.file, lines=self.lines)
-
-    def mapping(self, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"must be a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.error(path, f"keys must be strings, got {key!r}")
-            if key not in allowed:
-                hint = _closest(key, allowed)
-                extra = f" (did you mean {hint!r}?)" if hint else ""
-                raise self.error(
-                    _join(path, key), f"unknown key{extra}; allowed: {', '.join(sorted(allowed))}"
-                )
-        return value
-
-    def string(
-        self, m: Mapping[str, Any], key: str, path: str, *, default: str | None = None, required: bool = False
-    ) -> str | None:
-        p = _join(path, key)
-        if key not in m or m[key] is None:
-            if required:
-                raise self.error(p if key in m else path, f"missing required key {key!r}")
-            return default
-        v = m[key]
-        if isinstance(v, bool) or not isinstance(v, str | int | float):
-            raise self.error(p, f"must be a string, got {_kind(v)}")
-        s = str(v)
-        try:
-            s = _expand(s, self.env)
-        except KeyError as exc:
-            raise self.error(p, f"environment variable {exc.args[0]} is not set and has no default") from None
-        return s
-
-    def req_string(self, m: Mapping[str, Any], key: str, path: str) -> str:
-        s = self.string(m, key, path, required=True)
-        assert s is not None
-        if not s:
-            raise self.error(_join(path, key), "must not be empty")
-        return s
-
-    def integer(self, m: Mapping[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
-        p = _join(path, key)
-        v = m.get(key, default)
-        if isinstance(v, str):
-            try:
-                v = int(_expand(v, self.env))
-            except (ValueError, KeyError):
-                raise self.error(p, f"must be an integer, got {v!r}") from None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(p, f"must be an integer, got {_kind(v)}")
-        if not lo <= v <= hi:
-            raise self.error(p, f"must be between {lo} and {hi}, got {v}")
-        return v
-
-    def number(self, m: Mapping[str, Any], key: str, path: str, default: float, lo: float, hi: float) -> float:
-        p = _join(path, key)
-        v = m.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.error(p, f"must be a number, got {_kind(v)}")
-        if not lo <= v <= hi:
-            raise self.error(p, f"must be between {lo} and {hi}, got {v}")
-        return float(v)
-
-    def boolean(self, m: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        v = m.get(key, default)
-        if not isinstance(v, bool):
-            raise self.error(_join(path, key), f"must be true or false, got {_kind(v)}")
-        return v
-
-    def string_list(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
-        p = _join(path, key)
-        v = m.get(key)
-        if v is None:
-            return ()
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list):
-            raise self.error(p, f"must be a list of strings, got {_kind(v)}")
-        out = []
-        for i, item in enumerate(v):
-            if not isinstance(item, str) or not item:
-                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {_kind(item)}")
-            out.append(item)
-        return tuple(out)
-
-    def listener(self, value: Any, path: str, default_port: int, default_address: str = "127.0.0.1",
-                 *, unix: bool = False, peers: bool = False) -> ListenerConfig:
-        """``unix``: the address may be ``unix:/absolute/path`` (then ``socket_mode`` applies
-        and ``port`` is ignored); ``peers``: ``peer_uids`` may be given too."""
-        allowed = {"address", "port"} | ({"socket_mode"} if unix else set()) | ({"peer_uids"} if peers else set())
-        m = self.mapping(value, path, allowed)
-        address = self.string(m, "address", path, default=default_address) or default_address
-        if address.startswith("unix:"):
-            if not unix:
-                raise self.error(_join(path, "address"), "must be a host or IP address (no unix: socket here)")
-            sock = ListenerConfig(address=address, port=0).unix_path or ""
-            if not sock.startswith("/") or len(sock.encode()) > 107:
-                raise self.error(_join(path, "address"),
-                                 "a unix socket address must be unix:/absolute/path (at most 107 bytes)")
-            mode = self._socket_mode(m, path)
-            uids = self._uids(m, path) if peers else ()
-            return ListenerConfig(address=address, port=0, socket_mode=mode, peer_uids=uids)
-        for key in ("socket_mode", "peer_uids"):
-            if key in m:
-                raise self.error(_join(path, key), "applies only to a unix:/path address")
-        port = self.integer(m, "port", path, default_port, 0, 65535)
-        return ListenerConfig(address=address, port=port)
-
-    def _socket_mode(self, m: Mapping[str, Any], path: str) -> int:
-        p = _join(path, "socket_mode")
-        v = m.get("socket_mode", 0o660)
-        if isinstance(v, str):  # "0660": octal, as chmod reads it
-            try:
-                v = int(v, 8)
-            except ValueError:
-                raise self.error(p, f"must be an octal mode such as '0600' or '0660', got {v!r}") from None
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777:
-            raise self.error(p, f"must be an octal mode such as '0600' or '0660', got {_kind(v)}")
-        if v & 0o007 or not v & 0o600 == 0o600:
-            raise self.error(p, f"must give the owner read+write and others nothing (e.g. '0660'), got {v:04o}")
-        return v
-
-    def _uids(self, m: Mapping[str, Any], path: str) -> tuple[int, ...]:
-        p = _join(path, "peer_uids")
-        v = m.get("peer_uids")
-        if v is None:
-            return ()
-        if not isinstance(v, list) or not v:
-            raise self.error(p, f"must be a non-empty list of uids, got {_kind(v)}")
-        out: list[int] = []
-        for i, uid in enumerate(v):
-            if isinstance(uid, str):  # "${EXTPROC_ENVOY_UID}": the injector tells the sidecar Envoy's uid
-                try:
-                    uid = int(_expand(uid, self.env))
-                except (ValueError, KeyError):
-                    raise self.error(f"{p}[{i}]", f"must be a uid (a non-negative integer), got {uid!r}") from None
-            if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= 2**32 - 2:
-                raise self.error(f"{p}[{i}]", f"must be a uid (a non-negative integer), got {_kind(uid)}")
-            out.append(uid)
-        return tuple(out)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"boolean {v!r}".replace("True", "true").replace("False", "false")
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, str):
-        return f"string {v!r}"
-    return f"{type(v).__name__} {v!r}"
-
-
-def _closest(key: str, allowed: set[str]) -> str | None:
-    import difflib
-
-    got = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
-    return got[0] if got else None
-
-
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
-_HEADER_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
-_RESERVED_PREFIXES = ("/_extproc",)
-
-#: Defaults per API flavour: which header carries the credential and extra headers.
-_AUTH_DEFAULTS: dict[str, tuple[str, str]] = {
-    "openai": ("authorization", "Bearer "),
-    "generic": ("authorization", "Bearer "),
-    "mcp": ("authorization", "Bearer "),
-    "anthropic": ("x-api-key", ""),
-}
-
-SYSTEM_CA_CANDIDATES = (
-    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
-    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
-    "/etc/ssl/cert.pem",  # macOS, some others
-)
-
-
-_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]{0,99}:")
-
-
-def _default_ca_file() -> str:
-    # The rendered config must not depend on the machine it was rendered on, so the
-    # default is the Debian path (also what the official Envoy image uses); the
-    # other candidates are only suggestions in the error message.
-    return SYSTEM_CA_CANDIDATES[0]
-
-
-def _provider(r: _Reader, value: Any, path: str) -> ProviderConfig:
-    m = r.mapping(
-        value,
-        path,
-        {"name", "api", "base_url", "prefix", "credential", "auth", "headers", "authenticate", "allow_uninspectable"},
-    )
-    name = r.req_string(m, "name", path)
-    if not _NAME_RE.match(name):
-        raise r.error(_join(path, "name"), "must be lower-case letters, digits, '-' or '_' (at most 63)")
-    api = r.string(m, "api", path, default="openai") or "openai"
-    if api not in API_FLAVOURS:
-        raise r.error(_join(path, "api"), f"must be one of {', '.join(API_FLAVOURS)}, got {api!r}")
-    base_url = r.req_string(m, "base_url", path)
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise r.error(_join(path, "base_url"), f"must be an http:// or https:// URL with a host, got {base_url!r}")
-    if parts.query or parts.fragment:
-        raise r.error(_join(path, "base_url"), "must not carry a query string or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise r.error(_join(path, "base_url"), "has an invalid port") from None
-    prefix = r.string(m, "prefix", path, default=f"/{name}") or f"/{name}"
-    if not prefix.startswith("/") or prefix == "/" or "//" in prefix or any(c in prefix for c in "?#* "):
-        raise r.error(_join(path, "prefix"), f"must be a path like '/openai', got {prefix!r}")
-    prefix = prefix.rstrip("/")
-    if prefix.startswith(_RESERVED_PREFIXES):
-        raise r.error(_join(path, "prefix"), f"{prefix!r} is reserved for the gateway itself")
-
-    credential: CredentialConfig | None = None
-    if m.get("credential") is not None:
-        cp = _join(path, "credential")
-        cm = r.mapping(m["credential"], cp, {"env", "file"})
-        env = r.string(cm, "env", cp)
-        file = r.string(cm, "file", cp)
-        if bool(env) == bool(file):
-            raise r.error(cp, "set exactly one of 'env' (an environment variable name) or 'file' (a path)")
-        if env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env):
-            raise r.error(_join(cp, "env"), f"is not a valid environment variable name: {env!r}")
-        credential = CredentialConfig(env=env, file=file)
-
-    default_header, default_scheme = _AUTH_DEFAULTS[api]
-    ap = _join(path, "auth")
-    am = r.mapping(m.get("auth"), ap, {"header", "scheme"})
-    header = (r.string(am, "header", ap, default=default_header) or default_header).lower()
-    if not _HEADER_RE.match(header) or header.startswith(":") or header == "host":
-        raise r.error(_join(ap, "header"), f"is not a header name a credential can be sent in: {header!r}")
-    scheme = r.string(am, "scheme", ap, default=None)
-    if scheme is None:
-        scheme = default_scheme if header == default_header else ""
-    elif scheme and not scheme.endswith(" "):
-        scheme += " "
-
-    hp = _join(path, "headers")
-    hm = r.mapping(m.get("headers"), hp, set(m.get("headers") or {}))
-    headers: dict[str, str] = {}
-    for k in hm:
-        if not _HEADER_RE.match(k.lower()) or k.lower() in ("host", header, "authorization", "x-api-key"):
-            raise r.error(_join(hp, k), "cannot be set as a static upstream header")
-        headers[k.lower()] = r.req_string(hm, k, hp)
-
-    return ProviderConfig(
-        name=name,
-        api=api,  # type: ignore[arg-type]
-        base_url=base_url.rstrip("/"),
-        prefix=prefix,
-        credential=credential,
-        auth_header=header,
-        auth_scheme=scheme,
-        headers=headers,
-        authenticate=r.boolean(m, "authenticate", path, True),
-        allow_uninspectable=_uninspectable_patterns(r, m.get("allow_uninspectable"),
-                                                    _join(path, "allow_uninspectable")),
-    )
-
-
-def _uninspectable_patterns(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise r.error(path, f"must be a list of path patterns like '/files' or '/audio/*', got {_kind(value)}")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.startswith("/") or item.strip("/*") == "":
-            raise r.error(f"{path}[{i}]", f"must be a path pattern like '/files' or '/audio/*' (not everything), "
-                                          f"got {item!r}")
-        out.append(item)
-    return tuple(out)
-
-
-#: The asymmetric algorithms python-jose can verify (it has no RSASSA-PSS).
-_ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
-
-
-def _issuer(r: _Reader, value: Any, path: str) -> IssuerConfig:
-    m = r.mapping(
-        value,
-        path,
-        {
-            "issuer",
-            "audiences",
-            "jwks_url",
-            "jwks_file",
-            "jwks_ca_file",
-            "jwks_token_file",
-            "user_claim",
-            "groups_claim",
-            "clock_skew_seconds",
-            "algorithms",
-            "jwks_min_refresh_seconds",
-        },
-    )
-    issuer = r.req_string(m, "issuer", path)
-    audiences = r.string_list(m, "audiences", path)
-    if not audiences:
-        raise r.error(
-            _join(path, "audiences") if "audiences" in m else path,
-            "at least one audience is required: a token minted for another service must not be accepted",
-        )
-    jwks_url = r.string(m, "jwks_url", path)
-    jwks_file = r.string(m, "jwks_file", path)
-    if jwks_url and jwks_file:
-        raise r.error(path, "set at most one of 'jwks_url' and 'jwks_file'")
-    if jwks_url:
-        s = urlsplit(jwks_url).scheme
-        if s not in ("http", "https"):
-            raise r.error(_join(path, "jwks_url"), f"must be an http(s) URL, got {jwks_url!r}")
-    if not jwks_url and not jwks_file and not issuer.startswith(("https://", "http://")):
-        raise r.error(
-            path,
-            "no 'jwks_url' or 'jwks_file', and the issuer is not a URL to discover it from "
-            "(<issuer>/.well-known/openid-configuration)",
-        )
-    algorithms = r.string_list(m, "algorithms", path)
-    for i, alg in enumerate(algorithms):
-        if alg not in _ASYMMETRIC_ALGS:
-            raise r.error(
-                f"{_join(path, 'algorithms')}[{i}]",
-                f"{alg!r} is not allowed; only asymmetric algorithms ({', '.join(sorted(_ASYMMETRIC_ALGS))})",
-            )
-    return IssuerConfig(
-        issuer=issuer,
-        audiences=audiences,
-        jwks_url=jwks_url,
-        jwks_file=jwks_file,
-        jwks_ca_file=r.string(m, "jwks_ca_file", path),
-        jwks_token_file=r.string(m, "jwks_token_file", path),
-        user_claim=r.string(m, "user_claim", path, default="sub") or "sub",
-        groups_claim=r.string(m, "groups_claim", path, default="groups") or "groups",
-        clock_skew_seconds=r.integer(m, "clock_skew_seconds", path, 30, 0, 300),
-        algorithms=algorithms,
-        jwks_min_refresh_seconds=r.integer(m, "jwks_min_refresh_seconds", path, 10, 0, 3600),
-    )
-
-
-#: Top-level keys owned by later capabilities; validated by their own modules.
-_EXTENSION_KEYS = {"policy", "masking", "approvals", "recording", "tools", "inspection"}
-
-def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | None = None,
+def parse_config(data: Any, *, file: str = "<config>", lines: Mapping[str, int] | None = None,
                  env: Mapping[str, str], text: str | None = None) -> Config:
-    """Validate a parsed document. ``env`` expands ``${VAR}``: the process environment, passed in by
+    """The configuration in ``data`` (the YAML document), validated in one pass. ``env``
+    expands ``${VAR}``: the process environment, passed in by
     :func:`extproc.config.load.load_config` (this module reads no files and no globals)."""
-    r = _Reader(file, lines or {}, env)
-    top = r.mapping(
-        data,
-        "",
-        {"version", "listeners", "redis", "identity", "providers", "envoy", "shutdown_grace_seconds"}
-        | _EXTENSION_KEYS,
-    )
     if data is None:
         raise ConfigError("the file is empty", file=file)
-    version = top.get("version", 1)
-    if version != 1:
-        raise r.error("version", f"unsupported config version {version!r}; this build reads version 1")
-
-    lm = r.mapping(
-        top.get("listeners"), "listeners",
-        {"http", "tls", "ext_proc", "admin", "admin_grpc", "envoy_admin", "envoy_probe"}
-    )
-    listener = r.listener(lm.get("http"), "listeners.http", 10000)
-    tls: TlsListenerConfig | None = None
-    if lm.get("tls") is not None:
-        tm = r.mapping(lm["tls"], "listeners.tls", {"address", "port", "cert_file", "key_file"})
-        cert = r.string(tm, "cert_file", "listeners.tls")
-        key = r.string(tm, "key_file", "listeners.tls")
-        if bool(cert) != bool(key):
-            raise r.error(
-                "listeners.tls", "set both 'cert_file' and 'key_file', or neither for a development certificate"
-            )
-        tls = TlsListenerConfig(
-            address=r.string(tm, "address", "listeners.tls", default="127.0.0.1") or "127.0.0.1",
-            port=r.integer(tm, "port", "listeners.tls", 10443, 0, 65535),
-            cert_file=cert or ".run/tls/gateway.crt",
-            key_file=key or ".run/tls/gateway.key",
-            generated=not cert,
-        )
-    ext_proc = r.listener(lm.get("ext_proc"), "listeners.ext_proc", 50051, unix=True, peers=True)
-    if lm.get("admin_grpc") is False:
-        admin_grpc = ListenerConfig(address="127.0.0.1", port=0, enabled=False)
-    else:
-        admin_grpc = r.listener(lm.get("admin_grpc"), "listeners.admin_grpc", 50052)
-    admin = AdminConfig(http=r.listener(lm.get("admin"), "listeners.admin", 9100), grpc=admin_grpc)
-    envoy_admin = r.listener(lm.get("envoy_admin"), "listeners.envoy_admin", 9901, unix=True)
-    envoy_probe = r.listener(lm["envoy_probe"], "listeners.envoy_probe", 15021) if lm.get("envoy_probe") else None
-    if envoy_probe is not None and envoy_admin.unix_path is None:
-        raise r.error("listeners.envoy_probe", "needs listeners.envoy_admin on a unix:/path socket")
-    ports = [
-        ("listeners.http", listener.port),
-        ("listeners.tls", tls.port if tls else 0),
-        ("listeners.ext_proc", ext_proc.port),
-        ("listeners.admin", admin.http.port),
-        ("listeners.admin_grpc", admin.grpc.port),
-        ("listeners.envoy_admin", envoy_admin.port),
-        ("listeners.envoy_probe", envoy_probe.port if envoy_probe else 0),
-    ]
-    seen: dict[int, str] = {}
-    for where, port in ports:
-        if port == 0:
-            continue
-        if port in seen:
-            raise r.error(f"{where}.port", f"port {port} is already used by {seen[port]}")
-        seen[port] = where
-
-    rm = r.mapping(top.get("redis"), "redis", {"url", "key_prefix"})
-    redis_url = r.string(rm, "url", "redis", default="redis://127.0.0.1:6379/0") or ""
-    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-        raise r.error("redis.url", "must be a redis://, rediss://, redis+sentinel:// or unix:// URL")
-    # Every key and the pub/sub channel start with it: one prefix per tenant lets a Redis ACL
-    # user be confined to its own keys (~<prefix>*, &<prefix>*).
-    redis_prefix = r.string(rm, "key_prefix", "redis", default="extproc:") or ""
-    if not _KEY_PREFIX.fullmatch(redis_prefix):
-        raise r.error("redis.key_prefix", "must be 1-100 of [A-Za-z0-9_.-:{}] ending with ':', e.g. extproc:team-a:")
-
-    im = r.mapping(top.get("identity"), "identity", {"issuers"})
-    raw_issuers = im.get("issuers") or []
-    if not isinstance(raw_issuers, list):
-        raise r.error("identity.issuers", f"must be a list, got {_kind(raw_issuers)}")
-    issuers = tuple(_issuer(r, v, f"identity.issuers[{i}]") for i, v in enumerate(raw_issuers))
-    names = [i.issuer for i in issuers]
-    for i, n in enumerate(names):
-        if names.index(n) != i:
-            raise r.error(f"identity.issuers[{i}].issuer", f"issuer {n!r} is listed twice")
-
-    raw_providers = top.get("providers")
-    if not isinstance(raw_providers, list) or not raw_providers:
-        raise r.error("providers", "at least one provider is required (a list of mappings)")
-    providers = tuple(_provider(r, v, f"providers[{i}]") for i, v in enumerate(raw_providers))
-    for i, p in enumerate(providers):
-        for j, q in enumerate(providers[:i]):
-            if p.name == q.name:
-                raise r.error(f"providers[{i}].name", f"provider {p.name!r} is already defined at providers[{j}]")
-            if p.prefix == q.prefix or p.prefix.startswith(q.prefix + "/") or q.prefix.startswith(p.prefix + "/"):
-                raise r.error(
-                    f"providers[{i}].prefix", f"{p.prefix!r} overlaps providers[{j}] ({q.name}: {q.prefix!r})"
-                )
-    if any(p.authenticate for p in providers) and not issuers:
-        raise r.error("identity.issuers", "providers require authentication but no issuer is configured")
-
-    em = r.mapping(
-        top.get("envoy"),
-        "envoy",
-        {
-            "message_timeout_ms",
-            "max_message_timeout_seconds",
-            "stream_idle_timeout_seconds",
-            "request_timeout_seconds",
-            "upstream_connect_timeout_seconds",
-            "max_request_bytes",
-            "upstream_ca_file",
-            "access_log",
-            "concurrency",
-        },
-    )
-    tuning = EnvoyTuning(
-        message_timeout_ms=r.integer(em, "message_timeout_ms", "envoy", 2000, 50, 60_000),
-        max_message_timeout_seconds=r.integer(em, "max_message_timeout_seconds", "envoy", 600, 1, 3600),
-        stream_idle_timeout_seconds=r.integer(em, "stream_idle_timeout_seconds", "envoy", 900, 10, 86_400),
-        request_timeout_seconds=r.integer(em, "request_timeout_seconds", "envoy", 0, 0, 86_400),
-        upstream_connect_timeout_seconds=r.number(em, "upstream_connect_timeout_seconds", "envoy", 5.0, 0.1, 60),
-        max_request_bytes=r.integer(em, "max_request_bytes", "envoy", 8 * 1024 * 1024, 1024, 256 * 1024 * 1024),
-        upstream_ca_file=r.string(em, "upstream_ca_file", "envoy", default=_default_ca_file()) or _default_ca_file(),
-        access_log=r.boolean(em, "access_log", "envoy", True),
-        concurrency=(r.integer(em, "concurrency", "envoy", 0, 0, 256) or None),
-    )
-    if tuning.stream_idle_timeout_seconds <= tuning.max_message_timeout_seconds:
-        raise r.error(
-            "envoy.stream_idle_timeout_seconds",
-            "must be longer than envoy.max_message_timeout_seconds, or a held request is cut off",
-        )
-
+    parsed = validate_section(ConfigFile, data, path="", file=file, lines=lines, env=env)
     digest_src = text if text is not None else repr(data)
-    version_id = hashlib.sha256(digest_src.encode()).hexdigest()[:16]
-    return Config(
-        source=file,
-        version=version_id,
-        listener=listener,
-        tls=tls,
-        ext_proc=ext_proc,
-        admin=admin,
-        envoy_admin=envoy_admin,
-        envoy_probe=envoy_probe,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        issuers=issuers,
-        providers=providers,
-        envoy=tuning,
-        raw=top,
-        lines=dict(lines or {}),
-        shutdown_grace_seconds=r.number(top, "shutdown_grace_seconds", "", 20.0, 0.0, 600.0),
-    )
+    return Config(source=file, version=hashlib.sha256(digest_src.encode()).hexdigest()[:16], file=parsed,
+                  lines=dict(lines or {}))

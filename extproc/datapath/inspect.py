@@ -21,9 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.config.types import validate_section
+from extproc.datapath.config import TIMEOUT_MARGIN_SECONDS, InspectionSettings
 from extproc.errors import ConfigError
 from extproc.masking import MaskingProfile
+from extproc.masking.config import ProfileSpec
 from extproc.policy import Decision, Policy, PolicyRequest
+from extproc.policy.loader import PolicySection
 from extproc.recording.model import record_body, recording_profile
 
 __all__ = [
@@ -40,69 +44,37 @@ __all__ = [
     "with_stream_usage",
 ]
 
-_KEYS = {"offload_bytes", "workers", "timeout_seconds", "max_bytes"}
-
-
-@dataclass(frozen=True, slots=True)
-class InspectionSettings:
-    """The ``inspection:`` section."""
-
-    #: Request bodies of at least this many bytes are inspected in a worker process.
-    offload_bytes: int = 64 * 1024
-    #: Worker processes (0: everything inline, on the event loop). Needs a restart to change.
-    workers: int = 2
-    #: Longest a request's offloaded inspection may take (queueing included): past it, 503
-    #: ``inspection_timeout`` and the worker is replaced.
-    timeout_seconds: int = 30
-    #: Larger request bodies are refused without inspection: 413 ``body_too_large``.
-    max_bytes: int = 8 * 1024 * 1024
-
-
 def inspection_settings(raw: Any, *, max_message_timeout_seconds: int) -> InspectionSettings:
-    """Parse the ``inspection:`` section (None means the defaults)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("must be a mapping", path="inspection")
-    for key in raw:
-        if key not in _KEYS:
-            raise ConfigError(f"unknown key; allowed: {', '.join(sorted(_KEYS))}", path=f"inspection.{key}")
-
-    def integer(key: str, default: int, lo: int, hi: int) -> int:
-        v = raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ConfigError(f"must be an integer between {lo} and {hi}", path=f"inspection.{key}")
-        return v
-
-    s = InspectionSettings(
-        offload_bytes=integer("offload_bytes", 64 * 1024, 0, 1 << 30),
-        workers=integer("workers", 2, 0, 64),
-        timeout_seconds=integer("timeout_seconds", 30, 1, 3600),
-        max_bytes=integer("max_bytes", 8 * 1024 * 1024, 1024, 1 << 30),
-    )
-    if s.timeout_seconds + 5 > max_message_timeout_seconds:
+    """Validate an ``inspection:`` mapping (None means the defaults) on its own; a whole file's
+    is validated with it (``ConfigFile``), which makes the same check against Envoy's timeout."""
+    s = validate_section(InspectionSettings, raw, path="inspection")
+    if s.timeout_seconds + TIMEOUT_MARGIN_SECONDS > max_message_timeout_seconds:
         raise ConfigError(
-            f"must leave 5 s under envoy.max_message_timeout_seconds ({max_message_timeout_seconds}): Envoy "
-            "would cut the request before its inspection ends", path="inspection.timeout_seconds")
+            f"must leave {TIMEOUT_MARGIN_SECONDS} s under envoy.max_message_timeout_seconds "
+            f"({max_message_timeout_seconds}): Envoy would cut the request before its inspection ends",
+            path="inspection.timeout_seconds")
     return s
 
 
 @dataclass(frozen=True, slots=True)
 class InspectionSpec:
-    """The configuration a worker needs, as raw sections (validated already by the parent)."""
+    """The configuration a worker needs: the validated sections (plain, picklable models)."""
 
     key: str
-    policy: Any
-    #: The top-level ``masking:`` profile configuration (without ``responses``).
-    masking: Mapping[str, Any] | None
+    policy: PolicySection | None
+    #: The top-level ``masking:`` section (its profile keys; ``responses`` is not used here).
+    masking: ProfileSpec | None
     #: ``recording.masking`` (None: every built-in detector); unused when ``recording`` is False.
-    recording_masking: Any
+    recording_masking: ProfileSpec | None
     recording: bool
 
     @classmethod
-    def of(cls, policy: Any, masking: Mapping[str, Any] | None, recording_masking: Any,
-           recording: bool) -> InspectionSpec:
-        doc = json.dumps([policy, masking, recording_masking, recording], sort_keys=True, default=str)
+    def of(cls, policy: PolicySection | Mapping[str, Any] | None, masking: ProfileSpec | None,
+           recording_masking: ProfileSpec | None, recording: bool) -> InspectionSpec:
+        if policy is not None and not isinstance(policy, PolicySection):
+            policy = validate_section(PolicySection, policy, path="policy")
+        doc = json.dumps([None if x is None else x.model_dump(mode="json")
+                          for x in (policy, masking, recording_masking)] + [recording], sort_keys=True, default=str)
         return cls(hashlib.sha256(doc.encode()).hexdigest()[:16], policy, masking, recording_masking, recording)
 
 
@@ -187,9 +159,8 @@ class Compiled:
             if len(self._specs) > 8:
                 self._specs.clear()
                 self._literal.clear()
-            policy = None if spec.policy is None else Policy.from_config(spec.policy, masking_config=spec.masking)
-            rec = MaskingProfile.from_config(spec.recording_masking, path="recording.masking") if spec.recording \
-                else None
+            policy = None if spec.policy is None else Policy.from_section(spec.policy, spec.masking)
+            rec = MaskingProfile.from_spec(spec.recording_masking) if spec.recording else None
             got = self._specs[spec.key] = (policy, rec)
         return got
 

@@ -1,23 +1,22 @@
 """Builds the shared, immutable ``Gateway`` from a loaded configuration.
 
-The base configuration (listeners, providers, identity) is parsed by ``config.py``; the
-sections owned by later capabilities (``policy``, ``masking``) are parsed here by their own
-modules, with errors located in the same file. A hot reload builds a new ``Gateway`` and
-swaps it in whole; requests in flight keep the one they started with.
+The whole file was validated once into typed sections (``config.model``); here each
+section is compiled into the runtime object its capability runs (``Policy``,
+``MaskingProfile``, ``ToolPolicy``...). A hot reload builds a new ``Gateway`` and swaps it
+in whole; requests in flight keep the one they started with.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
 
+from extproc.approvals.config import HOLD_GRACE_SECONDS
 from extproc.approvals.model import ApprovalSettings
 from extproc.config.model import Config
-from extproc.datapath.inspect import InspectionSettings, InspectionSpec, inspection_settings
+from extproc.datapath.inspect import InspectionSettings, InspectionSpec
 from extproc.datapath.machine import Gateway, ResponseMasking, Router
-from extproc.errors import ConfigError, located_error
+from extproc.errors import located_error
 from extproc.identity.credentials import CredentialStore
 from extproc.masking import MaskingProfile
 from extproc.policy import Policy
@@ -26,134 +25,64 @@ from extproc.tools.policy import ToolPolicy
 
 __all__ = ["HOLD_GRACE_SECONDS", "approvals", "build_gateway", "response_masking", "validate_sections"]
 
-#: Seconds a held request's message timeout is extended beyond the hold itself.
-HOLD_GRACE_SECONDS = 5
-
-_RESPONSE_KEYS = {"enabled", "providers", "exempt_groups", "max_buffer_bytes", "on_unmaskable", "signed_thinking"}
-
-
-def _profile_config(raw: Any) -> Mapping[str, Any] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise ConfigError("must be a mapping", path="masking")
-    return {k: v for k, v in raw.items() if k != "responses"}
 
 
 def response_masking(cfg: Config) -> ResponseMasking:
-    raw = cfg.raw.get("masking")
-    if raw is None:
+    spec = cfg.file.masking
+    if spec is None:
         return ResponseMasking()
-    err = _located(cfg)
-    profile_cfg = _profile_config(raw)
-    try:
-        profile = MaskingProfile.from_config(profile_cfg, path="masking")
-    except ConfigError as exc:
-        raise err(exc.path or "masking", exc.message) from None
-    resp = raw.get("responses") or {}
-    if not isinstance(resp, Mapping):
-        raise err("masking.responses", "must be a mapping")
-    for key in resp:
-        if key not in _RESPONSE_KEYS:
-            raise err(f"masking.responses.{key}", f"unknown key; allowed: {', '.join(sorted(_RESPONSE_KEYS))}")
-    enabled = resp.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise err("masking.responses.enabled", "must be true or false")
-    providers = resp.get("providers")
-    names = {p.name for p in cfg.providers}
-    if providers is not None:
-        if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
-            raise err("masking.responses.providers", "must be a list of provider names")
-        for i, p in enumerate(providers):
-            if p not in names:
-                raise err(f"masking.responses.providers[{i}]", f"unknown provider {p!r}")
-    exempt = resp.get("exempt_groups", [])
-    if not isinstance(exempt, list) or not all(isinstance(g, str) for g in exempt):
-        raise err("masking.responses.exempt_groups", "must be a list of group names")
-    max_buffer = resp.get("max_buffer_bytes", 1 << 20)
-    if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or not 1024 <= max_buffer <= 64 << 20:
-        raise err("masking.responses.max_buffer_bytes", "must be an integer between 1024 and 67108864")
-    on_unmaskable = resp.get("on_unmaskable", "block")
-    if on_unmaskable not in ("block", "allow"):
-        raise err("masking.responses.on_unmaskable", "must be 'block' or 'allow'")
-    signed_thinking = resp.get("signed_thinking", "mask")
-    if signed_thinking not in ("mask", "refuse"):
-        raise err("masking.responses.signed_thinking", "must be 'mask' or 'refuse'")
+    resp = spec.responses
     return ResponseMasking(
-        profile=profile if enabled else None,
-        providers=frozenset(providers) if providers is not None else None,
-        exempt_groups=frozenset(exempt),
-        max_buffer_bytes=max_buffer,
-        on_unmaskable=on_unmaskable,
-        signed_thinking=signed_thinking,
+        profile=MaskingProfile.from_spec(spec) if resp.enabled else None,
+        providers=frozenset(resp.providers) if resp.providers is not None else None,
+        exempt_groups=frozenset(resp.exempt_groups),
+        max_buffer_bytes=resp.max_buffer_bytes,
+        on_unmaskable=resp.on_unmaskable,
+        signed_thinking=resp.signed_thinking,
     )
 
 
 def policy(cfg: Config) -> Policy:
-    raw = cfg.raw.get("policy")
-    if raw is None:
+    spec = cfg.file.policy
+    if spec is None:
         return Policy.empty()
-    return Policy.from_config(raw, file=cfg.source, lines=cfg.lines,
-                              masking_config=_profile_config(cfg.raw.get("masking")))
+    return Policy.from_section(spec, cfg.file.masking)
 
 
 def approvals(cfg: Config) -> ApprovalSettings | None:
-    raw = cfg.raw.get("approvals")
-    if raw is None:
-        return None
-    settings = ApprovalSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
-    limit = cfg.envoy.max_message_timeout_seconds
-    if settings.hold_seconds + HOLD_GRACE_SECONDS > limit:
-        raise _located(cfg)(
-            "approvals.hold_seconds",
-            f"a hold of {settings.hold_seconds}s needs envoy.max_message_timeout_seconds >= "
-            f"{settings.hold_seconds + HOLD_GRACE_SECONDS} (it is {limit}): Envoy would cut the held request",
-        )
-    return settings
+    spec = cfg.file.approvals
+    return ApprovalSettings.from_section(spec) if spec is not None else None
 
 
 def recording(cfg: Config) -> RecordingSettings | None:
-    raw = cfg.raw.get("recording")
-    if raw is None:
+    spec = cfg.file.recording
+    if spec is None or not spec.enabled:
         return None
-    settings = RecordingSettings.from_config(raw, file=cfg.source, lines=cfg.lines)
-    return settings if settings.enabled else None
+    return RecordingSettings.from_section(spec)
 
 
 def tools(cfg: Config) -> tuple[ToolPolicy, str]:
     """The ``tools:`` section and what happens to forbidden tool calls in model answers."""
-    raw = cfg.raw.get("tools")
-    if raw is None:
+    spec = cfg.file.tools
+    if spec is None:
         return ToolPolicy.empty(), "remove"
-    if not isinstance(raw, Mapping):
-        raise _located(cfg)("tools", "must be a mapping")
-    model_calls = raw.get("model_calls", "remove")
-    if model_calls not in ("remove", "error"):
-        raise _located(cfg)("tools.model_calls", "must be 'remove' (drop the call) or 'error' (end the answer)")
-    rest = {k: v for k, v in raw.items() if k != "model_calls"}
-    return ToolPolicy.from_config(rest, file=cfg.source, lines=cfg.lines), model_calls
+    return ToolPolicy.from_section(spec), spec.model_calls
 
 
 def inspection(cfg: Config) -> InspectionSettings:
-    try:
-        return inspection_settings(cfg.raw.get("inspection"),
-                                   max_message_timeout_seconds=cfg.envoy.max_message_timeout_seconds)
-    except ConfigError as exc:
-        raise _located(cfg)(exc.path or "inspection", exc.message) from None
+    return cfg.file.inspection
 
 
 def inspection_spec(cfg: Config) -> InspectionSpec:
     """The sections a worker process compiles to inspect exactly like this gateway."""
-    rec = recording(cfg)
-    raw_rec = cfg.raw.get("recording")
-    return InspectionSpec.of(cfg.raw.get("policy"), _profile_config(cfg.raw.get("masking")),
-                             raw_rec.get("masking") if isinstance(raw_rec, Mapping) else None, rec is not None)
+    rec = cfg.file.recording
+    recording_on = rec is not None and rec.enabled
+    return InspectionSpec.of(cfg.file.policy, cfg.file.masking, rec.masking if rec is not None else None, recording_on)
 
 
 def validate_sections(cfg: Config) -> None:
-    """Every section, so ``config check`` and start-up refuse what a reload would refuse."""
+    """Compile every section, so ``config check`` and start-up refuse what a reload would."""
     pol = policy(cfg)
-    inspection(cfg)
     response_masking(cfg)
     settings = approvals(cfg)
     recording(cfg)
@@ -173,7 +102,8 @@ def _check_approval_rules(cfg: Config, settings: ApprovalSettings, pol: Policy, 
             continue
         what = "is not a require_approval rule" if rid in known else "names no rule in policy.rules or tools.rules"
         hint = f" (rules that hold requests: {', '.join(sorted(holding))})" if holding else ""
-        raise _located(cfg)(f"approvals.rules.{rid}", f"{rid!r} {what}{hint}")
+        raise located_error(f"{rid!r} {what}{hint}", path=f"approvals.rules.{rid}", file=cfg.source,
+                            lines=cfg.lines)
 
 
 def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
@@ -189,7 +119,7 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         new_id=lambda: uuid.uuid4().hex,
         timer=time.perf_counter,
         policy=pol,
-        governed=cfg.raw.get("policy") is not None,
+        governed=cfg.file.policy is not None,
         approvals=settings,
         recording=recording(cfg),
         tools=tool_policy,
@@ -199,9 +129,3 @@ def build_gateway(cfg: Config, creds: CredentialStore) -> Gateway:
         inspection_spec=inspection_spec(cfg),
     )
 
-
-def _located(cfg: Config) -> Callable[[str, str], ConfigError]:
-    def make(path: str, message: str) -> ConfigError:
-        return located_error(message, path=path, file=cfg.source, lines=cfg.lines)
-
-    return make

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -92,5 +91,5 @@ async def discover_issuers(
         if not isinstance(announced, str) or not announced.startswith("https://"):
             raise IssuerDiscoveryError(f"{url} announces no https issuer")
         log.info("token issuer discovered from the API server: %s", announced)
-        out.append(replace(cfg, issuer=announced))
+        out.append(cfg.model_copy(update={"issuer": announced}))
     return tuple(out)

@@ -380,7 +380,7 @@ def _sidecars(settings: InjectSettings) -> list[dict[str, Any]]:
     }
     # The namespace names the tenant's Redis key prefix (redis.key_prefix in the ConfigMap).
     extproc["env"] = [{"name": "EXTPROC_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
-    extproc["env"] += [dict(e) for e in settings.extproc_env]
+    extproc["env"] += [e.manifest() for e in settings.extproc_env]
     seal_sidecars(envoy, extproc, settings)
     return [envoy, extproc]
 

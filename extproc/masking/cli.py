@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from extproc.config.load import load_config
 from extproc.errors import ConfigError
@@ -42,14 +41,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 def _profile(config: str | None) -> MaskingProfile:
     if config is None:
         return default_profile()
-    cfg = load_config(config)
-    raw = cfg.raw.get("masking")
-    if raw is None:
-        return default_profile()
-    if not isinstance(raw, Mapping):
-        raise ConfigError("must be a mapping", path="masking")
-    section: dict[str, Any] = {k: v for k, v in raw.items() if k != "responses"}
-    return MaskingProfile.from_config(section, path="masking")
+    return MaskingProfile.from_spec(load_config(config).file.masking)
 
 
 def cmd_mask(args: argparse.Namespace) -> int:

@@ -6,15 +6,13 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-import re2
-
-from extproc.errors import ConfigError
+from extproc.config.types import validate_section
+from extproc.masking.config import DENY_LIST_ENTITY, ProfileSpec
 from extproc.masking.detectors import BUILTIN_ENTITIES, Detector, builtin_detectors
-from extproc.masking.engine import Decision, Engine, compile_pattern
-from extproc.masking.phone import known_regions
-from extproc.masking.replacement import STYLES, Style, render
+from extproc.masking.engine import Decision, Engine
+from extproc.masking.replacement import Style, render
 from extproc.masking.spans import Span
 
 if TYPE_CHECKING:
@@ -22,11 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DENY_LIST_ENTITY", "MaskingProfile", "default_profile"]
 
-#: Entity reported for deny-list hits.
-DENY_LIST_ENTITY = "DENY_LIST"
-_CONFIG_KEYS = frozenset({"entities", "styles", "hash_key", "custom", "deny_list", "allow_list", "phone_regions"})
-_DEFAULT_CUSTOM_MAX = 128
-_MAX_CUSTOM_MAX = 65536
 _WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_")
 
 
@@ -55,45 +48,30 @@ class MaskingProfile:
     # -- construction ----------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None, *, path: str = "masking") -> MaskingProfile:
-        """Build from the ``masking`` config section; errors name the offending key path."""
+    def from_config(cls, cfg: object, *, path: str = "masking") -> MaskingProfile:
+        """Build from a ``masking`` mapping; errors name the offending key path."""
         if cfg is None:
             return default_profile()
-        if not isinstance(cfg, Mapping):
-            raise ConfigError("must be a mapping", path=path)
-        for key in cfg:
-            if key not in _CONFIG_KEYS:
-                raise ConfigError(f"unknown key {key!r} (expected one of {sorted(_CONFIG_KEYS)})",
-                                  path=f"{path}.{key}")
-        builtins = builtin_detectors(_phone_regions(cfg.get("phone_regions"), f"{path}.phone_regions"))
+        return cls.from_spec(validate_section(ProfileSpec, cfg, path=path))
+
+    @classmethod
+    def from_spec(cls, spec: ProfileSpec | None) -> MaskingProfile:
+        """Compile a validated ``masking`` section (None: every built-in detector)."""
+        if spec is None:
+            return default_profile()
+        builtins = builtin_detectors(spec.phone_regions)
+        names = set(BUILTIN_ENTITIES if spec.entities is None else spec.entities)
         detectors: list[Detector] = []
-        names = cfg.get("entities")
-        if names is None:
-            names = list(BUILTIN_ENTITIES)
-        if not isinstance(names, list):
-            raise ConfigError("must be a list of entity names", path=f"{path}.entities")
-        for i, name in enumerate(names):
-            if not isinstance(name, str) or name not in builtins:
-                raise ConfigError(f"unknown entity {name!r}; built-ins are {', '.join(BUILTIN_ENTITIES)}",
-                                  path=f"{path}.entities[{i}]")
         # Priority follows the built-in order, not the order in the file.
         for name, group in builtins.items():
             if name in names:
                 detectors.extend(group)
-        detectors.extend(_custom_detectors(cfg.get("custom"), f"{path}.custom"))
-        deny = _string_list(cfg.get("deny_list"), f"{path}.deny_list")
-        if deny:
-            detectors.append(_literal_detector(deny, DENY_LIST_ENTITY, case_insensitive=True))
-        allow = _string_list(cfg.get("allow_list"), f"{path}.allow_list")
-        known = {d.entity for d in detectors} | set(BUILTIN_ENTITIES) | {DENY_LIST_ENTITY}
-        styles = _styles(cfg.get("styles"), known, f"{path}.styles")
-        hash_key = cfg.get("hash_key")
-        if hash_key is not None and (not isinstance(hash_key, str) or not hash_key):
-            raise ConfigError("must be a non-empty string", path=f"{path}.hash_key")
-        if "hash" in styles.values() and not hash_key:
-            raise ConfigError("required when any style is 'hash'", path=f"{path}.hash_key")
-        return cls(detectors, styles=styles, hash_key=hash_key.encode() if hash_key else None,
-                   allow_list=allow)
+        detectors.extend(Detector(c.name, c.pattern, c.max_length, None) for c in spec.custom)
+        if spec.deny_list:
+            detectors.append(_literal_detector(spec.deny_list, DENY_LIST_ENTITY, case_insensitive=True))
+        hash_key = spec.hash_key
+        return cls(detectors, styles=cast(Mapping[str, Style], spec.styles),
+                   hash_key=hash_key.encode() if hash_key else None, allow_list=spec.allow_list)
 
     def with_literals(self, literals: Iterable[str], entity: str = "SECRET") -> MaskingProfile:
         """A profile that also masks these exact strings (case-sensitive, even inside words)."""
@@ -157,86 +135,6 @@ def default_profile() -> MaskingProfile:
     """Every built-in detector, placeholder style."""
     detectors = [d for group in builtin_detectors().values() for d in group]
     return MaskingProfile(detectors)
-
-
-# ---------------------------------------------------------------------------
-# config helpers
-
-
-def _string_list(value: object, path: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError("must be a list of strings", path=path)
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise ConfigError("must be a non-empty string", path=f"{path}[{i}]")
-    return cast(list[str], value)
-
-
-def _phone_regions(value: object, path: str) -> list[str] | None:
-    if value is None:
-        return None
-    regions = _string_list(value, path)
-    known = known_regions()
-    for i, code in enumerate(regions):
-        if code not in known:
-            raise ConfigError(f"unknown region {code!r}; use ISO 3166 alpha-2 codes libphonenumber knows (GB, DE, ...)",
-                              path=f"{path}[{i}]")
-    return regions
-
-
-def _styles(value: object, known: set[str], path: str) -> dict[str, Style]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError("must be a mapping of ENTITY: style", path=path)
-    out: dict[str, Style] = {}
-    for entity, style in value.items():
-        if entity not in known:
-            raise ConfigError(f"unknown entity {entity!r}", path=f"{path}.{entity}")
-        if style not in STYLES:
-            raise ConfigError(f"unknown style {style!r} (expected one of {', '.join(STYLES)})",
-                              path=f"{path}.{entity}")
-        out[entity] = cast(Style, style)
-    return out
-
-
-def _custom_detectors(value: object, path: str) -> list[Detector]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError("must be a list of {name, pattern} mappings", path=path)
-    out: list[Detector] = []
-    for i, item in enumerate(value):
-        where = f"{path}[{i}]"
-        if not isinstance(item, Mapping):
-            raise ConfigError("must be a mapping with name and pattern", path=where)
-        extra = set(item) - {"name", "pattern", "max_length"}
-        if extra:
-            raise ConfigError(f"unknown key {sorted(extra)[0]!r}", path=where)
-        name = item.get("name")
-        if not isinstance(name, str) or not name or not all(c.isupper() or c.isdigit() or c == "_"
-                                                            for c in name) or not name[0].isupper():
-            raise ConfigError("name must be an upper-case identifier like EMPLOYEE_ID", path=f"{where}.name")
-        pattern = item.get("pattern")
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigError("must be a non-empty RE2 pattern", path=f"{where}.pattern")
-        try:
-            regex = compile_pattern(pattern)
-        except re2.error as exc:
-            raise ConfigError(f"RE2 cannot compile this pattern: {exc}", path=f"{where}.pattern") from None
-        if regex.match("") is not None:
-            raise ConfigError("pattern matches the empty string", path=f"{where}.pattern")
-        max_length = item.get("max_length", _DEFAULT_CUSTOM_MAX)
-        if isinstance(max_length, bool) or not isinstance(max_length, int) \
-                or not 1 <= max_length <= _MAX_CUSTOM_MAX:
-            raise ConfigError(f"must be an integer between 1 and {_MAX_CUSTOM_MAX}",
-                              path=f"{where}.max_length")
-        # No alphabet is known for an arbitrary pattern, so streaming holds back
-        # max_length characters for it; keep max_length tight.
-        out.append(Detector(name, pattern, max_length, None))
-    return out
 
 
 def _literal_detector(terms: Sequence[str], entity: str, *, case_insensitive: bool) -> Detector:

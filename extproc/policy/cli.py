@@ -69,7 +69,7 @@ def load_policy(file: str) -> tuple[Config, Policy]:
 
     cfg = load_config(file)
     # The same construction the server uses (masking detectors, an absent section).
-    if cfg.raw.get("policy") is None:
+    if cfg.file.policy is None:
         return cfg, Policy.from_config(None, file=cfg.source, lines=cfg.lines)
     return cfg, runtime_policy(cfg)
 

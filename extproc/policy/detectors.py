@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from extproc.masking.config import ProfileSpec
 
 __all__ = ["DetectorScanner", "available_entities", "available_styles"]
 
@@ -22,21 +25,13 @@ def _masking() -> Any:
     return importlib.import_module("extproc.masking")
 
 
-def available_entities(masking_config: Mapping[str, Any] | None = None) -> frozenset[str] | None:
-    """Built-in entity names plus custom/deny-list ones of the top-level ``masking`` section;
-    None when the masking package is not available."""
+def available_entities() -> frozenset[str] | None:
+    """Built-in entity names; None when the masking package is not available."""
     try:
         mod = _masking()
     except ImportError:
         return None
-    names = {str(e) for e in getattr(mod, "BUILTIN_ENTITIES", ())}
-    cfg = masking_config or {}
-    custom = cfg.get("custom")
-    if isinstance(custom, list):
-        names.update(str(c["name"]) for c in custom if isinstance(c, Mapping) and "name" in c)
-    if cfg.get("deny_list"):
-        names.add(str(getattr(mod, "DENY_LIST_ENTITY", "DENY_LIST")))
-    return frozenset(names)
+    return frozenset(str(e) for e in getattr(mod, "BUILTIN_ENTITIES", ()))
 
 
 def available_styles() -> tuple[str, ...]:
@@ -49,29 +44,27 @@ def available_styles() -> tuple[str, ...]:
 class DetectorScanner:
     """Finds ``(start, end, entity)`` spans of the given entities and renders replacements."""
 
-    __slots__ = ("_base", "_cfg", "_profiles", "_span", "entities")
+    __slots__ = ("_base", "_profiles", "_span", "_spec", "entities")
 
     def __init__(
         self,
         entities: Iterable[str],
-        masking_config: Mapping[str, Any] | None = None,
+        masking: ProfileSpec | None = None,
         style_sets: Iterable[Mapping[str, str]] = (),
     ) -> None:
         mod = _masking()
         self.entities = frozenset(entities)
-        cfg = dict(masking_config or {})
+        base = masking if masking is not None else importlib.import_module("extproc.masking.config").ProfileSpec()
         # Which entities to look for is the policy's choice; custom detectors and the
         # deny list are kept only when a rule asks for them, so they cost nothing otherwise.
-        cfg["entities"] = sorted(e for e in self.entities if e in set(mod.BUILTIN_ENTITIES))
-        if isinstance(cfg.get("custom"), list):
-            cfg["custom"] = [c for c in cfg["custom"] if isinstance(c, Mapping) and c.get("name") in self.entities]
-        if getattr(mod, "DENY_LIST_ENTITY", "DENY_LIST") not in self.entities:
-            cfg.pop("deny_list", None)
-        if isinstance(cfg.get("styles"), Mapping):
-            cfg["styles"] = {k: v for k, v in cfg["styles"].items() if k in self.entities}
-        self._cfg = cfg
+        self._spec: ProfileSpec = base.model_copy(update={
+            "entities": tuple(e for e in mod.BUILTIN_ENTITIES if e in self.entities),
+            "custom": tuple(c for c in base.custom if c.name in self.entities),
+            "deny_list": base.deny_list if mod.DENY_LIST_ENTITY in self.entities else (),
+            "styles": {k: v for k, v in base.styles.items() if k in self.entities},
+        })
         self._span = mod.Span
-        self._base = mod.MaskingProfile.from_config(cfg, path="masking")
+        self._base = mod.MaskingProfile.from_spec(self._spec)
         # Built now, so a bad style (hash without a hash key) fails at load, not per request.
         self._profiles: dict[frozenset[tuple[str, str]], Any] = {}
         for styles in style_sets:
@@ -81,9 +74,8 @@ class DetectorScanner:
         key = frozenset(styles.items())
         got = self._profiles.get(key)
         if got is None:
-            cfg = dict(self._cfg)
-            cfg["styles"] = {**(self._cfg.get("styles") or {}), **styles}
-            got = _masking().MaskingProfile.from_config(cfg, path="masking")
+            spec = self._spec.model_copy(update={"styles": {**self._spec.styles, **styles}})
+            got = _masking().MaskingProfile.from_spec(spec)
             self._profiles[key] = got
         return got
 

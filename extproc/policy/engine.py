@@ -22,15 +22,19 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING
 
+from extproc.config.types import validate_section
 from extproc.llmapi import Extraction, JsonPath, TextRef, extract, rewrite
 from extproc.policy.detectors import DetectorScanner
-from extproc.policy.loader import PolicySpec, parse_policy
+from extproc.policy.loader import PolicySection, PolicySpec, compile_policy, parse_policy
 from extproc.policy.matchers import Hit
 from extproc.policy.model import SEVERITY, BudgetCharge, Decision, PolicyRequest, RuleMatch
 from extproc.policy.rules import BudgetRule, Rule, Selector
 from extproc.text.normalise import View, view
+
+if TYPE_CHECKING:
+    from extproc.masking.config import ProfileSpec
 
 __all__ = ["Policy"]
 
@@ -44,30 +48,44 @@ class Policy:
 
     __slots__ = ("_scanner", "_spec", "version")
 
-    def __init__(self, spec: PolicySpec, *, version: str, masking_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, spec: PolicySpec, *, version: str, masking: ProfileSpec | None = None) -> None:
         self._spec = spec
         self.version = version
         entities = frozenset(e for r in spec.rules if r.content is not None for e in r.content.detectors)
         styles = [r.styles for r in spec.rules if r.styles]
-        self._scanner = DetectorScanner(entities, masking_config, styles) if entities else None
+        self._scanner = DetectorScanner(entities, masking, styles) if entities else None
 
     @classmethod
     def from_config(
         cls,
-        raw: Any,
+        raw: object,
         *,
         path: str = "policy",
         file: str = "",
         lines: Mapping[str, int] | None = None,
-        masking_config: Mapping[str, Any] | None = None,
+        masking_config: ProfileSpec | Mapping[str, object] | None = None,
     ) -> Policy:
-        """Validate and compile the ``policy:`` section (None means no section: no rules).
+        """Validate and compile a ``policy:`` mapping (None means no section: no rules).
 
-        ``masking_config`` is the top-level ``masking:`` section; detectors then honour
-        its custom entities and allow/deny lists.
+        ``masking_config`` is the top-level ``masking:`` section (typed, or a mapping);
+        detectors then honour its custom entities and allow/deny lists.
         """
-        spec = parse_policy(raw, path=path, file=file, lines=lines, masking_config=masking_config)
-        return cls(spec, version=policy_version(raw), masking_config=masking_config)
+        masking: ProfileSpec | None
+        if masking_config is None or not isinstance(masking_config, Mapping):
+            masking = masking_config
+        else:
+            from extproc.masking.config import ProfileSpec
+
+            masking = validate_section(ProfileSpec, masking_config, path="masking", file=file, lines=lines)
+        if raw is None:
+            return cls(compile_policy(PolicySection()), version=policy_version(None), masking=masking)
+        return cls.from_section(parse_policy(raw, path=path, file=file, lines=lines, masking=masking), masking)
+
+    @classmethod
+    def from_section(cls, section: PolicySection, masking: ProfileSpec | None = None) -> Policy:
+        """Compile a validated section (checked against ``masking`` already)."""
+        return cls(compile_policy(section), version=policy_version(section.model_dump(mode="json")),
+                   masking=masking)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -259,7 +277,7 @@ class Policy:
         return tuple(out.values())
 
 
-def policy_version(raw: Any) -> str:
+def policy_version(raw: object) -> str:
     """A short digest of the canonical policy section: equal policies, equal versions."""
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -1,21 +1,34 @@
-"""Reading the ``policy:`` section: strict keys, precise errors, compiled matchers.
+"""The ``policy:`` section: its typed form and the rules compiled from it.
 
-Every problem is a :class:`~extproc.config.model.ConfigError` naming the key path (and the line,
-when the caller passes the line map of the file), so a policy that loads is one that
-runs: patterns compile, detectors exist, ids are unique, every action is known.
+:class:`PolicySection` declares every key (types, choices, ranges, patterns) and checks
+what one rule or budget can check on its own; :func:`check_against_masking` checks rules
+against the ``masking:`` section (custom detectors, the hash key); :func:`compile_policy`
+turns a validated section into the matchers the engine runs. A policy that loads is one
+that runs: patterns compile, detectors exist, ids are unique, every action is known.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Annotated
 
-from extproc.config.reader import SectionReader, kind
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+
+from extproc.config.types import (
+    Between,
+    Flag,
+    Invalid,
+    OneOf,
+    OptionalNames,
+    Pattern,
+    Section,
+    Text,
+    validate_section,
+)
 from extproc.llmapi import OPERATIONS
 from extproc.policy.detectors import available_entities, available_styles
 from extproc.policy.matchers import GlobSet, KeywordMatcher, RegexMatcher, RegexRejected, keyword_pattern
@@ -23,33 +36,289 @@ from extproc.policy.model import ACTIONS, BUDGET_SCOPES, FAIL_MODES, MODES
 from extproc.policy.rules import AttachmentRule, BudgetRule, ContentMatcher, Rule, Selector
 from extproc.text.normalise import normalise as normalise_text
 
+if TYPE_CHECKING:
+    from extproc.masking.config import ProfileSpec
+
 __all__ = [
-    "BUDGET_KEYS",
-    "CONTENT_KEYS",
-    "MASKING_KEYS",
-    "MATCH_KEYS",
-    "POLICY_KEYS",
-    "RULE_KEYS",
-    "SELECTOR_KEYS",
+    "ATTACHMENT_ACTIONS",
+    "UNKNOWN_FIELDS",
+    "AttachmentSpec",
+    "BudgetSpec",
+    "ContentSpec",
+    "PolicySection",
     "PolicySpec",
+    "RuleSpec",
+    "SelectorSpec",
+    "check_against_masking",
+    "compile_policy",
     "parse_policy",
 ]
 
-POLICY_KEYS = frozenset({
-    "mode", "on_unparsable_body", "default", "default_message", "rules", "budgets", "unknown_fields", "attachments",
-})
-RULE_KEYS = frozenset({"id", "description", "match", "unless", "action", "message", "mode", "masking", "normalise"})
-SELECTOR_KEYS = frozenset({"users", "groups", "issuers", "workloads", "providers", "models", "operations"})
-MATCH_KEYS = SELECTOR_KEYS | {"content"}
-CONTENT_KEYS = frozenset({"keywords", "regex", "detectors", "metadata"})
-MASKING_KEYS = frozenset({"replacement", "style", "styles"})
-BUDGET_KEYS = frozenset({"id", "description", "match", "unless", "per", "requests", "tokens", "window_seconds", "fail"})
-
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_WINDOW_SECONDS = 31 * 24 * 3600
 #: Values of ``policy.unknown_fields``.
 UNKNOWN_FIELDS: tuple[str, ...] = ("inspect", "refuse", "pass")
 DEFAULT_BLOCK_MESSAGE = "This request is not allowed by the AI usage policy."
+DEFAULT_REPLACEMENT = "[REDACTED:{rule}]"
+
+Ident = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                               "must be letters, digits, '.', '_' or '-' (at most 64)")]
+Mode = Annotated[str, OneOf(MODES)]
+
+
+def _one_or_many(v: object) -> object:
+    return [v] if isinstance(v, str) else v
+
+
+def _not_empty(v: object) -> object:
+    if isinstance(v, list | tuple) and not v:
+        raise Invalid("must not be empty; leave the key out to match everything")
+    return v
+
+
+Operations = Annotated[tuple[Annotated[str, OneOf(OPERATIONS)], ...], BeforeValidator(_not_empty),
+                       BeforeValidator(_one_or_many)]
+
+
+# ---------------------------------------------------------------------------
+# the typed section
+
+
+class SelectorSpec(Section):
+    """Who and what a rule is about; a key left out matches everything."""
+
+    users: OptionalNames | None = None
+    groups: OptionalNames | None = None
+    issuers: OptionalNames | None = None
+    workloads: OptionalNames | None = None
+    providers: OptionalNames | None = None
+    #: Matched case-insensitively (clients spell model names inconsistently).
+    models: OptionalNames | None = None
+    operations: Operations | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, k) is None for k in type(self).model_fields)
+
+
+def _no_content(message: str) -> object:
+    def check(v: object) -> object:
+        if isinstance(v, dict) and "content" in v:
+            raise Invalid(message, "content")
+        return v
+
+    return BeforeValidator(check)
+
+
+#: ``unless`` exempts by identity and route; content exemptions would be a loophole.
+Unless = Annotated[SelectorSpec, _no_content("'unless' takes identity and route selectors only, not content")]
+BudgetSelector = Annotated[SelectorSpec, _no_content("budgets select by identity and route only, not content")]
+
+
+class ContentSpec(Section):
+    """Keywords, RE2 patterns and detector entities; any one finding something is a match."""
+
+    keywords: OptionalNames | None = None
+    regex: OptionalNames | None = None
+    detectors: OptionalNames | None = None
+    #: Also match the request's metadata fields (names, ids, tool arguments' keys...).
+    metadata: Flag = False
+
+    @model_validator(mode="after")
+    def _compiles(self) -> ContentSpec:
+        if self.keywords is None and self.regex is None and self.detectors is None:
+            raise Invalid("set at least one of 'keywords', 'regex' or 'detectors'")
+        for i, k in enumerate(self.keywords or ()):
+            try:
+                keyword_pattern(k)
+            except ValueError as exc:
+                raise Invalid(str(exc), "keywords", i) from None
+        for i, pattern in enumerate(self.regex or ()):
+            try:
+                RegexMatcher(pattern)
+            except RegexRejected as exc:
+                raise Invalid(str(exc), "regex", i) from None
+        return self
+
+
+class MatchSpec(SelectorSpec):
+    content: ContentSpec | None = None
+
+
+def _template(value: str, fields: set[str]) -> None:
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise Invalid(f"is not a valid template: {exc}") from None
+    bad = used - fields
+    if bad:
+        allowed = " and ".join("{" + f + "}" for f in sorted(fields))
+        raise Invalid(f"may only use {allowed}, not {{{sorted(bad)[0]}}}")
+
+
+def _replacement(v: object) -> object:
+    if isinstance(v, str):
+        _template(v, {"rule"})
+    return v
+
+
+class RuleMaskingSpec(Section):
+    """How a mask rule renders what it found."""
+
+    replacement: Annotated[Text, BeforeValidator(_replacement)] = DEFAULT_REPLACEMENT
+    #: One style for all of the rule's detectors...
+    style: Annotated[str, OneOf(available_styles())] | None = None
+    #: ... or one per entity.
+    styles: Mapping[str, Annotated[str, OneOf(available_styles())]] | None = None
+
+
+class RuleSpec(Section):
+    id: Ident
+    description: Text = ""
+    match: MatchSpec = Field(default_factory=MatchSpec)
+    unless: Unless | None = None
+    action: Annotated[str, OneOf(ACTIONS)]
+    message: Text = ""
+    #: The policy's ``mode`` when left out.
+    mode: Mode | None = None
+    masking: RuleMaskingSpec | None = None
+    #: Match on the normalised view of the text (case, width, confusables, invisible
+    #: characters); only for rules with ``match.content``.
+    normalise: Flag = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleSpec:
+        if self.unless is not None and self.unless.empty:
+            raise Invalid("must not be empty: it would exempt every request", "unless")
+        content = self.match.content
+        if "normalise" in self.model_fields_set and content is None:
+            raise Invalid("only applies to rules with match.content", "normalise")
+        if content is not None and self.normalise:
+            # A keyword is compared with the folded view of the text, so it is folded too.
+            for i, k in enumerate(content.keywords or ()):
+                try:
+                    keyword_pattern(normalise_text(k, fold=True))
+                except ValueError as exc:
+                    raise Invalid(str(exc), "match", "content", "keywords", i) from None
+        if self.action == "mask" and content is None:
+            raise Invalid("a mask rule needs 'content' matchers: they say what to mask", "match")
+        if self.message and self.action in ("allow", "mask"):
+            raise Invalid(f"is only shown for block and require_approval, not {self.action}", "message")
+        if self.masking is not None:
+            if self.action != "mask":
+                raise Invalid(f"only applies to mask rules, this one is {self.action}", "masking")
+            detectors = set(content.detectors or ()) if content is not None else set()
+            if self.masking.style is not None and not detectors:
+                raise Invalid("styles apply to detector matches, and this rule has no detectors",
+                              "masking", "style")
+            for entity in self.masking.styles or {}:
+                if entity not in detectors:
+                    raise Invalid("is not one of this rule's detectors", "masking", "styles", entity)
+        return self
+
+    @property
+    def styles(self) -> dict[str, str]:
+        """Per-entity styles: ``style`` for every detector, then ``styles`` per entity."""
+        if self.masking is None:
+            return {}
+        content = self.match.content
+        detectors = sorted(content.detectors or ()) if content is not None else []
+        out = dict.fromkeys(detectors, self.masking.style) if self.masking.style is not None else {}
+        return {**out, **(self.masking.styles or {})}
+
+
+class BudgetSpec(Section):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}]})
+
+    id: Ident
+    description: Text = ""
+    match: BudgetSelector = Field(default_factory=SelectorSpec)
+    unless: SelectorSpec | None = None
+    per: Annotated[str, OneOf(BUDGET_SCOPES)] = "user"
+    requests: Annotated[int, Between(1, 10**12)] | None = None
+    tokens: Annotated[int, Between(1, 10**15)] | None = None
+    window_seconds: Annotated[int, Between(1, MAX_WINDOW_SECONDS)] = 60
+    fail: Annotated[str, OneOf(FAIL_MODES)] = "closed"
+
+    @model_validator(mode="after")
+    def _limited(self) -> BudgetSpec:
+        if self.requests is None and self.tokens is None:
+            raise Invalid("set 'requests', 'tokens' or both: a budget needs a limit")
+        return self
+
+
+#: What an attachment rule does with a matching attachment.
+ATTACHMENT_ACTIONS: tuple[str, ...] = ("allow", "refuse", "require_approval")
+
+
+class AttachmentSpec(Section):
+    """``policy.attachments[]``: allow, refuse or hold attachments by media type and size."""
+
+    #: ``attachments-<index>`` when left out.
+    id: Ident | None = None
+    #: Media types or globs (``image/*``), case-insensitive; every type when left out.
+    media_types: OptionalNames | None = None
+    #: The rule matches only attachments larger than this (decoded bytes); any size when left out.
+    max_bytes: Annotated[int, Between(0, 1 << 40)] | None = None
+    action: Annotated[str, OneOf(ATTACHMENT_ACTIONS)]
+    message: Text = ""
+
+
+def _unique(ids: list[str], key: str, what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, ident in enumerate(ids):
+        if ident in seen:
+            raise Invalid(f"{what} id {ident!r} is already used by policy.{key}[{seen[ident]}]", key, i, "id")
+        seen[ident] = i
+
+
+class PolicySection(Section):
+    """The ``policy:`` section."""
+
+    mode: Mode = "enforce"
+    on_unparsable_body: Annotated[str, OneOf(("block", "allow"))] = "block"
+    default: Annotated[str, OneOf(("allow", "block"))] = "allow"
+    default_message: Text = DEFAULT_BLOCK_MESSAGE
+    rules: tuple[RuleSpec, ...] = ()
+    budgets: tuple[BudgetSpec, ...] = Field(default=())
+    #: Fields the coverage map does not know: inspect (read as text) | refuse (400) | pass.
+    unknown_fields: Annotated[str, OneOf(UNKNOWN_FIELDS)] = "inspect"
+    #: In file order; the first matching rule decides.
+    attachments: tuple[AttachmentSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> PolicySection:
+        _unique([r.id for r in self.rules], "rules", "rule")
+        _unique([b.id for b in self.budgets], "budgets", "budget")
+        return self
+
+
+def check_against_masking(policy: PolicySection, masking: ProfileSpec | None) -> None:
+    """Detectors must exist (built in, or custom in ``masking:``); the hash style needs
+    ``masking.hash_key``. Raises ``Invalid`` located below the policy section."""
+    known: frozenset[str] | None = None
+    for i, rule in enumerate(policy.rules):
+        content = rule.match.content
+        if content is None or content.detectors is None:
+            continue
+        if known is None:
+            known = masking.known_entities if masking is not None else available_entities()
+            if known is None:
+                raise Invalid("detectors need the extproc.masking package, which is not available",
+                              "rules", i, "match", "content", "detectors")
+        for j, name in enumerate(content.detectors):
+            if name not in known:
+                got = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+                hint = f" (did you mean {got[0]!r}?)" if got else ""
+                raise Invalid(f"unknown detector {name!r}{hint}; known: {', '.join(sorted(known))}",
+                              "rules", i, "match", "content", "detectors", j)
+        if rule.masking is not None and "hash" in rule.styles.values() and not (masking and masking.hash_key):
+            per = rule.masking.styles is not None and "hash" in rule.masking.styles.values()
+            raise Invalid("the hash style needs a key: set masking.hash_key", "rules", i, "masking",
+                          "styles" if per else "style")
+
+
+# ---------------------------------------------------------------------------
+# compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,354 +335,105 @@ class PolicySpec:
     attachments: tuple[AttachmentRule, ...] = ()
 
 
-class _Reader(SectionReader):
-    """The shared strict reader, plus what rules need: choices, text, ids, selector lists."""
-
-    def choice(self, m: Mapping[str, Any], key: str, path: str, choices: tuple[str, ...], default: str) -> str:
-        v = m.get(key)
-        if v is None:
-            return default
-        if v not in choices:
-            raise self.error(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {kind(v)}")
-        return str(v)
-
-    def text(self, m: Mapping[str, Any], key: str, path: str, default: str = "") -> str:
-        v = m.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            raise self.error(f"{path}.{key}", f"must be a string, got {kind(v)}")
-        return v
-
-    def ident(self, m: Mapping[str, Any], path: str) -> str:
-        v = m.get("id")
-        if v is None:
-            raise self.error(path, "missing required key 'id'")
-        if not isinstance(v, str) or not _ID_RE.match(v):
-            raise self.error(f"{path}.id", f"must be letters, digits, '.', '_' or '-' (at most 64), got {kind(v)}")
-        return v
-
-    def strings(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...] | None:
-        p = f"{path}.{key}"
-        v = m.get(key)
-        if v is None:
-            return None
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list):
-            raise self.error(p, f"must be a list of strings, got {kind(v)}")
-        if not v:
-            raise self.error(p, "must not be empty; leave the key out to match everything")
-        for i, item in enumerate(v):
-            if not isinstance(item, str) or not item:
-                raise self.error(f"{p}[{i}]", f"must be a non-empty string, got {kind(item)}")
-        return tuple(v)
-
-    def count(self, m: Mapping[str, Any], key: str, path: str, lo: int, hi: int) -> int | None:
-        v = m.get(key)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(f"{path}.{key}", f"must be an integer, got {kind(v)}")
-        if not lo <= v <= hi:
-            raise self.error(f"{path}.{key}", f"must be between {lo} and {hi}, got {v}")
-        return v
-
-
-
-
 def parse_policy(
-    raw: Any,
+    raw: object,
     *,
     path: str = "policy",
     file: str = "",
     lines: Mapping[str, int] | None = None,
-    masking_config: Mapping[str, Any] | None = None,
-) -> PolicySpec:
-    r = _Reader(file, lines)
-    top = r.mapping(raw, path, POLICY_KEYS)
-    mode = r.choice(top, "mode", path, MODES, "enforce")
-    on_unparsable = r.choice(top, "on_unparsable_body", path, ("block", "allow"), "block")
-    unknown_fields = r.choice(top, "unknown_fields", path, UNKNOWN_FIELDS, "inspect")
-    default = r.choice(top, "default", path, ("allow", "block"), "allow")
-    default_message = r.text(top, "default_message", path, DEFAULT_BLOCK_MESSAGE) or DEFAULT_BLOCK_MESSAGE
+    masking: ProfileSpec | None = None,
+) -> PolicySection:
+    """``raw`` (the YAML value of ``policy:``) validated, errors located in ``file``."""
+    section = validate_section(PolicySection, raw, path=path, file=file, lines=lines)
+    try:
+        check_against_masking(section, masking)
+    except Invalid as exc:
+        from extproc.config.types import key_path, located_error
 
-    entities = _Entities(masking_config)
-    rules = _list(r, top, "rules", path)
-    parsed_rules: list[Rule] = []
-    seen: dict[str, str] = {}
-    for i, value in enumerate(rules):
-        rp = f"{path}.rules[{i}]"
-        rule = _rule(r, value, rp, i, mode, entities)
-        if rule.id in seen:
-            raise r.error(f"{rp}.id", f"rule id {rule.id!r} is already used by {seen[rule.id]}")
-        seen[rule.id] = rp
-        parsed_rules.append(rule)
-
-    attachment_rules = tuple(
-        _attachment_rule(r, value, f"{path}.attachments[{i}]", i) for i, value in
-        enumerate(_list(r, top, "attachments", path))
-    )
-
-    budgets = _list(r, top, "budgets", path)
-    parsed_budgets: list[BudgetRule] = []
-    seen = {}
-    for i, value in enumerate(budgets):
-        bp = f"{path}.budgets[{i}]"
-        budget = _budget(r, value, bp)
-        if budget.id in seen:
-            raise r.error(f"{bp}.id", f"budget id {budget.id!r} is already used by {seen[budget.id]}")
-        seen[budget.id] = bp
-        parsed_budgets.append(budget)
-
-    return PolicySpec(
-        mode=mode,
-        on_unparsable_body=on_unparsable,
-        default=default,
-        default_message=default_message,
-        rules=tuple(parsed_rules),
-        budgets=tuple(parsed_budgets),
-        unknown_fields=unknown_fields,
-        attachments=attachment_rules,
-    )
+        raise located_error(exc.message, path=key_path(path, exc.at), file=file, lines=lines) from None
+    return section
 
 
-ATTACHMENT_KEYS = frozenset({"id", "media_types", "max_bytes", "action", "message"})
-ATTACHMENT_ACTIONS: tuple[str, ...] = ("allow", "refuse", "require_approval")
+def _globs(values: tuple[str, ...] | None, *, ignore_case: bool = False) -> GlobSet | None:
+    return None if values is None else GlobSet(values, ignore_case=ignore_case)
 
 
-def _attachment_rule(r: _Reader, value: Any, path: str, index: int) -> AttachmentRule:
-    m = r.mapping(value, path, ATTACHMENT_KEYS)
-    if m.get("action") is None:
-        raise r.error(path, "missing required key 'action'")
-    action = r.choice(m, "action", path, ATTACHMENT_ACTIONS, "allow")
-    rule_id = r.ident(m, path) if m.get("id") is not None else f"attachments-{index}"
-    types = r.strings(m, "media_types", path)
-    return AttachmentRule(
-        id=rule_id,
-        media_types=GlobSet(t.lower() for t in types) if types is not None else None,
-        max_bytes=r.count(m, "max_bytes", path, 0, 1 << 40),
-        action=action,
-        message=r.text(m, "message", path),
-    )
-
-
-def _list(r: _Reader, top: Mapping[str, Any], key: str, path: str) -> list[Any]:
-    v = top.get(key)
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        raise r.error(f"{path}.{key}", f"must be a list, got {kind(v)}")
-    return v
-
-
-class _Entities:
-    """Detector names, looked up once and only if some rule uses detectors."""
-
-    def __init__(self, masking_config: Mapping[str, Any] | None) -> None:
-        self.masking_config = masking_config
-        self._known: frozenset[str] | None = None
-        self._loaded = False
-
-    def known(self) -> frozenset[str] | None:
-        if not self._loaded:
-            self._known = available_entities(self.masking_config)
-            self._loaded = True
-        return self._known
-
-
-def _selector(r: _Reader, m: Mapping[str, Any], path: str) -> Selector:
-    def globs(key: str, *, ignore_case: bool = False) -> GlobSet | None:
-        values = r.strings(m, key, path)
-        return None if values is None else GlobSet(values, ignore_case=ignore_case)
-
-    operations = r.strings(m, "operations", path)
-    if operations is not None:
-        for i, op in enumerate(operations):
-            if op not in OPERATIONS:
-                raise r.error(f"{path}.operations[{i}]", f"must be one of {', '.join(OPERATIONS)}, got {op!r}")
+def _selector(s: SelectorSpec) -> Selector:
     return Selector(
-        users=globs("users"),
-        groups=globs("groups"),
-        issuers=globs("issuers"),
-        workloads=globs("workloads"),
-        providers=globs("providers"),
-        # Model names are spelled inconsistently by clients (GPT-4o, gpt-4o).
-        models=globs("models", ignore_case=True),
-        operations=frozenset(operations) if operations is not None else None,
+        users=_globs(s.users),
+        groups=_globs(s.groups),
+        issuers=_globs(s.issuers),
+        workloads=_globs(s.workloads),
+        providers=_globs(s.providers),
+        models=_globs(s.models, ignore_case=True),
+        operations=frozenset(s.operations) if s.operations is not None else None,
     )
 
 
-def _content(r: _Reader, value: Any, path: str, entities: _Entities, *, normalise: bool) -> ContentMatcher:
-    m = r.mapping(value, path, CONTENT_KEYS)
-    keywords = r.strings(m, "keywords", path)
-    patterns = r.strings(m, "regex", path)
-    detectors = r.strings(m, "detectors", path)
-    metadata = r.boolean(m, "metadata", path, False)
-    if keywords is None and patterns is None and detectors is None:
-        raise r.error(path, "set at least one of 'keywords', 'regex' or 'detectors'")
+def _content(c: ContentSpec, *, normalise: bool) -> ContentMatcher:
+    keywords = c.keywords
     if keywords is not None and normalise:
         # A keyword is compared with the folded view of the text, so it is folded too.
         keywords = tuple(normalise_text(k, fold=True) for k in keywords)
-    for i, k in enumerate(keywords or ()):
-        try:
-            keyword_pattern(k)
-        except ValueError as exc:
-            raise r.error(f"{path}.keywords[{i}]", str(exc)) from None
-    regexes: list[RegexMatcher] = []
-    for i, pattern in enumerate(patterns or ()):
-        try:
-            regexes.append(RegexMatcher(pattern))
-        except RegexRejected as exc:
-            raise r.error(f"{path}.regex[{i}]", str(exc)) from None
-    if detectors is not None:
-        known = entities.known()
-        if known is None:
-            raise r.error(f"{path}.detectors", "detectors need the extproc.masking package, which is not available")
-        for i, name in enumerate(detectors):
-            if name not in known:
-                got = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
-                hint = f" (did you mean {got[0]!r}?)" if got else ""
-                raise r.error(
-                    f"{path}.detectors[{i}]",
-                    f"unknown detector {name!r}{hint}; known: {', '.join(sorted(known))}",
-                )
     return ContentMatcher(
         keywords=KeywordMatcher(keywords) if keywords else None,
-        regexes=tuple(regexes),
-        detectors=frozenset(detectors or ()),
+        regexes=tuple(RegexMatcher(p) for p in c.regex or ()),
+        detectors=frozenset(c.detectors or ()),
         normalise=normalise,
-        metadata=metadata,
+        metadata=c.metadata,
     )
 
 
-def _template(r: _Reader, m: Mapping[str, Any], key: str, path: str, default: str, fields: set[str]) -> str:
-    value = r.text(m, key, path, default)
-    try:
-        used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-    except ValueError as exc:
-        raise r.error(f"{path}.{key}", f"is not a valid template: {exc}") from None
-    bad = used - fields
-    if bad:
-        allowed = " and ".join("{" + f + "}" for f in sorted(fields))
-        raise r.error(f"{path}.{key}", f"may only use {allowed}, not {{{sorted(bad)[0]}}}")
-    return value
+def _rules(section: PolicySection) -> Iterator[Rule]:
+    for i, r in enumerate(section.rules):
+        yield Rule(
+            id=r.id,
+            index=i,
+            action=r.action,
+            mode=r.mode or section.mode,
+            message=r.message,
+            description=r.description,
+            selector=_selector(r.match),
+            unless=_selector(r.unless) if r.unless is not None else None,
+            content=_content(r.match.content, normalise=r.normalise) if r.match.content is not None else None,
+            replacement=r.masking.replacement if r.masking is not None else DEFAULT_REPLACEMENT,
+            styles=MappingProxyType(r.styles),
+        )
 
 
-def _styles(
-    r: _Reader, km: Mapping[str, Any], path: str, detectors: frozenset[str], entities: _Entities
-) -> dict[str, str]:
-    """Per-entity styles of a mask rule: ``style`` for all its detectors, ``styles`` per entity."""
-    known = available_styles()
-    out: dict[str, str] = {}
-    default = km.get("style")
-    if default is not None:
-        if default not in known:
-            raise r.error(f"{path}.style", f"must be one of {', '.join(known)}, got {kind(default)}")
-        if not detectors:
-            raise r.error(f"{path}.style", "styles apply to detector matches, and this rule has no detectors")
-        out = dict.fromkeys(sorted(detectors), str(default))
-    per = km.get("styles")
-    if per is not None:
-        if not isinstance(per, dict):
-            raise r.error(f"{path}.styles", f"must be a mapping of ENTITY: style, got {kind(per)}")
-        for entity, style in per.items():
-            if entity not in detectors:
-                raise r.error(f"{path}.styles.{entity}", "is not one of this rule's detectors")
-            if style not in known:
-                raise r.error(f"{path}.styles.{entity}", f"must be one of {', '.join(known)}, got {kind(style)}")
-            out[str(entity)] = str(style)
-    if "hash" in out.values() and not (entities.masking_config or {}).get("hash_key"):
-        key = "styles" if per is not None and "hash" in per.values() else "style"
-        raise r.error(f"{path}.{key}", "the hash style needs a key: set masking.hash_key")
-    return out
+def _budgets(section: PolicySection) -> Iterator[BudgetRule]:
+    for b in section.budgets:
+        yield BudgetRule(
+            id=b.id,
+            description=b.description,
+            selector=_selector(b.match),
+            unless=_selector(b.unless) if b.unless is not None else None,
+            per=b.per,
+            requests=b.requests,
+            tokens=b.tokens,
+            window_seconds=b.window_seconds,
+            fail=b.fail,
+        )
 
 
-def _rule(r: _Reader, value: Any, path: str, index: int, default_mode: str, entities: _Entities) -> Rule:
-    m = r.mapping(value, path, RULE_KEYS)
-    if value is None:
-        raise r.error(path, "must be a mapping with at least 'id' and 'action'")
-    rule_id = r.ident(m, path)
-    if m.get("action") is None:
-        raise r.error(path, "missing required key 'action'")
-    action = r.choice(m, "action", path, ACTIONS, "allow")
-    mode = r.choice(m, "mode", path, MODES, default_mode)
-    mp = f"{path}.match"
-    match = r.mapping(m.get("match"), mp, MATCH_KEYS)
-    selector = _selector(r, match, mp)
-    normalise = r.boolean(m, "normalise", path, True)
-    if "normalise" in m and match.get("content") is None:
-        raise r.error(f"{path}.normalise", "only applies to rules with match.content")
-    content = (
-        _content(r, match["content"], f"{mp}.content", entities, normalise=normalise)
-        if match.get("content") is not None
-        else None
-    )
-    unless = None
-    if m.get("unless") is not None:
-        up = f"{path}.unless"
-        um = m["unless"]
-        if isinstance(um, dict) and "content" in um:
-            raise r.error(f"{up}.content", "'unless' takes identity and route selectors only, not content")
-        unless = _selector(r, r.mapping(um, up, SELECTOR_KEYS), up)
-        if unless.empty:
-            raise r.error(up, "must not be empty: it would exempt every request")
-    if action == "mask" and content is None:
-        raise r.error(mp, "a mask rule needs 'content' matchers: they say what to mask")
-    message = r.text(m, "message", path)
-    if message and action in ("allow", "mask"):
-        raise r.error(f"{path}.message", f"is only shown for block and require_approval, not {action}")
-    replacement = "[REDACTED:{rule}]"
-    styles: dict[str, str] = {}
-    if m.get("masking") is not None:
-        kp = f"{path}.masking"
-        if action != "mask":
-            raise r.error(kp, f"only applies to mask rules, this one is {action}")
-        km = r.mapping(m["masking"], kp, MASKING_KEYS)
-        replacement = _template(r, km, "replacement", kp, replacement, {"rule"})
-        styles = _styles(r, km, kp, content.detectors if content is not None else frozenset(), entities)
-    return Rule(
-        id=rule_id,
-        index=index,
-        action=action,
-        mode=mode,
-        message=message,
-        description=r.text(m, "description", path),
-        selector=selector,
-        unless=unless,
-        content=content,
-        replacement=replacement,
-        styles=MappingProxyType(styles),
-    )
-
-
-def _budget(r: _Reader, value: Any, path: str) -> BudgetRule:
-    m = r.mapping(value, path, BUDGET_KEYS)
-    if value is None:
-        raise r.error(path, "must be a mapping with at least 'id' and a limit")
-    budget_id = r.ident(m, path)
-    mp = f"{path}.match"
-    match = m.get("match")
-    if isinstance(match, dict) and "content" in match:
-        raise r.error(f"{mp}.content", "budgets select by identity and route only, not content")
-    selector = _selector(r, r.mapping(match, mp, SELECTOR_KEYS), mp)
-    unless = None
-    if m.get("unless") is not None:
-        up = f"{path}.unless"
-        unless = _selector(r, r.mapping(m["unless"], up, SELECTOR_KEYS), up)
-    requests = r.count(m, "requests", path, 1, 10**12)
-    tokens = r.count(m, "tokens", path, 1, 10**15)
-    if requests is None and tokens is None:
-        raise r.error(path, "set 'requests', 'tokens' or both: a budget needs a limit")
-    window = r.count(m, "window_seconds", path, 1, MAX_WINDOW_SECONDS)
-    return BudgetRule(
-        id=budget_id,
-        description=r.text(m, "description", path),
-        selector=selector,
-        unless=unless,
-        per=r.choice(m, "per", path, BUDGET_SCOPES, "user"),
-        requests=requests,
-        tokens=tokens,
-        window_seconds=window if window is not None else 60,
-        fail=r.choice(m, "fail", path, FAIL_MODES, "closed"),
+def compile_policy(section: PolicySection) -> PolicySpec:
+    """The matchers the engine runs, from a validated section."""
+    return PolicySpec(
+        mode=section.mode,
+        on_unparsable_body=section.on_unparsable_body,
+        default=section.default,
+        default_message=section.default_message or DEFAULT_BLOCK_MESSAGE,
+        rules=tuple(_rules(section)),
+        budgets=tuple(_budgets(section)),
+        unknown_fields=section.unknown_fields,
+        attachments=tuple(
+            AttachmentRule(
+                id=a.id if a.id is not None else f"attachments-{i}",
+                media_types=GlobSet(t.lower() for t in a.media_types) if a.media_types is not None else None,
+                max_bytes=a.max_bytes,
+                action=a.action,
+                message=a.message,
+            )
+            for i, a in enumerate(section.attachments)
+        ),
     )

@@ -38,12 +38,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.config.reader import SectionReader
-from extproc.errors import ConfigError
+from extproc.config.types import validate_section
 from extproc.identity.model import Identity
 from extproc.llmapi.usage import Usage
 from extproc.masking import HOLD_MARGIN, MaskingProfile, default_profile
 from extproc.policy.model import Decision
+from extproc.recording.config import MODES, AuditorSettings, RecordingSection, RetentionSettings, SpoolSettings
 
 __all__ = [
     "ENTRY_VERSION",
@@ -75,8 +75,6 @@ __all__ = [
 ENTRY_VERSION = 1
 #: ``prev_hash`` of the very first entry of a stream.
 GENESIS_HASH = "0" * 64
-MODES: tuple[str, ...] = ("required", "best_effort")
-DEFAULT_SPOOL_PATH = ".run/recording-spool.jsonl"
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 #: What a caller-supplied identifier (request id, model, tool name) may look like to be stored as
@@ -85,7 +83,6 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
 _METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_LABEL_CHARS = 128
-_HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _MAX_PATH_CHARS = 2048
 #: Extra bytes collected past ``max_body_bytes`` so a value straddling the cut is still seen
 #: whole by the detectors (on top of the profile's longest match).
@@ -97,32 +94,10 @@ _CONTEXT_BYTES = 64
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionSettings:
-    #: Entries older than this are trimmed (``XTRIM MINID``); 0 = no age limit.
-    max_age_hours: int = 168
-    #: At most about this many entries are kept (``XTRIM MAXLEN ~``); 0 = no size limit.
-    max_entries: int = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolSettings:
-    #: ``best_effort`` only: where entries wait while Redis is unreachable (JSON lines).
-    path: str = DEFAULT_SPOOL_PATH
-    max_bytes: int = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class AuditorSettings:
-    """Who may read records over the admin API. Empty (the default) means nobody."""
-
-    groups: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class RecordingSettings:
+    """The ``recording:`` section compiled (its masking profile built)."""
+
     enabled: bool = True
-    #: ``required``: no record, no request (503). ``best_effort``: spool locally, flush later.
     mode: str = "required"
     session_header: str = "x-session-id"
     session_gap_seconds: int = 1800
@@ -136,75 +111,29 @@ class RecordingSettings:
     @classmethod
     def from_config(
         cls,
-        raw: Any,
+        raw: object,
         *,
         path: str = "recording",
         file: str = "",
         lines: Mapping[str, int] | None = None,
     ) -> RecordingSettings:
-        """Parse and validate the ``recording:`` section; errors carry file, line and key path."""
-        r = _Reader(file, lines or {})
-        m = r.mapping(
-            raw,
-            path,
-            {
-                "enabled", "mode", "session_header", "session_gap_seconds", "max_body_bytes", "max_chunks",
-                "retention", "spool", "masking", "auditors",
-            },
-        )
-        mode = m.get("mode", "required")
-        if mode not in MODES:
-            raise r.error(f"{path}.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        header = m.get("session_header", "x-session-id")
-        if not isinstance(header, str) or not _HEADER_RE.match(header):
-            raise r.error(f"{path}.session_header", "must be a lower-case HTTP header name like x-session-id")
-        rm = r.mapping(m.get("retention"), f"{path}.retention", {"max_age_hours", "max_entries"})
-        sm = r.mapping(m.get("spool"), f"{path}.spool", {"path", "max_bytes"})
-        spool_path = sm.get("path", DEFAULT_SPOOL_PATH)
-        if not isinstance(spool_path, str) or not spool_path:
-            raise r.error(f"{path}.spool.path", "must be a non-empty file path")
-        am = r.mapping(m.get("auditors"), f"{path}.auditors", {"groups", "users"})
-        masking_raw = m.get("masking")
-        try:
-            profile = MaskingProfile.from_config(masking_raw, path=f"{path}.masking")
-        except ConfigError as exc:
-            raise r.error(exc.path or f"{path}.masking", exc.message) from None
+        """Validate and compile a ``recording:`` mapping; errors carry file, line and key path."""
+        return cls.from_section(validate_section(RecordingSection, raw, path=path, file=file, lines=lines))
+
+    @classmethod
+    def from_section(cls, s: RecordingSection) -> RecordingSettings:
         return cls(
-            enabled=r.boolean(m, "enabled", path, True),
-            mode=str(mode),
-            session_header=header,
-            session_gap_seconds=r.integer(m, "session_gap_seconds", path, 1800, 1, 7 * 86400),
-            max_body_bytes=r.integer(m, "max_body_bytes", path, 256 * 1024, 0, 16 * 1024 * 1024),
-            max_chunks=r.integer(m, "max_chunks", path, 2000, 1, 100_000),
-            retention=RetentionSettings(
-                max_age_hours=r.integer(rm, "max_age_hours", f"{path}.retention", 168, 0, 10 * 365 * 24),
-                max_entries=r.integer(rm, "max_entries", f"{path}.retention", 100_000, 0, 1_000_000_000),
-            ),
-            spool=SpoolSettings(
-                path=spool_path,
-                max_bytes=r.integer(sm, "max_bytes", f"{path}.spool", 64 * 1024 * 1024, 0, 1 << 40),
-            ),
-            masking=profile,
-            auditors=AuditorSettings(
-                groups=r.names(am, "groups", f"{path}.auditors"),
-                users=r.names(am, "users", f"{path}.auditors"),
-            ),
+            enabled=s.enabled,
+            mode=s.mode,
+            session_header=s.session_header,
+            session_gap_seconds=s.session_gap_seconds,
+            max_body_bytes=s.max_body_bytes,
+            max_chunks=s.max_chunks,
+            retention=s.retention,
+            spool=s.spool,
+            masking=MaskingProfile.from_spec(s.masking),
+            auditors=s.auditors,
         )
-
-
-class _Reader(SectionReader):
-    """The shared strict reader, plus auditor name lists."""
-
-    def names(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
-        v = m.get(key)
-        if v is None:
-            return ()
-        if not isinstance(v, list):
-            raise self.error(f"{path}.{key}", "must be a list of names")
-        for i, item in enumerate(v):
-            if not isinstance(item, str) or not item:
-                raise self.error(f"{path}.{key}[{i}]", "must be a non-empty string")
-        return tuple(v)
 
 
 def recording_profile(base: MaskingProfile, secrets: Iterable[str | None]) -> MaskingProfile:

@@ -26,14 +26,23 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from extproc.config.reader import kind
+from extproc.config.types import validate_section
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
 from extproc.masking.profile import MaskingProfile
 from extproc.masking.responses import BodyTooLarge, media_type
 from extproc.policy.engine import policy_version
-from extproc.policy.loader import _Reader
-from extproc.policy.matchers import GlobSet, RegexRejected, compile_regex
-from extproc.policy.model import MODES, SEVERITY, RuleMatch
+from extproc.policy.matchers import GlobSet, compile_regex
+from extproc.policy.model import SEVERITY, RuleMatch
+from extproc.tools.config import (
+    ARGUMENT_OPERATORS,
+    DEFAULT_BLOCK_MESSAGE,
+    TOOL_ACTIONS,
+    ConditionSpec,
+    MaskSpec,
+    ToolRuleSpec,
+    ToolsSection,
+    parse_argument_path,
+)
 
 __all__ = [
     "ARGUMENT_OPERATORS",
@@ -49,20 +58,9 @@ __all__ = [
     "parse_argument_path",
 ]
 
-TOOL_ACTIONS: tuple[str, ...] = ("allow", "mask", "require_approval", "block")
-ARGUMENT_OPERATORS: tuple[str, ...] = ("equals", "in", "regex", "gt", "gte", "lt", "lte", "exists")
-TOOLS_KEYS = frozenset({"mode", "default", "default_message", "rules", "pins", "on_pin_mismatch"})
-RULE_KEYS = frozenset({"id", "description", "match", "action", "message", "mode", "mask"})
-MATCH_KEYS = frozenset({"tool", "servers", "users", "groups", "arguments"})
-CONDITION_KEYS = frozenset({"path", *ARGUMENT_OPERATORS})
-MASK_KEYS = frozenset({"arguments", "results"})
-DEFAULT_BLOCK_MESSAGE = "This tool call is not allowed by the AI tool policy."
 
 _MISSING: Any = object()
-_PATH_RE = re.compile(r"[^.\[\]]+(?:\[\d+\])*(?:\.[^.\[\]]+(?:\[\d+\])*)*")
-_SEGMENT_RE = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
-_FINGERPRINT_RE = re.compile(r"(?:sha256:)?[0-9a-fA-F]{64}")
 _EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 
 
@@ -185,13 +183,6 @@ class ToolRule:
 
 # ---------------------------------------------------------------------------
 # argument helpers
-
-
-def parse_argument_path(path: str) -> tuple[str | int, ...]:
-    """``"where.env"`` -> ``("where", "env")``; ``"ids[0]"`` -> ``("ids", 0)``. ValueError if bad."""
-    if not isinstance(path, str) or not _PATH_RE.fullmatch(path):
-        raise ValueError("must be a dotted path like 'where.env' or 'ids[0]' (keys cannot contain '.', '[' or ']')")
-    return tuple(int(m.group(2)) if m.group(2) is not None else m.group(1) for m in _SEGMENT_RE.finditer(path))
 
 
 def _resolve(value: Any, segments: Sequence[str | int]) -> Any:
@@ -350,8 +341,18 @@ class ToolPolicy:
         return cls(version=policy_version(None))
 
     @classmethod
-    def from_config(cls, raw: Any, *, file: str = "", lines: Mapping[str, int] | None = None) -> ToolPolicy:
-        return _parse(raw, file=file, lines=lines)
+    def from_config(cls, raw: object, *, file: str = "", lines: Mapping[str, int] | None = None) -> ToolPolicy:
+        """Validate and compile a ``tools:`` mapping; errors are located in ``file``."""
+        return cls.from_section(validate_section(ToolsSection, raw, path="tools", file=file, lines=lines))
+
+    @classmethod
+    def from_section(cls, section: ToolsSection) -> ToolPolicy:
+        return cls(
+            [_rule(r, section.mode) for r in section.rules], mode=section.mode, default=section.default,
+            default_message=section.default_message or DEFAULT_BLOCK_MESSAGE, pins=_pins(section.pins),
+            on_pin_mismatch="block" if section.on_pin_mismatch == "block" else "flag",
+            version=policy_version(section.model_dump(mode="json")),
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -429,168 +430,35 @@ def _most_restrictive(rules: Sequence[ToolRule]) -> ToolRule | None:
 
 
 # ---------------------------------------------------------------------------
-# configuration
+# compiled from the typed section
 
 
-def _parse(raw: Any, *, file: str, lines: Mapping[str, int] | None) -> ToolPolicy:
-    path = "tools"
-    r = _Reader(file, lines)
-    top = r.mapping(raw, path, TOOLS_KEYS)
-    mode = r.choice(top, "mode", path, MODES, "enforce")
-    default = r.choice(top, "default", path, ("allow", "block"), "allow")
-    default_message = r.text(top, "default_message", path, DEFAULT_BLOCK_MESSAGE) or DEFAULT_BLOCK_MESSAGE
-    on_pin = r.choice(top, "on_pin_mismatch", path, ("flag", "block"), "flag")
-    raw_rules = top.get("rules")
-    if raw_rules is not None and not isinstance(raw_rules, list):
-        raise r.error(f"{path}.rules", f"must be a list, got {kind(raw_rules)}")
-    rules: list[ToolRule] = []
-    seen: dict[str, str] = {}
-    for i, value in enumerate(raw_rules or ()):
-        rp = f"{path}.rules[{i}]"
-        rule = _rule(r, value, rp, mode)
-        if rule.id in seen:
-            raise r.error(f"{rp}.id", f"rule id {rule.id!r} is already used by {seen[rule.id]}")
-        seen[rule.id] = rp
-        rules.append(rule)
-    pins = _pins(r, top.get("pins"), f"{path}.pins")
-    return ToolPolicy(rules, mode=mode, default=default, default_message=default_message, pins=pins,
-                      on_pin_mismatch="block" if on_pin == "block" else "flag", version=policy_version(raw))
+def _globs(values: tuple[str, ...] | None) -> GlobSet | None:
+    return None if values is None else GlobSet(values)
 
 
-def _rule(r: _Reader, value: Any, path: str, default_mode: str) -> ToolRule:
-    if value is None:
-        raise r.error(path, "must be a mapping with at least 'id' and 'action'")
-    m = r.mapping(value, path, RULE_KEYS)
-    rule_id = r.ident(m, path)
-    if m.get("action") is None:
-        raise r.error(path, "missing required key 'action'")
-    action = r.choice(m, "action", path, TOOL_ACTIONS, "allow")
-    mode = r.choice(m, "mode", path, MODES, default_mode)
-    message = r.text(m, "message", path)
-    if message and action not in ("block", "require_approval"):
-        raise r.error(f"{path}.message", "is shown only for block and require_approval rules")
-    mp = f"{path}.match"
-    match = r.mapping(m.get("match"), mp, MATCH_KEYS)
-
-    def globs(key: str) -> GlobSet | None:
-        values = r.strings(match, key, mp)
-        return None if values is None else GlobSet(values)
-
-    conditions = _conditions(r, match.get("arguments"), f"{mp}.arguments")
-    mask_args = mask_results = False
-    if m.get("mask") is not None:
-        if action != "mask":
-            raise r.error(f"{path}.mask", "only mask rules take a 'mask' setting")
-        km = r.mapping(m["mask"], f"{path}.mask", MASK_KEYS)
-        mask_args = _flag(r, km, "arguments", f"{path}.mask", True)
-        mask_results = _flag(r, km, "results", f"{path}.mask", True)
-        if not (mask_args or mask_results):
-            raise r.error(f"{path}.mask", "masks nothing: set arguments or results to true")
-    elif action == "mask":
-        mask_args = mask_results = True
-    return ToolRule(
-        id=rule_id, action=action, mode=mode, message=message,
-        tools=globs("tool"), servers=globs("servers"), users=globs("users"), groups=globs("groups"),
-        arguments=conditions, mask_arguments=mask_args, mask_results=mask_results,
-    )
-
-
-def _flag(r: _Reader, m: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-    v = m.get(key)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise r.error(f"{path}.{key}", f"must be true or false, got {kind(v)}")
-    return v
-
-
-def _conditions(r: _Reader, value: Any, path: str) -> tuple[ArgumentCondition, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not value:
-        raise r.error(path, "must be a non-empty list of conditions; leave the key out to match any arguments")
-    return tuple(_condition(r, item, f"{path}[{i}]") for i, item in enumerate(value))
-
-
-def _condition(r: _Reader, value: Any, path: str) -> ArgumentCondition:
-    if not isinstance(value, dict):
-        raise r.error(path, f"must be a mapping like {{path: env, equals: production}}, got {kind(value)}")
-    m = r.mapping(value, path, CONDITION_KEYS)
-    raw_path = m.get("path")
-    if raw_path is None:
-        raise r.error(path, "missing required key 'path'")
-    try:
-        segments = parse_argument_path(raw_path)
-    except ValueError as exc:
-        raise r.error(f"{path}.path", str(exc)) from None
-    if not any(op in m for op in ARGUMENT_OPERATORS):
-        raise r.error(path, f"needs an operator: one of {', '.join(ARGUMENT_OPERATORS)}")
-    regex = None
-    if "regex" in m:
-        if not isinstance(m["regex"], str) or not m["regex"]:
-            raise r.error(f"{path}.regex", f"must be a non-empty string, got {kind(m['regex'])}")
-        try:
-            regex = compile_regex(m["regex"])
-        except RegexRejected as exc:
-            raise r.error(f"{path}.regex", str(exc)) from None
-    bounds: dict[str, float | None] = {}
-    for op in ("gt", "gte", "lt", "lte"):
-        v = m.get(op)
-        if op in m and (isinstance(v, bool) or not isinstance(v, (int, float)) or
-                        (isinstance(v, float) and not math.isfinite(v))):
-            raise r.error(f"{path}.{op}", f"must be a number, got {kind(v)}")
-        bounds[op] = v
-    one_of = None
-    if "in" in m:
-        if not isinstance(m["in"], list) or not m["in"]:
-            raise r.error(f"{path}.in", f"must be a non-empty list of values, got {kind(m['in'])}")
-        one_of = tuple(m["in"])
-    exists = None
-    if "exists" in m:
-        if not isinstance(m["exists"], bool):
-            raise r.error(f"{path}.exists", f"must be true or false, got {kind(m['exists'])}")
-        exists = m["exists"]
-        if exists is False and len(set(m) & set(ARGUMENT_OPERATORS)) > 1:
-            raise r.error(f"{path}.exists", "exists: false cannot be combined with other operators")
-    for op in ("equals", "in"):
-        for v in ([m[op]] if op == "equals" else m[op]) if op in m else ():
-            if not _is_json(v):
-                raise r.error(f"{path}.{op}", f"must be plain JSON values, got {type(v).__name__}")
+def _condition(c: ConditionSpec) -> ArgumentCondition:
     return ArgumentCondition(
-        path=raw_path, segments=segments, equals=m["equals"] if "equals" in m else _MISSING, one_of=one_of,
-        regex=regex, gt=bounds["gt"], gte=bounds["gte"], lt=bounds["lt"], lte=bounds["lte"], exists=exists,
+        path=c.path, segments=parse_argument_path(c.path), equals=c.equals if c.has_equals else _MISSING,
+        one_of=c.one_of, regex=compile_regex(c.regex) if c.regex is not None else None,
+        gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte, exists=c.exists,
     )
 
 
-def _is_json(v: Any) -> bool:
-    # YAML may produce dates and the like; equality with JSON arguments would never hold.
-    if v is None or isinstance(v, (str, bool, int)):
-        return True
-    if isinstance(v, float):
-        return math.isfinite(v)
-    if isinstance(v, list):
-        return all(_is_json(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _is_json(x) for k, x in v.items())
-    return False
+def _rule(r: ToolRuleSpec, default_mode: str) -> ToolRule:
+    mask = r.mask if r.mask is not None else MaskSpec(arguments=r.action == "mask", results=r.action == "mask")
+    m = r.match
+    return ToolRule(
+        id=r.id, action=r.action, mode=r.mode or default_mode, message=r.message,
+        tools=_globs(m.tool), servers=_globs(m.servers), users=_globs(m.users), groups=_globs(m.groups),
+        arguments=tuple(_condition(c) for c in m.arguments or ()),
+        mask_arguments=mask.arguments, mask_results=mask.results,
+    )
 
 
-def _pins(r: _Reader, value: Any, path: str) -> dict[str, dict[str, str]]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise r.error(path, f"must be a mapping of server: {{tool: fingerprint}}, got {kind(value)}")
-    out: dict[str, dict[str, str]] = {}
-    for server, tools in value.items():
-        sp = f"{path}.{server}"
-        if not isinstance(server, str) or not isinstance(tools, dict) or not tools:
-            raise r.error(sp, "must be a non-empty mapping of tool: fingerprint")
-        out[server] = {}
-        for tool, fp in tools.items():
-            if not isinstance(tool, str) or not isinstance(fp, str) or not _FINGERPRINT_RE.fullmatch(fp):
-                raise r.error(f"{sp}.{tool}", "must be a sha256 fingerprint (64 hex digits, optionally 'sha256:')")
-            out[server][tool] = "sha256:" + fp.lower().removeprefix("sha256:")
-    return out
+def _pins(pins: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    return {server: {tool: "sha256:" + fp.lower().removeprefix("sha256:") for tool, fp in tools.items()}
+            for server, tools in pins.items()}
 
 
 # ---------------------------------------------------------------------------

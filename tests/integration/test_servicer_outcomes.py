@@ -10,12 +10,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.admin.metrics import Metrics
-from extproc.config.model import ProviderConfig
+from extproc.config.model import AuthConfig, ProviderConfig
 from extproc.datapath.machine import Gateway, Router
 from extproc.datapath.servicer import ExternalProcessor
 
 OPEN = ProviderConfig(name="open", api="generic", base_url="http://x", prefix="/open", credential=None,
-                      auth_header="authorization", auth_scheme="Bearer ", authenticate=False)
+                      auth=AuthConfig(header="authorization", scheme="Bearer "), authenticate=False)
 
 
 def _headers(pairs: dict[str, str], eos: bool) -> ep.HttpHeaders:
@@ -45,7 +45,7 @@ def _count(metrics: Metrics, outcome: str) -> float:
 def _run(reset_at_end: bool) -> Metrics:
     metrics = Metrics()
     gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [],
-                 clock=lambda: 0.0, new_id=lambda: "id-1", timer=lambda: 0.0)
+                 clock=lambda: 1000.0, new_id=lambda: "req-1", timer=lambda: 0.0)
     servicer = ExternalProcessor(lambda: gw, lambda: None, metrics, store=None)  # type: ignore[arg-type]
 
     async def drive() -> None:
@@ -74,7 +74,7 @@ async def _cut_short() -> AsyncIterator[ep.ProcessingRequest]:
 def test_an_answer_cut_short_is_incomplete() -> None:
     metrics = Metrics()
     gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [],
-                 clock=lambda: 0.0, new_id=lambda: "id-1", timer=lambda: 0.0)
+                 clock=lambda: 1000.0, new_id=lambda: "req-1", timer=lambda: 0.0)
     servicer = ExternalProcessor(lambda: gw, lambda: None, metrics, store=None)  # type: ignore[arg-type]
 
     async def drive() -> None:

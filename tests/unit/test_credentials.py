@@ -3,13 +3,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from extproc.config.model import CredentialConfig, ProviderConfig
+from extproc.config.model import AuthConfig, CredentialConfig, ProviderConfig
 from extproc.identity.credentials import CredentialStore
 
 
 def provider(name: str, cred: CredentialConfig | None) -> ProviderConfig:
     return ProviderConfig(name=name, api="openai", base_url="https://x", prefix=f"/{name}", credential=cred,
-                          auth_header="authorization", auth_scheme="Bearer ")
+                          auth=AuthConfig(header="authorization", scheme="Bearer "))
 
 
 def test_env_and_file_sources(tmp_path: Path) -> None:

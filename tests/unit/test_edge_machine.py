@@ -51,7 +51,7 @@ def test_a_body_that_cannot_be_read_is_refused_on_a_model_api() -> None:
 
 def test_a_route_may_allow_unreadable_bodies_on_listed_paths() -> None:
     gw = governed()
-    providers = [dataclasses.replace(p, allow_uninspectable=("/files", "/audio/*")) if p.name == "openai" else p
+    providers = [p.model_copy(update={"allow_uninspectable": ("/files", "/audio/*")}) if p.name == "openai" else p
                  for p in gw.router._routes]
     gw = dataclasses.replace(gw, router=Router(providers))
     for path in ("/openai/files", "/openai/audio/transcriptions"):

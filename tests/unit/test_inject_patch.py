@@ -163,7 +163,7 @@ def test_dry_run_answer_is_identical() -> None:
 def test_tls_gateway_sets_ca_variables_only_with_a_bundle() -> None:
     plain = injected(pod())["spec"]["containers"][0]["env"]
     assert not {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"} & {e["name"] for e in plain}
-    tls = InjectSettings(gateway_url="https://127.0.0.1:10443", ca_bundle=CaBundle("extproc-ca-bundle"))
+    tls = InjectSettings(gateway_url="https://127.0.0.1:10443", ca_bundle=CaBundle(config_map="extproc-ca-bundle"))
     out = injected(pod(), tls)
     env = {e["name"]: e["value"] for e in out["spec"]["containers"][0]["env"]}
     assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == "/var/run/secrets/extproc/ca/ca.crt"

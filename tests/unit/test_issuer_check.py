@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +15,10 @@ BASE = IssuerConfig(issuer="https://kubernetes.default.svc.cluster.local", audie
                     jwks_url="https://kubernetes.default.svc/openid/v1/jwks", jwks_file=None,
                     jwks_ca_file="/ca", jwks_token_file="/token", user_claim="sub", groups_claim="groups",
                     clock_skew_seconds=30, algorithms=())
+
+
+def replace(cfg: IssuerConfig, **changes: Any) -> IssuerConfig:
+    return cfg.model_copy(update=changes)
 
 
 def test_only_kubernetes_jwks_urls_are_checked() -> None:

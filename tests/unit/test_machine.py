@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.config.model import CredentialConfig, ProviderConfig
+from extproc.config.model import AuthConfig, CredentialConfig, ProviderConfig
 from extproc.datapath.machine import (
     CLIENT_REQUEST_ID_HEADER,
     Continue,
@@ -29,14 +29,15 @@ KEY = "sk-provider-secret-123456"
 def providers() -> list[ProviderConfig]:
     return [
         ProviderConfig(name="openai", api="openai", base_url="https://api.openai.com/v1", prefix="/openai",
-                       credential=CredentialConfig(env="K"), auth_header="authorization", auth_scheme="Bearer "),
+                       credential=CredentialConfig(env="K"), auth=AuthConfig(header="authorization", scheme="Bearer ")),
         ProviderConfig(name="anthropic", api="anthropic", base_url="https://api.anthropic.com", prefix="/anthropic",
-                       credential=CredentialConfig(env="A"), auth_header="x-api-key", auth_scheme="",
+                       credential=CredentialConfig(env="A"), auth=AuthConfig(header="x-api-key", scheme=""),
                        headers={"anthropic-beta": "x"}),
         ProviderConfig(name="open", api="generic", base_url="http://x", prefix="/open", credential=None,
-                       auth_header="authorization", auth_scheme="Bearer ", authenticate=False),
+                       auth=AuthConfig(header="authorization", scheme="Bearer "), authenticate=False),
         ProviderConfig(name="down", api="openai", base_url="http://x", prefix="/down",
-                       credential=CredentialConfig(env="MISSING"), auth_header="authorization", auth_scheme="Bearer "),
+                       credential=CredentialConfig(env="MISSING"),
+                       auth=AuthConfig(header="authorization", scheme="Bearer ")),
     ]
 
 
@@ -438,7 +439,7 @@ MCP_TOOLS = ToolPolicy.from_config({"rules": [
 def mcp_gateway(approvals: ApprovalSettings | None = APPROVALS) -> Gateway:
     g = gateway()
     mcp_provider = ProviderConfig(name="crm", api="mcp", base_url="http://crm", prefix="/mcp/crm", credential=None,
-                                  auth_header="authorization", auth_scheme="Bearer ")
+                                  auth=AuthConfig(header="authorization", scheme="Bearer "))
     return replace(g, router=Router([*providers(), mcp_provider]), tools=MCP_TOOLS, approvals=approvals)
 
 
