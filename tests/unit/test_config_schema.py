@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from extproc.cli import main
-from extproc.config.model import ConfigError, parse_config
+from extproc.config.model import parse_config
 from extproc.config.schema import SCHEMA_PATH, config_schema, render_schema
+from extproc.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for p in [*REPO.glob("examples/*.yaml"), *REPO.glob("k8s/**/extproc.yaml")]

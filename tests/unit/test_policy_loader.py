@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from extproc.config.model import ConfigError
+from extproc.errors import ConfigError
 from extproc.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
