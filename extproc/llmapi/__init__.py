@@ -170,7 +170,7 @@ def load_bounded(text: str | bytes) -> Any:
     return value
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
+def _depth_exceeds(value: object, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, d = stack.pop()
@@ -181,7 +181,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _json_kind(value: Any) -> str:
+def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):
@@ -209,7 +209,7 @@ def max_output_tokens(doc: Mapping[str, Any]) -> int | None:
     return None
 
 
-def string_leaves(value: Any, path: JsonPath) -> Iterator[tuple[JsonPath, str]]:
+def string_leaves(value: object, path: JsonPath) -> Iterator[tuple[JsonPath, str]]:
     """Every string inside ``value`` with its path; iterative, so depth cannot overflow the stack."""
     stack: list[tuple[JsonPath, Any]] = [(path, value)]
     while stack:

@@ -270,7 +270,7 @@ class _ValueMasker:
             raise AnswerRefused("a signed thinking block needed masking (masking.responses.signed_thinking: refuse)")
 
 
-def _dumps(doc: Any) -> str:
+def _dumps(doc: object) -> str:
     try:
         out = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         out.encode("utf-8")
@@ -582,7 +582,7 @@ def _field_delta(field: str) -> Callable[[str], dict[str, Any]]:
     return lambda text: {field: text}
 
 
-def _tool_delta(index: Any) -> Callable[[str], dict[str, Any]]:
+def _tool_delta(index: object) -> Callable[[str], dict[str, Any]]:
     return lambda text: {"tool_calls": [{"index": index, "function": {"arguments": text}}]}
 
 

@@ -145,7 +145,7 @@ def recording_profile(base: MaskingProfile, secrets: Iterable[str | None]) -> Ma
 # canonical form and the hash chain
 
 
-def canonical_json(obj: Any) -> bytes:
+def canonical_json(obj: object) -> bytes:
     """The one serialization that is hashed: sorted keys, no spaces, UTF-8. Entries hold no
     floats (times are integer milliseconds), so re-serializing a parsed entry is exact."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

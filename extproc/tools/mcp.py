@@ -131,12 +131,12 @@ class Refusal:
 # parsing
 
 
-def _valid_id(value: Any) -> bool:
+def _valid_id(value: object) -> bool:
     # MCP: "a string or integer", never null; bool is an int subclass in Python but not in JSON.
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -150,7 +150,7 @@ def _kind(value: Any) -> str:
     return "object"
 
 
-def _message(obj: Any) -> Message | JsonRpcFailure:
+def _message(obj: object) -> Message | JsonRpcFailure:
     if not isinstance(obj, dict):
         return JsonRpcFailure(INVALID_REQUEST, f"a message must be an object, got {_kind(obj)}")
     rid = obj.get("id")
@@ -190,7 +190,7 @@ def _message(obj: Any) -> Message | JsonRpcFailure:
     return Message(id=good_id, method=None, params=None, kind="response", raw=obj)
 
 
-def _tool_call_problem(params: Any) -> str:
+def _tool_call_problem(params: object) -> str:
     # Refused here rather than forwarded: a lenient server could call a tool whose name or
     # arguments the policy could not read.
     if not isinstance(params, dict):
@@ -268,7 +268,7 @@ def error_response(id: JsonId | None, code: int, message: str, data: Any = None)
     return {"jsonrpc": "2.0", "id": id, "error": err}
 
 
-def _dumps(doc: Any) -> bytes:
+def _dumps(doc: object) -> bytes:
     try:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from "\ud800" escapes survive as escapes

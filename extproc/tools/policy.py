@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-_MISSING: Any = object()
+_MISSING: object = object()
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 
@@ -111,8 +111,8 @@ class ArgumentCondition:
 
     path: str
     segments: tuple[str | int, ...]
-    equals: Any = _MISSING
-    one_of: tuple[Any, ...] | None = None
+    equals: object = _MISSING
+    one_of: tuple[object, ...] | None = None
     regex: Any = None
     gt: float | None = None
     gte: float | None = None
@@ -185,7 +185,7 @@ class ToolRule:
 # argument helpers
 
 
-def _resolve(value: Any, segments: Sequence[str | int]) -> Any:
+def _resolve(value: object, segments: Sequence[str | int]) -> object:
     for seg in segments:
         if isinstance(seg, int):
             if not isinstance(value, list) or seg >= len(value):
@@ -198,7 +198,7 @@ def _resolve(value: Any, segments: Sequence[str | int]) -> Any:
     return value
 
 
-def _json_equal(value: Any, expected: Any) -> bool:
+def _json_equal(value: object, expected: object) -> bool:
     """Equality as JSON sees it: ``true`` is not ``1``; ``1`` equals ``1.0``.
 
     Recursion is bounded by the depth of ``expected``, which comes from the configuration.
@@ -220,7 +220,7 @@ def _json_equal(value: Any, expected: Any) -> bool:
     return False
 
 
-def _any_text_matches(value: Any, regex: Any) -> bool:
+def _any_text_matches(value: object, regex: Any) -> bool:
     """A string matches itself; a number its JSON text; a list or object when any key or
     value inside it matches (so wrapping a value in a list does not evade a rule).
 
@@ -243,7 +243,7 @@ def _any_text_matches(value: Any, regex: Any) -> bool:
     return False
 
 
-def _number(value: Any) -> float | int | None:
+def _number(value: object) -> float | int | None:
     """A number, or a string holding a JSON number (servers often coerce "5000" to 5000)."""
     if isinstance(value, bool):
         return None
@@ -603,7 +603,7 @@ class ToolCallGuard:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") \
             if changed else body
 
-    def _forbidden(self, name: Any, arguments: Mapping[str, Any] | None) -> bool:
+    def _forbidden(self, name: object, arguments: Mapping[str, Any] | None) -> bool:
         allowed = self._decide(name if isinstance(name, str) else "", arguments)
         if not allowed and self._error:
             self._dead = True
@@ -906,11 +906,11 @@ class ToolCallGuard:
         return [*pre, ev]
 
 
-def _calls_of(choice: Any) -> Callable[[_Key], bool]:
+def _calls_of(choice: object) -> Callable[[_Key], bool]:
     return lambda k: k[:2] == ("chat", choice)
 
 
-def _other_calls_of(choice: Any, key: _Key) -> Callable[[_Key], bool]:
+def _other_calls_of(choice: object, key: _Key) -> Callable[[_Key], bool]:
     return lambda k: k[:2] == ("chat", choice) and k != key
 
 
@@ -929,7 +929,7 @@ def _chat_choice_matters(choice: dict[str, Any]) -> bool:
     return isinstance(delta, dict) and any(v not in (None, "", [], {}) for v in delta.values())
 
 
-def _object_or_none(text: Any) -> Mapping[str, Any] | None:
+def _object_or_none(text: object) -> Mapping[str, Any] | None:
     if isinstance(text, Mapping):
         return text
     if not isinstance(text, str):
@@ -941,7 +941,7 @@ def _object_or_none(text: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _dumps(doc: Any) -> str:
+def _dumps(doc: object) -> str:
     try:
         out = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         out.encode("utf-8")
