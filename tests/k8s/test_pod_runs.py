@@ -10,7 +10,6 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +272,7 @@ def test_old_secret_mode_was_unreadable() -> None:
 
 
 def test_settings_default_sidecar_uid_is_uncommon() -> None:
-    s = replace(InjectSettings())
+    s = InjectSettings()
     common = {0, 101, 999, 1000, 1001, 1337, 2102, 10001, 65532, 65534}
     assert s.envoy_uid not in common and s.extproc_uid not in common
 
@@ -298,7 +297,7 @@ def test_gateway_pod_reads_its_provider_keys() -> None:
 def test_issuer_is_discovered_from_the_api_server(pod_env: tuple[PodNetwork, World], tmp_path: Path) -> None:
     """No EXTPROC_TOKEN_ISSUER on an EKS-like cluster: the shipped config discovers it."""
     net, w = pod_env
-    pod = injected(replace(settings(), extproc_env=()), app_pod(["python3", "-c", APP]))
+    pod = injected(settings().model_copy(update={"extproc_env": ()}), app_pod(["python3", "-c", APP]))
     pr = runner(pod, w, net, tmp_path / "pod", {"openai": OPENAI_KEY})
     try:
         started = pr.start_pod()
