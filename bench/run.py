@@ -1,27 +1,34 @@
 """``make bench``: the gateway's overhead, measured as ratios against baselines in the same run.
 
 Scenarios, all with the same load against the same upstream (a second Envoy answering with a
-canned chat completion, so the upstream is never the bottleneck):
+canned chat completion, so the upstream is never the bottleneck), every Envoy with
+``--concurrency 1``:
 
-  (a) envoy        Envoy alone routing to the upstream
-  (b) noop         Envoy + a do-nothing ext_proc server (same processing mode)
-  (c) auth         Envoy + extproc with authentication and credential injection
-  (d) policy20     (c) plus a 20-rule policy (when the policy engine is present)
+  envoy        Envoy alone routing to the upstream
+  noop         Envoy + a do-nothing ext_proc server (bench/noop_extproc.py, same processing mode)
+  auth         Envoy + extproc with authentication and credential injection
+  full         auth + the 20-rule ``examples/policy-bench.yaml`` policy without its approval rules
+               + a per-user budget + response masking + ``best_effort`` recording
+  full_wN      ``full`` with N ext_proc worker processes (N = the machine's cores), one process
+               otherwise
 
-Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios (c)/(a) and
-(c)/(b), and the ext_proc process's resident memory; writes JSON to bench/results/.
+Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios against the
+baselines and the ext_proc processes' resident memory; writes one JSON per run to
+``bench/results/`` (kept in git: the history) and a one-line summary for the README.
 Only 127.0.0.1 is ever loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +97,22 @@ def upstream_envoy(port: int, admin: int) -> dict[str, Any]:
     }
 
 
-def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: str,
-                   policy: Any = None) -> Path:
+def full_policy() -> dict[str, Any]:
+    """The bench policy without its approval rules (a held request is not throughput) and with
+    one per-user budget whose limits the benchmark's own load never reaches."""
+    pol = yaml.safe_load((REPO / "examples" / "policy-bench.yaml").read_text())["policy"]
+    pol["rules"] = [r for r in pol["rules"] if r.get("action") != "require_approval"]
+    pol["budgets"] = [{"id": "per-user-requests", "per": "user", "requests": 10**12, "window_seconds": 60,
+                       "fail": "open"}]
+    return dict(pol)
+
+
+def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: str, name: str,
+                   workers: int = 1) -> Path:
     _, jwks = ensure_dev_issuer(work / "dev")
     cfg: dict[str, Any] = {
         "version": 1,
+        "workers": workers,
         "listeners": {k: {"address": "127.0.0.1", "port": ports[k]}
                       for k in ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")},
         "redis": {"url": redis_url},
@@ -107,14 +125,23 @@ def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: 
         "envoy": {"access_log": False},
         "masking": {"responses": {"providers": ["masked"]}},
     }
-    if policy == "recording":
-        cfg["recording"] = {"mode": "required", "spool": {"path": str(work / "spool.jsonl")}}
-    elif policy is not None:
-        cfg["policy"] = policy
-    tag = "recording" if policy == "recording" else len(policy.get("rules", [])) if policy is not None else "auth"
-    path = work / f"extproc-{tag}.yaml"
+    if name.startswith("full"):
+        cfg["policy"] = full_policy()
+        cfg["masking"] = {"responses": {"providers": ["openai", "masked"]}}
+        cfg["recording"] = {"mode": "best_effort", "spool": {"path": str(work / f"spool-{name}.jsonl")}}
+    path = work / f"extproc-{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def tree_rss_kb(pid: int) -> int:
+    """The resident memory of a process and its children (the worker processes)."""
+    total = rss_kb(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(tree_rss_kb(int(c)) for c in children)
 
 
 def rss_kb(pid: int) -> int:
@@ -141,7 +168,7 @@ def load(port: int, token: str, concurrency: int, duration: float,
             "summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests / "
             "(summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
             "end\n")
-        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(lua),
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "-s", str(lua),
                               f"http://127.0.0.1:{port}{path}"],
                              capture_output=True, text=True, check=True).stdout
         line = next(line for line in out.splitlines() if line.startswith("JSON "))
@@ -154,10 +181,19 @@ def load(port: int, token: str, concurrency: int, duration: float,
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def cores() -> int:
+    from extproc.workers import cpu_limit
+
+    return cpu_limit()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "datapath.json"))
+    ap.add_argument("--rows", default="envoy,noop,auth,full,full_wN",
+                    help="comma-separated rows (default: envoy,noop,auth,full,full_wN)")
+    ap.add_argument("--datapath-only", action="store_true", help="skip the masker, injection, approval, tool benches")
+    ap.add_argument("--out", default="", help="JSON file (default: bench/results/<UTC time>.json)")
     args = ap.parse_args()
     import logging
 
@@ -165,7 +201,13 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="extproc-bench-"))
     procs: list[Proc] = []
-    results: dict[str, Any] = {"loadgen": "wrk" if shutil.which("wrk") else "python", "rows": {}}
+    ncores = cores()
+    started = datetime.datetime.now(datetime.UTC)
+    results: dict[str, Any] = {
+        "time": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "cores": ncores, "os_cpu_count": os.cpu_count(),
+        "loadavg_before": list(os.getloadavg()), "duration_s": args.duration,
+        "commit": _git_commit(), "loadgen": "wrk" if shutil.which("wrk") else "python", "rows": {},
+    }
     env = {**os.environ, "BENCH_PROVIDER_KEY": "sk-bench-" + "x" * 32}
     try:
         redis_url = os.environ.get("REDIS_URL", "")
@@ -176,30 +218,19 @@ def main() -> int:
         up_port, up_admin = free_ports(2)
         (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
         procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
-                                       "--base-id", "71", "--concurrency", "1"], work / "upstream.log").start())
+                                       "--base-id", str(up_admin), "--concurrency", "1"],
+                          work / "upstream.log").start())
         wait_tcp("127.0.0.1", up_port, 20, procs[-1])
 
         key, _ = ensure_dev_issuer(work / "dev")
         token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
         names = ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")
         ports = dict(zip(names, free_ports(len(names)), strict=True))
-        # policy0: a policy section without rules, so request bodies reach ext_proc: the cost of
-        # the extra round trip alone, against which the 20 rules are measured.
-        scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None),
-                                            ("policy0", {"rules": []}), ("recorded", "recording")]
-        bench_policy = REPO / "examples" / "policy-bench.yaml"
-        if bench_policy.exists():
-            pol = yaml.safe_load(bench_policy.read_text()).get("policy")
-            # Budgets stay (a Redis round trip per request is part of the cost) but must not
-            # refuse the benchmark's own load.
-            for b in pol.get("budgets", []):
-                for k in ("requests", "tokens"):
-                    if k in b:
-                        b[k] = 10**12
-            scenarios.append(("policy20", pol))
+        wanted = [r.strip().replace("full_wN", f"full_w{ncores}") for r in args.rows.split(",") if r.strip()]
 
-        for name, policy in scenarios:
-            cfg_path = gateway_config(work, ports, up_port, redis_url, policy)
+        for name in wanted:
+            workers = int(name.split("_w", 1)[1]) if "_w" in name else 1
+            cfg_path = gateway_config(work, ports, up_port, redis_url, name, workers)
             cfg = load_config(cfg_path, env=env)
             gw_yaml = work / f"gateway-{name}.yaml"
             gw_yaml.write_text(yaml.safe_dump(render_envoy(cfg, ext_proc=name != "envoy")))
@@ -213,11 +244,14 @@ def main() -> int:
                                         "--config", str(cfg_path)], work / f"extproc-{name}.log", env=env,
                             cwd=str(REPO)).start()
                 wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 30, side)
-            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error", "--base-id", "72",
-                                  "--concurrency", "1"], work / f"gateway-{name}.log").start()
+                if workers > 1:
+                    time.sleep(1.0)  # the other workers come up beside the first
+            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error", "--base-id",
+                                  str(ports["envoy_admin"]), "--concurrency", "1"],
+                      work / f"gateway-{name}.log").start()
             try:
                 wait_http(f"http://127.0.0.1:{ports['envoy_admin']}/ready", 20, gw)
-                load(ports["http"], token, 4, 1.0)  # warm up (JWKS, token cache, connections)
+                load(ports["http"], token, 16, 1.0)  # warm up (JWKS, token cache, connections)
                 row: dict[str, Any] = {}
                 for c in (1, 16):
                     row[f"c{c}"] = load(ports["http"], token, c, args.duration)
@@ -228,7 +262,7 @@ def main() -> int:
                             results.setdefault("sse", {})[f"{route}_c{c}"] = load(
                                 ports["http"], token, c, args.duration, path=f"/{route}/sse")
                 if side is not None and side.popen is not None:
-                    row["rss_mb"] = round(rss_kb(side.popen.pid) / 1024, 1)
+                    row["rss_mb"] = round(tree_rss_kb(side.popen.pid) / 1024, 1)
                 results["rows"][name] = row
                 print(f"  measured {name}", file=sys.stderr)
             finally:
@@ -238,10 +272,13 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             p.stop()
+    results["loadavg_after"] = list(os.getloadavg())
 
     rows = results["rows"]
     print()
-    print(f"data path overhead (load generator: {results['loadgen']}, {args.duration:.0f}s per cell)")
+    print(f"data path overhead (load generator: {results['loadgen']}, {args.duration:.0f}s per cell, "
+          f"{ncores} cores, load average {results['loadavg_before'][0]:.1f} before / "
+          f"{results['loadavg_after'][0]:.1f} after)")
     print(f"{'scenario':<10} {'c1 rps':>9} {'c1 p50':>8} {'c1 p99':>8} {'c16 rps':>9} {'c16 p50':>8} "
           f"{'c16 p99':>8} {'errors':>7} {'RSS MB':>7}")
     for name, row in rows.items():
@@ -249,25 +286,14 @@ def main() -> int:
         print(f"{name:<10} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f}ms {c1['p99_ms']:>7.2f}ms {c16['rps']:>9.0f} "
               f"{c16['p50_ms']:>7.2f}ms {c16['p99_ms']:>7.2f}ms {c1['errors'] + c16['errors']:>7} "
               f"{row.get('rss_mb', '-')!s:>7}")
-    ratios: dict[str, float] = {}
-    if {"envoy", "noop", "auth"} <= rows.keys():
-        a, b, c = rows["envoy"], rows["noop"], rows["auth"]
-        ratios = {
-            "auth/envoy c16 throughput": c["c16"]["rps"] / a["c16"]["rps"],
-            "auth/noop c16 throughput": c["c16"]["rps"] / b["c16"]["rps"],
-            "auth-noop c1 added p50 ms": c["c1"]["p50_ms"] - b["c1"]["p50_ms"],
-        }
-        if "recorded" in rows:
-            ratios["recorded/auth c16 throughput"] = rows["recorded"]["c16"]["rps"] / c["c16"]["rps"]
-            ratios["recorded/policy0 c16 throughput"] = rows["recorded"]["c16"]["rps"] / rows["policy0"]["c16"]["rps"]
-        if "policy20" in rows:
-            ratios["policy20/auth c16 throughput"] = rows["policy20"]["c16"]["rps"] / c["c16"]["rps"]
-            ratios["policy20/policy0 c16 throughput"] = rows["policy20"]["c16"]["rps"] / rows["policy0"]["c16"]["rps"]
-        print()
-        for k, v in ratios.items():
-            print(f"  {k:<32} {v:6.3f}")
-        print("  targets: auth/noop c16 >= 0.9; added p50 at c1 <= 0.5 ms; policy20/auth >= 0.9; recorded/auth >= 0.85")
-        print("  (auth alone needs no request body; policy0 shows what the body round trip itself costs)")
+    ratios = compute_ratios(rows)
+    print()
+    for k, v in ratios.items():
+        print(f"  {k:<36} {v:7.3f}")
+    print("  targets (issue 15): full/noop c16 >= 0.8; full-noop c1 p50 <= 0.7 ms; auth/noop c16 >= 0.95")
+    results["summary"] = summary(results, ratios)
+    print()
+    print("README summary: " + results["summary"])
     sse = results.get("sse")
     if sse:
         size = len(SSE.encode()) / 1e6
@@ -283,6 +309,8 @@ def main() -> int:
         print(f"  masking adds {added:.2f} ms to the whole answer at c1 (an upper bound on time-to-first-token); "
               "target <= 1 ms")
 
+    if args.datapath_only:
+        return _write(results, ratios, args.out, started)
     from bench.masking import bench_masker, bench_ttft
 
     ttft = bench_ttft()
@@ -319,12 +347,54 @@ def main() -> int:
     print(f"MCP tools/call through the gateway: p50 {tools['gateway_p50_ms']} ms vs {tools['direct_p50_ms']} ms "
           f"direct (adds {tools['added_p50_ms']} ms); p99 {tools['gateway_p99_ms']} vs {tools['direct_p99_ms']} ms")
 
-    results["ratios"] = ratios
-    out = Path(args.out)
+    return _write(results, ratios, args.out, started)
+
+
+def _write(results: dict[str, Any], ratios: dict[str, float], out_arg: str, started: datetime.datetime) -> int:
+    results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    out = Path(out_arg) if out_arg else REPO / "bench" / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"\nwrote {out}")
     return 0
+
+
+def compute_ratios(rows: dict[str, Any]) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    noop = rows.get("noop")
+    if noop is None:
+        return ratios
+    if "envoy" in rows:
+        ratios["noop/envoy c16 throughput"] = noop["c16"]["rps"] / rows["envoy"]["c16"]["rps"]
+    for name, row in rows.items():
+        if name in ("envoy", "noop"):
+            continue
+        ratios[f"{name}/noop c16 throughput"] = row["c16"]["rps"] / noop["c16"]["rps"]
+        ratios[f"{name}-noop c1 added p50 ms"] = row["c1"]["p50_ms"] - noop["c1"]["p50_ms"]
+    return ratios
+
+
+def summary(results: dict[str, Any], ratios: dict[str, float]) -> str:
+    """One line for the README's benchmark section."""
+    rows = results["rows"]
+    parts = []
+    for name in rows:
+        if name in ("envoy", "noop"):
+            continue
+        parts.append(f"{name} {ratios[f'{name}/noop c16 throughput']:.2f}x the do-nothing ext_proc at c=16 "
+                     f"(+{ratios[f'{name}-noop c1 added p50 ms']:.2f} ms p50 at c=1)")
+    noop = rows.get("noop")
+    head = (f"{results['time'][:10]}, {results['cores']} cores, load {results['loadavg_before'][0]:.1f}: "
+            + (f"do-nothing ext_proc {noop['c16']['rps']:.0f} req/s at c=16; " if noop else ""))
+    return head + "; ".join(parts)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 if __name__ == "__main__":

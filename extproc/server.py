@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from extproc import __version__
 from extproc.admin.http import Request, Response, serve_http
-from extproc.admin.metrics import Metrics
+from extproc.admin.metrics import Metrics, exposition
 from extproc.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from extproc.approvals import api as approvals_api
 from extproc.approvals.gate import ApprovalGate
@@ -43,6 +43,7 @@ from extproc.identity.jwt import Authenticator
 from extproc.recording import api as sessions_api
 from extproc.recording.store import RecordsStore
 from extproc.store import RedisStore
+from extproc.workers import spool_path_for, worker_index
 
 __all__ = ["ServerState", "assert_upb_backend", "serve"]
 
@@ -130,14 +131,14 @@ def _admin_http(state: ServerState) -> Callable[[Request], Awaitable[Response]]:
             why = "shutting down" if not state.serving else "redis unreachable"
             return Response.json(503, json.dumps({"status": "not ready", "reason": why}).encode())
         if req.path == "/metrics":
-            body = generate_latest(state.metrics.registry)
+            body = exposition(state.metrics.registry)
             return Response(200, [("content-type", CONTENT_TYPE_LATEST)], body)
         return Response.json(404, b'{"error":"not found"}')
 
     return handle
 
 
-def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
+def build_state(config: Config, metrics: Metrics | None = None, *, worker: int = 0) -> ServerState:
     creds = CredentialStore(config.providers)
     gateway = build_gateway(config, creds)
     return ServerState(
@@ -146,7 +147,7 @@ def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
         gateway=gateway,
         authenticator=Authenticator(config.issuers),
         store=RedisStore(config.redis_url),
-        metrics=metrics or Metrics(),
+        metrics=metrics or Metrics(worker=worker),
         started_at=time.monotonic(),
     )
 
@@ -223,7 +224,8 @@ async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: f
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
-    state = build_state(config)
+    index = worker_index()
+    state = build_state(config, worker=index or 0)
     await state.authenticator.preload()
     if not await state.check_redis():
         log.warning(
@@ -243,17 +245,23 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         approval_store = ApprovalStore(state.store.client, notifier=notifier)
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
+    # A worker of a supervisor (``workers:`` > 1): the ext_proc port is shared (SO_REUSEPORT),
+    # the admin endpoints are worker 0's, and the recording spool is a file of its own.
+    admin_here = index in (None, 0)
     records: RecordsStore | None = None
     records_task: asyncio.Task[None] | None = None
     if state.gateway.recording is not None:
-        records = RecordsStore(state.store.client, state.gateway.recording)
+        rec = state.gateway.recording
+        rec = replace(rec, spool=replace(rec.spool, path=spool_path_for(rec.spool.path, index)))
+        records = RecordsStore(state.store.client, rec)
         records_task = asyncio.create_task(_maintain_records(records, state.metrics))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
                                   approvals=gate, records=records)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ext_options = options if index is None else [("grpc.so_reuseport", 1), *options[1:]]
 
-    grpc_server = grpc.aio.server(options=options)
+    grpc_server = grpc.aio.server(options=ext_options)
     ep_grpc.add_ExternalProcessorServicer_to_server(processor, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     ext_addr = f"{config.ext_proc.address}:{config.ext_proc.port}"
@@ -272,18 +280,21 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
                                     settings=state.gateway.approvals, waiter=waiter, notifier=notifier)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
     admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}"
-    if admin_grpc.add_insecure_port(admin_addr) == 0:
+    if admin_here and admin_grpc.add_insecure_port(admin_addr) == 0:
         raise OSError(f"cannot listen on {admin_addr} (admin gRPC)")
 
-    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)
+    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port) \
+        if admin_here else None
     await grpc_server.start()
-    await admin_grpc.start()
+    if admin_here:
+        await admin_grpc.start()
     for svc in ("", EXT_PROC_SERVICE):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     state.serving = True
     log.info(
-        "extproc %s serving: ext_proc on %s, admin gRPC on %s, admin HTTP on %s:%d (config %s, version %s)",
+        "extproc %s serving%s: ext_proc on %s, admin gRPC on %s, admin HTTP on %s:%d (config %s, version %s)",
         __version__,
+        "" if index is None else f" (worker {index})",
         ext_addr,
         admin_addr,
         config.admin.http.address,
@@ -331,7 +342,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await grpc_server.stop(0)
             await stopping
         cut.cancel()
-        await admin_grpc.stop(1)
+        if admin_here:
+            await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
         if records_task is not None:
@@ -343,7 +355,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await waiter.close()
         if notifier is not None:
             await notifier.close()
-        http.close()
+        if http is not None:
+            http.close()
         await state.store.close()
         log.info("extproc stopped")
 

@@ -84,6 +84,7 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as PbAny
 
 from extproc.config.model import Config, ProviderConfig
+from extproc.workers import STREAMS_PER_CONNECTION
 
 __all__ = ["EXT_PROC_CLUSTER", "dump_yaml", "render_bootstrap", "render_envoy"]
 
@@ -121,7 +122,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _http_options(*, http2: bool, tls_alpn: bool = False) -> dict[str, PbAny]:
+def _http_options(*, http2: bool, tls_alpn: bool = False, max_streams: int | None = None) -> dict[str, PbAny]:
     if tls_alpn:
         opts = HttpProtocolOptions(
             auto_config=HttpProtocolOptionsAutoHttpConfig(
@@ -130,9 +131,9 @@ def _http_options(*, http2: bool, tls_alpn: bool = False) -> dict[str, PbAny]:
             )
         )
     elif http2:
+        h2 = Http2ProtocolOptions(max_concurrent_streams=max_streams) if max_streams else Http2ProtocolOptions()
         opts = HttpProtocolOptions(
-            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
-        )
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=h2))
     else:
         opts = HttpProtocolOptions(
             explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions())
@@ -364,7 +365,12 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True) -> Bootstrap:
             cfg.ext_proc.address if cfg.ext_proc.address not in ("0.0.0.0", "::") else "127.0.0.1",
             cfg.ext_proc.port,
             1.0,
-            typed_extension_protocol_options=_http_options(http2=True),
+            # With worker processes sharing the port, few streams per connection make Envoy open
+            # enough connections for the kernel to spread over the workers (extproc/workers.py).
+            # ``workers: 0`` is resolved where the server runs, so only an explicit 1 leaves it out
+            # (the rendered file must not depend on the machine that renders it).
+            typed_extension_protocol_options=_http_options(
+                http2=True, max_streams=STREAMS_PER_CONNECTION if cfg.workers != 1 else None),
         ),
         *(_provider_cluster(cfg, p) for p in cfg.providers),
     ]

@@ -154,6 +154,8 @@ class Config:
     #: Key path (``policy.rules[2].match``) -> line number, for errors raised by later loaders.
     lines: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace_seconds: float = 20.0
+    #: ext_proc worker processes; 0 = one per core of the container's CPU limit (extproc/workers.py).
+    workers: int = 0
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -528,7 +530,7 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
     top = r.mapping(
         data,
         "",
-        {"version", "listeners", "redis", "identity", "providers", "envoy", "shutdown_grace_seconds"}
+        {"version", "listeners", "redis", "identity", "providers", "envoy", "shutdown_grace_seconds", "workers"}
         | _EXTENSION_KEYS,
     )
     if data is None:
@@ -658,4 +660,5 @@ def parse_config(data: Any, *, file: str = "<config>", lines: dict[str, int] | N
         raw=top,
         lines=dict(lines or {}),
         shutdown_grace_seconds=r.number(top, "shutdown_grace_seconds", "", 20.0, 0.0, 600.0),
+        workers=r.integer(top, "workers", "", 0, 0, 256),
     )

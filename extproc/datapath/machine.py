@@ -51,6 +51,7 @@ __all__ = [
     "NeedBudget",
     "NeedIdentity",
     "NeedRecordStart",
+    "Phase",
     "ProtocolError",
     "RecordEntries",
     "Reply",

@@ -32,6 +32,7 @@ from extproc.datapath.machine import (
     NeedBudget,
     NeedIdentity,
     NeedRecordStart,
+    Phase,
     ProtocolError,
     RecordEntries,
     Reply,
@@ -160,6 +161,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         auth = self._authenticator()
         self.inflight += 1
         m.streams_inflight.inc()
+        m.worker_streams_here.inc()
         outcome = "incomplete"
         try:
             async for req in request_iterator:
@@ -184,6 +186,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             log.warning("ext_proc protocol error for request %s: %s", machine.info.request_id, exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         finally:
+            # Envoy may end the stream right after its last answer, before the loop sees the end
+            # (the generator is then closed at a ``yield``): a request that got its answer is ok.
+            if outcome == "incomplete" and machine.info.status is not None and machine.info.error_code is None \
+                    and machine.phase is Phase.DONE:
+                outcome = "ok"
             self.inflight -= 1
             m.streams_inflight.dec()
             self._account(machine, outcome)
