@@ -181,6 +181,30 @@ def load(port: int, token: str, concurrency: int, duration: float,
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def _drop_stream_cap(node: Any) -> None:
+    if isinstance(node, dict):
+        node.pop("maxConcurrentStreams", None)
+        node.pop("max_concurrent_streams", None)
+        for v in node.values():
+            _drop_stream_cap(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_stream_cap(v)
+
+
+def worker_streams(admin_port: int) -> dict[str, float]:
+    """How the ext_proc streams spread over the workers (from the aggregated /metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("extproc_worker_streams_total{"):
+            out[line.split('"')[1]] = float(line.split()[-1])
+    return out
+
+
 def cores() -> int:
     from extproc.workers import cpu_limit
 
@@ -229,11 +253,14 @@ def main() -> int:
         wanted = [r.strip().replace("full_wN", f"full_w{ncores}") for r in args.rows.split(",") if r.strip()]
 
         for name in wanted:
-            workers = int(name.split("_w", 1)[1]) if "_w" in name else 1
+            workers = int(name.split("_w", 1)[1].split("_", 1)[0]) if "_w" in name else 1
             cfg_path = gateway_config(work, ports, up_port, redis_url, name, workers)
             cfg = load_config(cfg_path, env=env)
             gw_yaml = work / f"gateway-{name}.yaml"
-            gw_yaml.write_text(yaml.safe_dump(render_envoy(cfg, ext_proc=name != "envoy")))
+            rendered = render_envoy(cfg, ext_proc=name != "envoy")
+            if name.endswith("_nocap"):  # the comparison: workers on SO_REUSEPORT without the stream cap
+                _drop_stream_cap(rendered)
+            gw_yaml.write_text(yaml.safe_dump(rendered))
             side: Proc | None = None
             if name == "noop":
                 side = Proc("noop", [sys.executable, str(REPO / "bench" / "noop_extproc.py"), "--port",
@@ -263,6 +290,8 @@ def main() -> int:
                                 ports["http"], token, c, args.duration, path=f"/{route}/sse")
                 if side is not None and side.popen is not None:
                     row["rss_mb"] = round(tree_rss_kb(side.popen.pid) / 1024, 1)
+                if workers > 1:
+                    row["streams_per_worker"] = worker_streams(ports["admin"])
                 results["rows"][name] = row
                 print(f"  measured {name}", file=sys.stderr)
             finally:
@@ -285,7 +314,8 @@ def main() -> int:
         c1, c16 = row["c1"], row["c16"]
         print(f"{name:<10} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f}ms {c1['p99_ms']:>7.2f}ms {c16['rps']:>9.0f} "
               f"{c16['p50_ms']:>7.2f}ms {c16['p99_ms']:>7.2f}ms {c1['errors'] + c16['errors']:>7} "
-              f"{row.get('rss_mb', '-')!s:>7}")
+              f"{row.get('rss_mb', '-')!s:>7}"
+              + (f"  streams per worker {row['streams_per_worker']}" if "streams_per_worker" in row else ""))
     ratios = compute_ratios(rows)
     print()
     for k, v in ratios.items():

@@ -74,7 +74,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from extproc.workers import resolve_workers, supervise, worker_index
+    from extproc.workers import exec_supervisor, resolve_workers, worker_index
 
     cfg = _load(args.config)
     workers = resolve_workers(cfg.workers)
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The supervisor: N copies of this very command, each told its index.
         argv = [sys.executable, "-m", "extproc", "--log-level", args.log_level, "--log-format", args.log_format,
                 "serve", "--config", args.config]
-        return supervise(argv, workers)
+        exec_supervisor(argv, workers)
     from extproc.server import serve
 
     asyncio.run(serve(cfg))
@@ -195,7 +195,9 @@ REGISTRARS: list[str] = ["extproc.policy.cli", "extproc.approvals.cli", "extproc
                          "extproc.inject.server"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, registrars: bool = True) -> argparse.ArgumentParser:
+    """``registrars=False`` leaves out the subcommands other modules contribute: ``serve`` does
+    not need them, and importing them costs every server process memory it keeps."""
     p = argparse.ArgumentParser(
         prog="extproc",
         description="AI-governance egress sidecar for Envoy: authenticates callers, injects provider "
@@ -257,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for mod_name in REGISTRARS:
+    for mod_name in REGISTRARS if registrars else []:
         try:
             mod = importlib.import_module(mod_name)
         except ImportError:
@@ -273,8 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command(words: list[str]) -> str | None:
+    """The subcommand word (after the global ``--log-*`` options), without parsing."""
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in ("--log-level", "--log-format"):
+            i += 2
+        elif w.startswith("-"):
+            i += 1
+        else:
+            return w
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(registrars=_command(sys.argv[1:] if argv is None else argv) != "serve")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level, args.log_format)
     func = getattr(args, "func", None)

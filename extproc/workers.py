@@ -29,9 +29,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["MULTIPROC_ENV", "STREAMS_PER_CONNECTION", "WORKER_ENV", "cpu_limit", "resolve_workers",
            "spool_path_for", "supervise", "worker_index"]
@@ -139,6 +141,23 @@ def supervise(argv: list[str], workers: int, *, restart_delay: float = 1.0) -> i
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def exec_supervisor(argv: list[str], workers: int) -> NoReturn:
+    """Replace this process (which has loaded and validated the configuration, and with it most
+    of the project) with a fresh interpreter running only :func:`supervise`: the supervisor
+    then costs a few MB instead of a whole ext_proc process's memory."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "extproc.workers", str(workers), *argv])
+
+
+def main(args: list[str]) -> int:
+    """``python -m extproc.workers N ARGV...``: supervise N copies of ARGV."""
+    argv = args[1:]
+    level = argv[argv.index("--log-level") + 1].upper() if "--log-level" in argv[:-1] else "INFO"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return supervise(argv, int(args[0]))
+
+
 def _die_with_parent() -> None:
     """In the child before exec: a supervisor killed with SIGKILL takes its workers with it
     (Linux ``PR_SET_PDEATHSIG``; elsewhere the workers outlive it until stopped)."""
@@ -154,3 +173,7 @@ def _mark_dead(pid: int, metrics_dir: str) -> None:
 
     with contextlib.suppress(OSError):
         multiprocess.mark_process_dead(pid, metrics_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -82,6 +82,16 @@ def _mutation(d: Continue) -> ep.HeaderMutation | None:
     )
 
 
+#: The response body is not sent (see ``Continue.skip_response_body``); the rest as configured.
+_SKIP_RESPONSE_BODY = epf.ProcessingMode(
+    request_header_mode=epf.ProcessingMode.SEND,
+    response_header_mode=epf.ProcessingMode.SEND,
+    request_body_mode=epf.ProcessingMode.BUFFERED,
+    response_body_mode=epf.ProcessingMode.NONE,
+    request_trailer_mode=epf.ProcessingMode.SKIP,
+    response_trailer_mode=epf.ProcessingMode.SKIP,
+)
+
 #: Everything as configured, minus the request body (see ``Continue.skip_request_body``).
 _SKIP_REQUEST_BODY = epf.ProcessingMode(
     request_header_mode=epf.ProcessingMode.SEND,
@@ -326,8 +336,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             d = machine.on_request_body(req.request_body.body, req.request_body.end_of_stream)
         elif kind == "response_headers":
             r = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
-            yield _immediate(r) if isinstance(r, Reply) else ep.ProcessingResponse(
-                response_headers=ep.HeadersResponse(response=_common(r)))
+            if isinstance(r, Reply):
+                yield _immediate(r)
+                return
+            resp = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(r)))
+            if r.skip_response_body:
+                resp.mode_override.CopyFrom(_SKIP_RESPONSE_BODY)
+            yield resp
             return
         elif kind == "response_body":
             r = machine.on_response_body(req.response_body.body, req.response_body.end_of_stream)

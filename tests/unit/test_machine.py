@@ -458,3 +458,26 @@ def test_mcp_tools_list_answer_is_filtered_by_policy() -> None:
     assert isinstance(d, Continue) and d.body is not None
     assert [t["name"] for t in json.loads(d.body)["result"]["tools"]] == ["search"]
     assert m.info.tools_hidden == ["delete_account"]
+
+
+def test_response_body_is_skipped_only_when_nothing_reads_it() -> None:
+    bare = Gateway(router=Router(providers()), credential=lambda _: None, all_credentials=lambda: [],
+                   clock=lambda: 0.0, new_id=ids(), timer=lambda: 0.0)
+    m = RequestMachine(bare)
+    d = m.on_request_headers(headers("/open/x"), True)
+    assert isinstance(d, Continue)
+    r = m.on_response_headers({":status": "200", "content-length": "5"}, False)
+    assert r.skip_response_body and r.remove_headers == ()  # the body passes untouched, length and all
+    assert m.phase is Phase.DONE and m.info.status == 200
+    assert m.on_response_body(b"hello", True) == Continue()  # if Envoy sends it anyway, it passes
+    # With a credential to scrub, the body is read.
+    m2, _ = authed(eos=True)
+    assert not m2.on_response_headers({":status": "200"}, False).skip_response_body
+    # With masking (even without credentials) it is read too.
+    masked = Gateway(router=Router(providers()), credential=lambda _: None, all_credentials=lambda: [],
+                     clock=lambda: 0.0, new_id=ids(), timer=lambda: 0.0,
+                     masking=ResponseMasking(profile=default_profile()))
+    m3 = RequestMachine(masked)
+    m3.on_request_headers(headers("/open/x"), True)
+    assert not m3.on_response_headers({":status": "200", "content-type": "application/json"},
+                                      False).skip_response_body
