@@ -59,9 +59,8 @@ def main() -> int:
     url = f"redis://127.0.0.1:{port}/0"
     try:
         try:
-            from redis.asyncio.connection import _AsyncHiredisParser
-
             import hiredis  # noqa: F401
+            from redis.asyncio.connection import _AsyncHiredisParser
             fast: type | None = _AsyncHiredisParser
         except ImportError:
             print("hiredis is not installed: only the pure-Python parser is measured")

@@ -147,7 +147,7 @@ def exec_supervisor(argv: list[str], workers: int) -> NoReturn:
     then costs a few MB instead of a whole ext_proc process's memory."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "extproc.workers", str(workers), *argv])
+    os.execv(sys.executable, [sys.executable, "-m", "extproc.workers", str(workers), *argv])  # noqa: S606
 
 
 def main(args: list[str]) -> int:
