@@ -267,7 +267,11 @@ def main() -> int:
                                      str(ports["ext_proc"])], work / "noop.log").start()
                 wait_tcp("127.0.0.1", ports["ext_proc"], 20, side)
             elif name != "envoy":
-                side = Proc("extproc", [sys.executable, "-m", "extproc", "--log-level", "warning", "serve",
+                launcher = ["-m", "extproc"]
+                if name.endswith("_asyncio"):  # the comparison: asyncio's own event loop, not uvloop
+                    launcher = ["-c", "import sys; sys.modules['uvloop'] = None; from extproc.cli import main; "
+                                "sys.exit(main())"]
+                side = Proc("extproc", [sys.executable, *launcher, "--log-level", "warning", "serve",
                                         "--config", str(cfg_path)], work / f"extproc-{name}.log", env=env,
                             cwd=str(REPO)).start()
                 wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 30, side)

@@ -83,9 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "extproc", "--log-level", args.log_level, "--log-format", args.log_format,
                 "serve", "--config", args.config]
         exec_supervisor(argv, workers)
-    from extproc.server import serve
+    from extproc.server import event_loop_factory, serve
 
-    asyncio.run(serve(cfg))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(cfg))
     return 0
 
 

@@ -64,6 +64,18 @@ def assert_upb_backend() -> None:
         )
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it is a dependency): the event loop and gRPC's
+    callbacks on it are most of a request's CPU, and uvloop about halves that part (measured
+    in docs/performance.md). None: asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 @dataclass
 class ServerState:
     config: Config

@@ -251,7 +251,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             except RecordingUnavailable:
                 self._metrics.stream_errors.labels("recording").inc()
         await self._records.append_complete(eff.complete)
-        interaction_log.info(json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str))
+        if interaction_log.isEnabledFor(logging.INFO):  # the line costs a JSON encoding per request
+            interaction_log.info(json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str))
 
     async def _charge(self, eff: ChargeUsage) -> None:
         ok = await budgets.charge_usage(self._store.client, eff.charges, actual_tokens=eff.actual_tokens,
