@@ -84,7 +84,10 @@ def summarise(collapsed: Path, requests: int, rate: int, top: int = 25) -> dict[
         leaf_area[area_of(leaf)] = leaf_area.get(area_of(leaf), 0) + count
         leaves[leaf] = leaves.get(leaf, 0) + count
         # The nearest project frame is what the CPU was spent for.
-        mine = next((f for f in reversed(frames) if "extproc/" in f and "/site-packages/" not in f), None)
+        # (__main__, cli and server only start the event loop: what runs under them alone is runtime.)
+        mine = next((f for f in reversed(frames) if "extproc/" in f and "/site-packages/" not in f
+                     and not any(x in f for x in ("extproc/cli.py", "extproc/server.py", "extproc/__main__.py"))),
+                    None)
         key = "runtime (gRPC aio, asyncio, no project frame)" if mine is None else \
             mine.split("extproc/", 1)[1].split(":", 1)[0]
         owner[key] = owner.get(key, 0) + count
