@@ -252,7 +252,9 @@ def main() -> int:
         ports = dict(zip(names, free_ports(len(names)), strict=True))
         wanted = [r.strip().replace("full_wN", f"full_w{ncores}") for r in args.rows.split(",") if r.strip()]
 
-        for name in wanted:
+        for label in wanted:
+            # ``row#2``: the same row again (interleaved repeats, for A/B comparisons on a noisy machine).
+            name = label.split("#", 1)[0]
             workers = int(name.split("_w", 1)[1].split("_", 1)[0]) if "_w" in name else 1
             cfg_path = gateway_config(work, ports, up_port, redis_url, name, workers)
             cfg = load_config(cfg_path, env=env)
@@ -296,8 +298,8 @@ def main() -> int:
                     row["rss_mb"] = round(tree_rss_kb(side.popen.pid) / 1024, 1)
                 if workers > 1:
                     row["streams_per_worker"] = worker_streams(ports["admin"])
-                results["rows"][name] = row
-                print(f"  measured {name}", file=sys.stderr)
+                results["rows"][label] = row
+                print(f"  measured {label}", file=sys.stderr)
             finally:
                 gw.stop()
                 if side is not None:
