@@ -181,15 +181,17 @@ def load(port: int, token: str, concurrency: int, duration: float,
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def _drop_stream_cap(node: Any) -> None:
+def _drop_stream_cap(node: Any, replace_with: int | None = None) -> None:
     if isinstance(node, dict):
-        node.pop("maxConcurrentStreams", None)
-        node.pop("max_concurrent_streams", None)
+        if "maxConcurrentStreams" in node:
+            del node["maxConcurrentStreams"]
+            if replace_with is not None:
+                node["maxConcurrentStreams"] = replace_with
         for v in node.values():
-            _drop_stream_cap(v)
+            _drop_stream_cap(v, replace_with)
     elif isinstance(node, list):
         for v in node:
-            _drop_stream_cap(v)
+            _drop_stream_cap(v, replace_with)
 
 
 def worker_streams(admin_port: int) -> dict[str, float]:
@@ -262,6 +264,8 @@ def main() -> int:
             rendered = render_envoy(cfg, ext_proc=name != "envoy")
             if name.endswith("_nocap"):  # the comparison: workers on SO_REUSEPORT without the stream cap
                 _drop_stream_cap(rendered)
+            elif "_cap" in name:  # ``_capN``: N streams per connection instead of the rendered cap
+                _drop_stream_cap(rendered, int(name.rsplit("_cap", 1)[1]))
             gw_yaml.write_text(yaml.safe_dump(rendered))
             side: Proc | None = None
             if name == "noop":
@@ -270,9 +274,9 @@ def main() -> int:
                 wait_tcp("127.0.0.1", ports["ext_proc"], 20, side)
             elif name != "envoy":
                 launcher = ["-m", "extproc"]
-                if name.endswith("_asyncio"):  # the comparison: asyncio's own event loop, not uvloop
-                    launcher = ["-c", "import sys; sys.modules['uvloop'] = None; from extproc.cli import main; "
-                                "sys.exit(main())"]
+                if name.endswith("_uvloop"):  # the experiment: the same server on uvloop's event loop
+                    launcher = ["-c", "import asyncio, sys, uvloop; asyncio.set_event_loop_policy("
+                                "uvloop.EventLoopPolicy()); from extproc.cli import main; sys.exit(main())"]
                 side = Proc("extproc", [sys.executable, *launcher, "--log-level", "warning", "serve",
                                         "--config", str(cfg_path)], work / f"extproc-{name}.log", env=env,
                             cwd=str(REPO)).start()

@@ -83,10 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "extproc", "--log-level", args.log_level, "--log-format", args.log_format,
                 "serve", "--config", args.config]
         exec_supervisor(argv, workers)
-    from extproc.server import event_loop_factory, serve
+    from extproc.server import serve
 
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(serve(cfg))
+    asyncio.run(serve(cfg))
     return 0
 
 

@@ -64,18 +64,6 @@ def assert_upb_backend() -> None:
         )
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (it is a dependency): the event loop and gRPC's
-    callbacks on it are most of a request's CPU, and uvloop about halves that part (measured
-    in docs/performance.md). None: asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 @dataclass
 class ServerState:
     config: Config
@@ -174,7 +162,7 @@ class Reloader:
     them) and are reported, not applied.
     """
 
-    RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
+    RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy", "workers")
     RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
