@@ -32,7 +32,8 @@ from extproc.approvals import api as approvals_api
 from extproc.approvals.gate import ApprovalGate
 from extproc.approvals.ids import make_owner_id
 from extproc.approvals.notify import Notifier
-from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.approvals.store import ApprovalStore
+from extproc.approvals.waiter import ApprovalWaiter
 from extproc.config.load import load_config
 from extproc.config.model import Config, ConfigError
 from extproc.datapath.machine import Gateway

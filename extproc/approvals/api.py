@@ -28,7 +28,8 @@ from extproc.approvals.model import (
     Principal,
 )
 from extproc.approvals.notify import Notifier
-from extproc.approvals.store import DEFAULT_PREFIX, ApprovalStore, ApprovalWaiter
+from extproc.approvals.store import DEFAULT_PREFIX, ApprovalStore
+from extproc.approvals.waiter import ApprovalWaiter
 from extproc.identity.admin import authenticate_rpc
 from extproc.identity.jwt import Authenticator
 from extproc.identity.model import Identity

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import ApprovalError, ApprovalSettings, new_approval
-from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.approvals.store import ApprovalStore
+from extproc.approvals.waiter import ApprovalWaiter
 from extproc.datapath.machine import ApprovalResult, NeedApproval
 from extproc.identity.model import Identity
 from extproc.store import StoreUnavailable

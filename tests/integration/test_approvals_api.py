@@ -28,7 +28,8 @@ from extproc.approvals import cli as approvals_cli
 from extproc.approvals.api import add_to_server
 from extproc.approvals.ids import new_approval_id
 from extproc.approvals.model import Approval, ApprovalSettings, Binding, content_digest, new_approval
-from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.approvals.store import ApprovalStore
+from extproc.approvals.waiter import ApprovalWaiter
 from extproc.config.model import IssuerConfig
 from extproc.dev.keys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_issuer, mint_token
 from extproc.identity.jwt import Authenticator

@@ -26,7 +26,8 @@ from extproc.approvals.model import (
     content_digest,
     new_approval,
 )
-from extproc.approvals.store import ApprovalStore, ApprovalWaiter
+from extproc.approvals.store import ApprovalStore
+from extproc.approvals.waiter import ApprovalWaiter
 from extproc.identity.model import Identity
 
 T = TypeVar("T")
