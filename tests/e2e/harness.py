@@ -214,7 +214,7 @@ class Stack:
 
     def start_envoy(self) -> Proc:
         p = Proc("envoy", [envoy_binary(), "-c", str(self.envoy_yaml), "--log-level", "warn",
-                           "--base-id", str(free_port())],
+                           "--use-dynamic-base-id"],
                  self.logs / "envoy.log", env=self.env).start()
         self.procs["envoy"] = p
         ready_port = self.ports["envoy_probe"] if self.unix else self.ports["envoy_admin"]

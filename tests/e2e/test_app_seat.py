@@ -38,7 +38,7 @@ import yaml
 from extproc.config.envoy import dump_yaml
 from extproc.config.load import load_config
 from extproc.dev.keys import ensure_dev_issuer, mint_token
-from extproc.dev.procs import Proc, envoy_binary, find_redis_server, free_ports
+from extproc.dev.procs import Proc, envoy_binary, find_redis_server
 
 pytestmark = pytest.mark.e2e
 
@@ -136,12 +136,11 @@ class Pod:
         self.procs["redis"] = Proc("redis", self.in_ns(redis, "--port", str(REDIS), "--bind", "127.0.0.1",
                                                        "--save", "", "--appendonly", "no", "--dir", str(logs)),
                                    logs / "redis.log").start()
-        # Distinct Envoy base ids (shared memory is not per network namespace): one call, so
-        # the two numbers differ even though nothing binds them in this namespace.
-        up_base, gw_base = free_ports(2)
+        # Shared memory is not per network namespace: each Envoy picks a free base id itself
+        # (a fixed or guessed one can meet a region a killed Envoy left behind).
         (self.work / "upstream.yaml").write_text(yaml.safe_dump(upstream_config()))
         self.procs["upstream"] = Proc("upstream", self.in_ns(envoy_binary(), "-c", str(self.work / "upstream.yaml"),
-                                                             "--base-id", str(up_base), "--log-level", "error"),
+                                                             "--use-dynamic-base-id", "--log-level", "error"),
                                       logs / "upstream.log").start()
         cfg_path = self.work / "extproc.yaml"
         cfg_path.write_text(yaml.safe_dump(self.config()))
@@ -155,7 +154,7 @@ class Pod:
                                      logs / "extproc.log", env=env, cwd=str(REPO)).start()
         self.wait(f"http://127.0.0.1:{ADMIN}/readyz", self.procs["extproc"])
         self.procs["envoy"] = Proc("envoy", self.as_user(ENVOY_UID, ENVOY_UID, envoy_binary(), "-c",
-                                                         str(self.work / "envoy.yaml"), "--base-id", str(gw_base),
+                                                         str(self.work / "envoy.yaml"), "--use-dynamic-base-id",
                                                          "--log-level", "warn"),
                                    logs / "envoy.log").start()
         self.wait(f"http://127.0.0.1:{self.ready_port}/ready", self.procs["envoy"])
