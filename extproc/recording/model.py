@@ -251,6 +251,10 @@ def _unglued(value: str) -> str:
     return value.replace("_", " ")
 
 
+#: The gateway's request ids (``uuid4()``, with or without hyphens): nothing a person typed.
+_GATEWAY_ID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}")
+
+
 def safe_token(value: str | None, profile: MaskingProfile) -> str | None:
     """``value`` if it is a plain identifier that holds nothing ``profile`` masks, else None."""
     if value is None:
@@ -475,10 +479,14 @@ class InteractionRecorder:
         """What is known from the request headers. ``session_header`` is the raw value of
         ``settings.session_header`` (None when absent). ``request_id`` is the gateway's;
         ``client_request_id`` the caller's already validated correlation id (not a key)."""
-        # The gateway's id; still checked, as every value that reaches a record is (a caller
-        # should never be able to choose it, and nothing raw is stored if one ever could).
+        # The gateway's own id (a UUID) is taken by its shape, not judged by the detectors: a
+        # UUID's digit groups can look like a national phone number, and the id must stay the
+        # one the caller was given. Any other value is stored only if it holds nothing the
+        # recording profile masks.
         rid = request_id or "-"
-        self.request_id = rid if rid == "-" else (safe_token(rid, self.profile) or f"iid-{self.interaction_id}")
+        if rid != "-" and not _GATEWAY_ID_RE.fullmatch(rid):
+            rid = safe_token(rid, self.profile) or f"iid-{self.interaction_id}"
+        self.request_id = rid
         # A caller's correlation id is stored only when it cannot carry PII (docs/recording.md).
         client_request_id = safe_token(client_request_id, self.profile)
         self.user = caller.user if caller is not None else None

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from extproc.errors import ConfigError
@@ -322,3 +322,14 @@ def test_settings_errors_name_path_and_line(raw: dict[str, Any], path: str, line
         RecordingSettings.from_config(raw, file="x.yaml", lines=lines)
     err = ei.value
     assert err.path == path and err.file == "x.yaml" and err.line == line, str(err)
+
+
+@given(st.uuids(version=4), st.booleans())
+@example(uuid.UUID("a9b2531d-3362-4382-8690-c0d85114a286"), True)  # "3362 4382 8690" reads as a phone
+def test_the_gateways_request_id_is_kept_whatever_its_digits_look_like(rid: uuid.UUID, hyphens: bool) -> None:
+    # About one uuid4 in a thousand has digit groups a detector reads as a phone number; the
+    # record must still be found by the id the caller was given.
+    value = str(rid) if hyphens else rid.hex
+    rec = InteractionRecorder(RecordingSettings(), now=T0, interaction_id=uuid.uuid4().hex)
+    rec.request(request_id=value, method="POST", path="/openai/x", provider="openai", caller=ALICE)
+    assert rec.forwarded(b"{}", now=T0)["request_id"] == value == rec.complete(now=T0 + 1)["request_id"]
