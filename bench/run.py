@@ -1,29 +1,35 @@
 """``make bench``: the gateway's overhead, measured as ratios against baselines in the same run.
 
 Scenarios, all with the same load against the same upstream (a second Envoy answering with a
-canned chat completion, so the upstream is never the bottleneck):
+canned chat completion, so the upstream is never the bottleneck), every Envoy with
+``--concurrency 1``:
 
-  (a) envoy        Envoy alone routing to the upstream
-  (b) noop         Envoy + a do-nothing ext_proc server (same processing mode)
-  (c) auth         Envoy + extproc with authentication and credential injection
-  (c') auth-unix   (c) with ext_proc on a unix socket and its SO_PEERCRED guard (the sidecar)
-  (d) policy20     (c) plus a 20-rule policy (when the policy engine is present)
+  envoy        Envoy alone routing to the upstream
+  noop         Envoy + a do-nothing ext_proc server (bench/noop_extproc.py, same processing mode)
+  auth         Envoy + extproc with authentication and credential injection
+  auth_unix    ``auth`` with ext_proc on a unix socket and its SO_PEERCRED guard (the sidecar)
+  full         auth + the 20-rule ``examples/policy-bench.yaml`` policy without its approval rules
+               + a per-user budget + response masking + ``best_effort`` recording
+  full_wN      ``full`` with N ext_proc worker processes (N = the machine's cores), one process
+               otherwise
 
-Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios (c)/(a) and
-(c)/(b), and the ext_proc process's resident memory; writes JSON to bench/results/.
-``--only auth,auth-unix`` runs just those rows.
+Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios against the
+baselines and the ext_proc processes' resident memory; writes one JSON per run to
+``bench/results/`` (kept in git: the history) and a one-line summary for the README.
 Only 127.0.0.1 is ever loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +98,22 @@ def upstream_envoy(port: int, admin: int) -> dict[str, Any]:
     }
 
 
-def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: str,
-                   policy: Any = None, *, unix: bool = False) -> Path:
+def full_policy() -> dict[str, Any]:
+    """The bench policy without its approval rules (a held request is not throughput) and with
+    one per-user budget whose limits the benchmark's own load never reaches."""
+    pol = yaml.safe_load((REPO / "examples" / "policy-bench.yaml").read_text())["policy"]
+    pol["rules"] = [r for r in pol["rules"] if r.get("action") != "require_approval"]
+    pol["budgets"] = [{"id": "per-user-requests", "per": "user", "requests": 10**12, "window_seconds": 60,
+                       "fail": "open"}]
+    return dict(pol)
+
+
+def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: str, name: str,
+                   workers: int = 1) -> Path:
     _, jwks = ensure_dev_issuer(work / "dev")
     cfg: dict[str, Any] = {
         "version": 1,
+        "workers": workers,
         "listeners": {k: {"address": "127.0.0.1", "port": ports[k]}
                       for k in ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")},
         "redis": {"url": redis_url},
@@ -109,17 +126,25 @@ def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: 
         "envoy": {"access_log": False},
         "masking": {"responses": {"providers": ["masked"]}},
     }
-    if policy == "recording":
-        cfg["recording"] = {"mode": "required", "spool": {"path": str(work / "spool.jsonl")}}
-    elif policy is not None:
-        cfg["policy"] = policy
-    if unix:  # the sidecar's layout: ext_proc over a unix socket (with the SO_PEERCRED guard)
-        cfg["listeners"]["ext_proc"] = {"address": f"unix:{work / 'private' / 'ext_proc.sock'}"}
-    tag = "recording" if policy == "recording" else len(policy.get("rules", [])) if policy is not None else "auth"
-    tag = f"{tag}-unix" if unix else tag
-    path = work / f"extproc-{tag}.yaml"
+    if "_unix" in name:  # the sidecar's layout: ext_proc over a unix socket (with the SO_PEERCRED guard)
+        cfg["listeners"]["ext_proc"] = {"address": f"unix:{work / 'private' / f'ext_proc-{name}.sock'}"}
+    if name.startswith("full"):
+        cfg["policy"] = full_policy()
+        cfg["masking"] = {"responses": {"providers": ["openai", "masked"]}}
+        cfg["recording"] = {"mode": "best_effort", "spool": {"path": str(work / f"spool-{name}.jsonl")}}
+    path = work / f"extproc-{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def tree_rss_kb(pid: int) -> int:
+    """The resident memory of a process and its children (the worker processes)."""
+    total = rss_kb(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(tree_rss_kb(int(c)) for c in children)
 
 
 def rss_kb(pid: int) -> int:
@@ -146,7 +171,6 @@ def load(port: int, token: str, concurrency: int, duration: float,
             "summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests / "
             "(summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
             "end\n")
-        # wrk takes whole seconds only ("-d1.0s" is a usage error)
         out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "-s", str(lua),
                               f"http://127.0.0.1:{port}{path}"],
                              capture_output=True, text=True, check=True).stdout
@@ -160,11 +184,46 @@ def load(port: int, token: str, concurrency: int, duration: float,
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def _drop_stream_cap(node: Any, replace_with: int | None = None) -> None:
+    if isinstance(node, dict):
+        if "maxConcurrentStreams" in node:
+            del node["maxConcurrentStreams"]
+            if replace_with is not None:
+                node["maxConcurrentStreams"] = replace_with
+        for v in node.values():
+            _drop_stream_cap(v, replace_with)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_stream_cap(v, replace_with)
+
+
+def worker_streams(admin_port: int) -> dict[str, float]:
+    """How the ext_proc streams spread over the workers (from the aggregated /metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("extproc_worker_streams_total{"):
+            out[line.split('"')[1]] = float(line.split()[-1])
+    return out
+
+
+def cores() -> int:
+    from extproc.workers import cpu_limit
+
+    return cpu_limit()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "datapath.json"))
-    ap.add_argument("--only", help="comma-separated scenarios to run (default: all)")
+    ap.add_argument("--rows", default="envoy,noop,auth,auth_unix,full,full_wN",
+                    help="comma-separated rows (default: envoy,noop,auth,auth_unix,full,full_wN); "
+                         "row#2 repeats a row (interleaved A/B runs)")
+    ap.add_argument("--datapath-only", action="store_true", help="skip the masker, injection, approval, tool benches")
+    ap.add_argument("--out", default="", help="JSON file (default: bench/results/<UTC time>.json)")
     args = ap.parse_args()
     import logging
 
@@ -172,7 +231,13 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="extproc-bench-"))
     procs: list[Proc] = []
-    results: dict[str, Any] = {"loadgen": "wrk" if shutil.which("wrk") else "python", "rows": {}}
+    ncores = cores()
+    started = datetime.datetime.now(datetime.UTC)
+    results: dict[str, Any] = {
+        "time": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "cores": ncores, "os_cpu_count": os.cpu_count(),
+        "loadavg_before": list(os.getloadavg()), "duration_s": args.duration,
+        "commit": _git_commit(), "loadgen": "wrk" if shutil.which("wrk") else "python", "rows": {},
+    }
     env = {**os.environ, "BENCH_PROVIDER_KEY": "sk-bench-" + "x" * 32}
     try:
         redis_url = os.environ.get("REDIS_URL", "")
@@ -183,52 +248,51 @@ def main() -> int:
         up_port, up_admin = free_ports(2)
         (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
         procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
-                                       "--use-dynamic-base-id", "--concurrency", "1"], work / "upstream.log").start())
+                                       "--use-dynamic-base-id", "--concurrency", "1"],
+                          work / "upstream.log").start())
         wait_tcp("127.0.0.1", up_port, 20, procs[-1])
 
         key, _ = ensure_dev_issuer(work / "dev")
         token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
         names = ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")
         ports = dict(zip(names, free_ports(len(names)), strict=True))
-        # policy0: a policy section without rules, so request bodies reach ext_proc: the cost of
-        # the extra round trip alone, against which the 20 rules are measured.
-        # auth-unix: (c) with ext_proc on a unix socket, as in the sidecar, measured next to (c).
-        scenarios: list[tuple[str, Any]] = [("envoy", None), ("noop", None), ("auth", None), ("auth-unix", None),
-                                            ("policy0", {"rules": []}), ("recorded", "recording")]
-        bench_policy = REPO / "examples" / "policy-bench.yaml"
-        if bench_policy.exists():
-            pol = yaml.safe_load(bench_policy.read_text()).get("policy")
-            # Budgets stay (a Redis round trip per request is part of the cost) but must not
-            # refuse the benchmark's own load.
-            for b in pol.get("budgets", []):
-                for k in ("requests", "tokens"):
-                    if k in b:
-                        b[k] = 10**12
-            scenarios.append(("policy20", pol))
+        wanted = [r.strip().replace("full_wN", f"full_w{ncores}") for r in args.rows.split(",") if r.strip()]
 
-        if args.only:
-            wanted = set(args.only.split(","))
-            scenarios = [sc for sc in scenarios if sc[0] in wanted]
-        for name, policy in scenarios:
-            cfg_path = gateway_config(work, ports, up_port, redis_url, policy, unix=name.endswith("-unix"))
+        for label in wanted:
+            # ``row#2``: the same row again (interleaved repeats, for A/B comparisons on a noisy machine).
+            name = label.split("#", 1)[0]
+            workers = int(name.split("_w", 1)[1].split("_", 1)[0]) if "_w" in name else 1
+            cfg_path = gateway_config(work, ports, up_port, redis_url, name, workers)
             cfg = load_config(cfg_path, env=env)
             gw_yaml = work / f"gateway-{name}.yaml"
-            gw_yaml.write_text(yaml.safe_dump(render_envoy(cfg, ext_proc=name != "envoy")))
+            rendered = render_envoy(cfg, ext_proc=name != "envoy")
+            if name.endswith("_nocap"):  # the comparison: workers on SO_REUSEPORT without the stream cap
+                _drop_stream_cap(rendered)
+            elif "_cap" in name:  # ``_capN``: N streams per connection instead of the rendered cap
+                _drop_stream_cap(rendered, int(name.rsplit("_cap", 1)[1]))
+            gw_yaml.write_text(yaml.safe_dump(rendered))
             side: Proc | None = None
             if name == "noop":
                 side = Proc("noop", [sys.executable, str(REPO / "bench" / "noop_extproc.py"), "--port",
                                      str(ports["ext_proc"])], work / "noop.log").start()
                 wait_tcp("127.0.0.1", ports["ext_proc"], 20, side)
             elif name != "envoy":
-                side = Proc("extproc", [sys.executable, "-m", "extproc", "--log-level", "warning", "serve",
+                launcher = ["-m", "extproc"]
+                if name.endswith("_uvloop"):  # the experiment: the same server on uvloop's event loop
+                    launcher = ["-c", "import asyncio, sys, uvloop; asyncio.set_event_loop_policy("
+                                "uvloop.EventLoopPolicy()); from extproc.cli import main; sys.exit(main())"]
+                side = Proc("extproc", [sys.executable, *launcher, "--log-level", "warning", "serve",
                                         "--config", str(cfg_path)], work / f"extproc-{name}.log", env=env,
                             cwd=str(REPO)).start()
                 wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 30, side)
-            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error", "--use-dynamic-base-id",
-                                  "--concurrency", "1"], work / f"gateway-{name}.log").start()
+                if workers > 1:
+                    time.sleep(1.0)  # the other workers come up beside the first
+            gw = Proc("gateway", [envoy_binary(), "-c", str(gw_yaml), "--log-level", "error",
+                                  "--use-dynamic-base-id", "--concurrency", "1"],
+                      work / f"gateway-{name}.log").start()
             try:
                 wait_http(f"http://127.0.0.1:{ports['envoy_admin']}/ready", 20, gw)
-                load(ports["http"], token, 4, 1.0)  # warm up (JWKS, token cache, connections)
+                load(ports["http"], token, 16, 1.0)  # warm up (JWKS, token cache, connections)
                 row: dict[str, Any] = {}
                 for c in (1, 16):
                     row[f"c{c}"] = load(ports["http"], token, c, args.duration)
@@ -239,9 +303,11 @@ def main() -> int:
                             results.setdefault("sse", {})[f"{route}_c{c}"] = load(
                                 ports["http"], token, c, args.duration, path=f"/{route}/sse")
                 if side is not None and side.popen is not None:
-                    row["rss_mb"] = round(rss_kb(side.popen.pid) / 1024, 1)
-                results["rows"][name] = row
-                print(f"  measured {name}", file=sys.stderr)
+                    row["rss_mb"] = round(tree_rss_kb(side.popen.pid) / 1024, 1)
+                if workers > 1:
+                    row["streams_per_worker"] = worker_streams(ports["admin"])
+                results["rows"][label] = row
+                print(f"  measured {label}", file=sys.stderr)
             finally:
                 gw.stop()
                 if side is not None:
@@ -249,52 +315,29 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             p.stop()
+    results["loadavg_after"] = list(os.getloadavg())
 
     rows = results["rows"]
     print()
-    print(f"data path overhead (load generator: {results['loadgen']}, {args.duration:.0f}s per cell)")
+    print(f"data path overhead (load generator: {results['loadgen']}, {args.duration:.0f}s per cell, "
+          f"{ncores} cores, load average {results['loadavg_before'][0]:.1f} before / "
+          f"{results['loadavg_after'][0]:.1f} after)")
     print(f"{'scenario':<10} {'c1 rps':>9} {'c1 p50':>8} {'c1 p99':>8} {'c16 rps':>9} {'c16 p50':>8} "
           f"{'c16 p99':>8} {'errors':>7} {'RSS MB':>7}")
     for name, row in rows.items():
         c1, c16 = row["c1"], row["c16"]
         print(f"{name:<10} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f}ms {c1['p99_ms']:>7.2f}ms {c16['rps']:>9.0f} "
               f"{c16['p50_ms']:>7.2f}ms {c16['p99_ms']:>7.2f}ms {c1['errors'] + c16['errors']:>7} "
-              f"{row.get('rss_mb', '-')!s:>7}")
-    ratios: dict[str, float] = {}
-    if {"envoy", "noop", "auth"} <= rows.keys():
-        a, b, c = rows["envoy"], rows["noop"], rows["auth"]
-        ratios = {
-            "auth/envoy c16 throughput": c["c16"]["rps"] / a["c16"]["rps"],
-            "auth/noop c16 throughput": c["c16"]["rps"] / b["c16"]["rps"],
-            "auth-noop c1 added p50 ms": c["c1"]["p50_ms"] - b["c1"]["p50_ms"],
-        }
-        if "recorded" in rows:
-            ratios["recorded/auth c16 throughput"] = rows["recorded"]["c16"]["rps"] / c["c16"]["rps"]
-            ratios["recorded/policy0 c16 throughput"] = rows["recorded"]["c16"]["rps"] / rows["policy0"]["c16"]["rps"]
-        if "policy20" in rows:
-            ratios["policy20/auth c16 throughput"] = rows["policy20"]["c16"]["rps"] / c["c16"]["rps"]
-            ratios["policy20/policy0 c16 throughput"] = rows["policy20"]["c16"]["rps"] / rows["policy0"]["c16"]["rps"]
-        print()
-        for k, v in ratios.items():
-            print(f"  {k:<32} {v:6.3f}")
-        print("  targets: auth/noop c16 >= 0.9; added p50 at c1 <= 0.5 ms; policy20/auth >= 0.9; recorded/auth >= 0.85")
-        print("  (auth alone needs no request body; policy0 shows what the body round trip itself costs)")
-    if {"auth", "auth-unix"} <= rows.keys():
-        t, u = rows["auth"], rows["auth-unix"]
-        unix = {"auth-unix/auth c16 throughput": u["c16"]["rps"] / t["c16"]["rps"],
-                "auth-unix/auth c1 throughput": u["c1"]["rps"] / t["c1"]["rps"],
-                "auth-unix-auth c1 added p50 ms": u["c1"]["p50_ms"] - t["c1"]["p50_ms"]}
-        ratios.update(unix)
-        guard = bench_peer_guard()
-        results["peer_guard_us"] = guard
-        print()
-        print("ext_proc over a unix socket (+ SO_PEERCRED guard) vs TCP, same run")
-        for k, v in unix.items():
-            print(f"  {k:<32} {v:6.3f}")
-        print(f"  peer guard per stream: {guard['fast_path']} us (no new connection), "
-              f"{guard['scan']} us (a new connection: scan of {guard['descriptors']} descriptors)")
-    if args.only:
-        return _write(results, ratios, Path(args.out))
+              f"{row.get('rss_mb', '-')!s:>7}"
+              + (f"  streams per worker {row['streams_per_worker']}" if "streams_per_worker" in row else ""))
+    ratios = compute_ratios(rows)
+    print()
+    for k, v in ratios.items():
+        print(f"  {k:<36} {v:7.3f}")
+    print("  targets (issue 15): full/noop c16 >= 0.8; full-noop c1 p50 <= 0.7 ms; auth/noop c16 >= 0.95")
+    results["summary"] = summary(results, ratios)
+    print()
+    print("README summary: " + results["summary"])
     sse = results.get("sse")
     if sse:
         size = len(SSE.encode()) / 1e6
@@ -310,6 +353,16 @@ def main() -> int:
         print(f"  masking adds {added:.2f} ms to the whole answer at c1 (an upper bound on time-to-first-token); "
               "target <= 1 ms")
 
+    if "auth_unix" in rows and "auth" in rows:
+        guard = bench_peer_guard()
+        results["peer_guard_us"] = guard
+        print()
+        print(f"ext_proc over a unix socket (+ SO_PEERCRED guard) vs TCP: auth_unix/auth c16 "
+              f"{rows['auth_unix']['c16']['rps'] / rows['auth']['c16']['rps']:.3f}; peer guard per stream "
+              f"{guard['fast_path']} us (no new connection), {guard['scan']} us (a new connection: scan of "
+              f"{guard['descriptors']} descriptors)")
+    if args.datapath_only:
+        return _write(results, ratios, args.out, started)
     from bench.masking import bench_masker, bench_ttft
 
     ttft = bench_ttft()
@@ -357,7 +410,7 @@ def main() -> int:
           f"{iso['small_during_p50_ms']} ms during (+{iso['small_added_p50_ms']} ms, n={iso['small_during_n']}), "
           f"errors {iso['small_errors']}  (target: +100 ms at most, no errors)")
 
-    return _write(results, ratios, Path(args.out))
+    return _write(results, ratios, args.out, started)
 
 
 def bench_peer_guard(n: int = 300) -> dict[str, float]:
@@ -392,12 +445,53 @@ def bench_peer_guard(n: int = 300) -> dict[str, float]:
     return out
 
 
-def _write(results: dict[str, Any], ratios: dict[str, float], out: Path) -> int:
-    results["ratios"] = ratios
+
+
+def _write(results: dict[str, Any], ratios: dict[str, float], out_arg: str, started: datetime.datetime) -> int:
+    results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    out = Path(out_arg) if out_arg else REPO / "bench" / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"\nwrote {out}")
     return 0
+
+
+def compute_ratios(rows: dict[str, Any]) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    noop = rows.get("noop")
+    if noop is None:
+        return ratios
+    if "envoy" in rows:
+        ratios["noop/envoy c16 throughput"] = noop["c16"]["rps"] / rows["envoy"]["c16"]["rps"]
+    for name, row in rows.items():
+        if name in ("envoy", "noop"):
+            continue
+        ratios[f"{name}/noop c16 throughput"] = row["c16"]["rps"] / noop["c16"]["rps"]
+        ratios[f"{name}-noop c1 added p50 ms"] = row["c1"]["p50_ms"] - noop["c1"]["p50_ms"]
+    return ratios
+
+
+def summary(results: dict[str, Any], ratios: dict[str, float]) -> str:
+    """One line for the README's benchmark section."""
+    rows = results["rows"]
+    parts = []
+    for name in rows:
+        if name in ("envoy", "noop"):
+            continue
+        parts.append(f"{name} {ratios[f'{name}/noop c16 throughput']:.2f}x the do-nothing ext_proc at c=16 "
+                     f"(+{ratios[f'{name}-noop c1 added p50 ms']:.2f} ms p50 at c=1)")
+    noop = rows.get("noop")
+    head = (f"{results['time'][:10]}, {results['cores']} cores, load {results['loadavg_before'][0]:.1f}: "
+            + (f"do-nothing ext_proc {noop['c16']['rps']:.0f} req/s at c=16; " if noop else ""))
+    return head + "; ".join(parts)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 if __name__ == "__main__":

@@ -93,9 +93,17 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from extproc.server import serve
+    from extproc.workers import exec_supervisor, resolve_workers, worker_index
 
     cfg = _load(args.config)
+    workers = resolve_workers(cfg.workers, unix=cfg.ext_proc.unix_path is not None)
+    if workers > 1 and worker_index() is None:
+        # The supervisor: N copies of this very command, each told its index.
+        argv = [sys.executable, "-m", "extproc", "--log-level", args.log_level, "--log-format", args.log_format,
+                "serve", "--config", args.config]
+        exec_supervisor(argv, workers)
+    from extproc.server import serve
+
     asyncio.run(serve(cfg))
     return 0
 

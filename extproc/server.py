@@ -23,11 +23,11 @@ from urllib.parse import parse_qs
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from extproc import __version__
 from extproc.admin.http import Request, Response, serve_http
-from extproc.admin.metrics import Metrics
+from extproc.admin.metrics import Metrics, exposition
 from extproc.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from extproc.approvals import api as approvals_api
 from extproc.approvals.gate import ApprovalGate
@@ -49,6 +49,7 @@ from extproc.identity.jwt import Authenticator, _http_get_json
 from extproc.recording import api as sessions_api
 from extproc.recording.store import RecordsStore
 from extproc.store import RedisStore
+from extproc.workers import spool_path_for, worker_index, worker_socket_path
 
 __all__ = ["ServerState", "assert_upb_backend", "serve"]
 
@@ -163,14 +164,14 @@ def _admin_http(state: ServerState) -> Callable[[Request], Awaitable[Response]]:
             ok, detail = await state.readiness(require_redis="redis" in query.get("require", []))
             return Response.json(200 if ok else 503, json.dumps(detail, sort_keys=True).encode())
         if req.path == "/metrics":
-            body = generate_latest(state.metrics.registry)
+            body = exposition(state.metrics.registry)
             return Response(200, [("content-type", CONTENT_TYPE_LATEST)], body)
         return Response.json(404, b'{"error":"not found"}')
 
     return handle
 
 
-def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
+def build_state(config: Config, metrics: Metrics | None = None, *, worker: int = 0) -> ServerState:
     creds = CredentialStore(config.providers)
     gateway = build_gateway(config, creds)
     return ServerState(
@@ -179,7 +180,7 @@ def build_state(config: Config, metrics: Metrics | None = None) -> ServerState:
         gateway=gateway,
         authenticator=Authenticator(config.issuers),
         store=RedisStore(config.redis_url, prefix=config.redis_prefix),
-        metrics=metrics or Metrics(),
+        metrics=metrics or Metrics(worker=worker),
         started_at=time.monotonic(),
     )
 
@@ -194,7 +195,7 @@ class Reloader:
     them) and are reported, not applied.
     """
 
-    RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy")
+    RESTART_KEYS = ("listeners", "providers", "identity", "redis", "envoy", "workers")
     RELOADED_KEYS = ("policy", "masking", "approvals", "recording", "tools", "inspection")
 
     def __init__(self, state: ServerState, interval: float = 1.0) -> None:
@@ -260,12 +261,13 @@ async def _maintain_records(records: RecordsStore, metrics: Metrics, interval: f
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     assert_upb_backend()
+    index = worker_index()
     try:
         config = config.with_issuers(await discover_issuers(config.issuers, _http_get_json))
     except IssuerDiscoveryError as exc:
         log.error("token issuer discovery failed (issuer: discover): %s", exc)
         raise SystemExit(3) from None
-    state = build_state(config)
+    state = build_state(config, worker=index or 0)
     await state.authenticator.preload()
     await issuer_mismatches(config.issuers, _http_get_json)
     unreadable = {n: why for n, why in state.credentials.file_problems().items() if why != "missing"}
@@ -298,6 +300,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         approval_store = ApprovalStore(state.store.client, prefix=config.redis_prefix, notifier=notifier)
         gate = ApprovalGate(approval_store, waiter, owner)
         maintain = asyncio.create_task(approval_store.maintain(owner))
+    # A worker of a supervisor (``workers:`` > 1): the ext_proc port is shared (SO_REUSEPORT),
+    # the admin endpoints are worker 0's, and the recording spool is a file of its own.
+    admin_here = index in (None, 0)
     records: RecordsStore | None = None
     records_redis: RedisStore | None = None
     records_tasks: list[asyncio.Task[None]] = []
@@ -305,7 +310,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         # A client of its own: one retry, no backoff (the default backs off for seconds, which
         # kept requests waiting after Redis came back).
         records_redis = RedisStore(config.redis_url, retries=1)
-        records = RecordsStore(records_redis.client, state.gateway.recording, prefix=config.redis_prefix)
+        rec = state.gateway.recording
+        rec = replace(rec, spool=rec.spool.model_copy(update={"path": spool_path_for(rec.spool.path, index)}))
+        records = RecordsStore(records_redis.client, rec, prefix=config.redis_prefix)
         state.records = records
         records_tasks = [asyncio.create_task(_maintain_records(records, state.metrics)),
                          asyncio.create_task(records.run_flusher())]
@@ -314,29 +321,32 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         inspector = InspectorPool(state.gateway.inspection.workers)
         await inspector.start(state.gateway.inspection_spec)
     ext = config.ext_proc
+    # Each worker has a unix socket of its own (Envoy lists them all); on TCP they share the port.
+    ext_socket = worker_socket_path(ext.unix_path, index) if ext.unix_path is not None else None
     guard: PeerGuard | None = None
-    if ext.unix_path is not None:
-        guard = PeerGuard(ext.unix_path, frozenset(ext.peer_uids or (os.getuid(),)))
+    if ext_socket is not None:
+        guard = PeerGuard(ext_socket, frozenset(ext.peer_uids or (os.getuid(),)))
     processor = ExternalProcessor(lambda: state.gateway, lambda: state.authenticator, state.metrics, state.store,
                                   approvals=gate, records=records, inspector=inspector,
                                   max_message_timeout=config.envoy.max_message_timeout_seconds,
                                   peer_guard=guard)
     health_servicer = health.aio.HealthServicer()
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ext_options = options if index is None or ext_socket is not None else [("grpc.so_reuseport", 1), *options[1:]]
 
-    grpc_server = grpc.aio.server(options=options)
+    grpc_server = grpc.aio.server(options=ext_options)
     ep_grpc.add_ExternalProcessorServicer_to_server(processor, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    ext_addr = ext.target
-    if ext.unix_path is not None:
-        prepare_socket_path(ext.unix_path)
+    ext_addr = f"unix:{ext_socket}" if ext_socket is not None else ext.target
+    if ext_socket is not None:
+        prepare_socket_path(ext_socket)
         with bind_umask():  # created 0600; then exactly the configured mode
             bound = grpc_server.add_insecure_port(ext_addr)
         if bound:
             # The group is ours (Envoy's, in the sidecar), not one inherited from a setgid
             # volume (an fsGroup emptyDir would hand it to every container of the pod).
-            os.chown(ext.unix_path, -1, os.getegid())
-            os.chmod(ext.unix_path, ext.socket_mode)
+            os.chown(ext_socket, -1, os.getegid())
+            os.chmod(ext_socket, ext.socket_mode)
     else:
         bound = grpc_server.add_insecure_port(ext_addr)
     if bound == 0:
@@ -354,20 +364,23 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
                                     settings=state.gateway.approvals, waiter=waiter, notifier=notifier,
                                     prefix=config.redis_prefix)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin_grpc)
-    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}" if config.admin.grpc.enabled else "off"
-    if config.admin.grpc.enabled and admin_grpc.add_insecure_port(admin_addr) == 0:
+    admin_grpc_here = admin_here and config.admin.grpc.enabled
+    admin_addr = f"{config.admin.grpc.address}:{config.admin.grpc.port}" if admin_grpc_here else "off"
+    if admin_grpc_here and admin_grpc.add_insecure_port(admin_addr) == 0:
         raise OSError(f"cannot listen on {admin_addr} (admin gRPC)")
 
-    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port)
+    http = await serve_http(_admin_http(state), config.admin.http.address, config.admin.http.port) \
+        if admin_here else None
     await grpc_server.start()
-    if config.admin.grpc.enabled:
+    if admin_grpc_here:
         await admin_grpc.start()
     for svc in ("", EXT_PROC_SERVICE):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     state.serving = True
     log.info(
-        "extproc %s serving: ext_proc on %s, admin gRPC on %s, admin HTTP on %s:%d (config %s, version %s)",
+        "extproc %s serving%s: ext_proc on %s, admin gRPC on %s, admin HTTP on %s:%d (config %s, version %s)",
         __version__,
+        "" if index is None else f" (worker {index})",
         ext_addr,
         admin_addr,
         config.admin.http.address,
@@ -417,7 +430,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await grpc_server.stop(0)
             await stopping
         cut.cancel()
-        if config.admin.grpc.enabled:
+        if admin_grpc_here:
             await admin_grpc.stop(1)
         if maintain is not None:
             maintain.cancel()
@@ -430,7 +443,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await waiter.close()
         if notifier is not None:
             await notifier.close()
-        http.close()
+        if http is not None:
+            http.close()
         if inspector is not None:
             inspector.close()
         await state.store.close()

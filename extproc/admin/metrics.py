@@ -3,15 +3,35 @@ beyond bounded sets (provider names come from the config; error codes are ours).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics", "exposition"]
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text for ``/metrics``: with worker processes (prometheus_client's multiprocess
+    directory is set), the sum over every worker; else this process's registry."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return bytes(generate_latest(merged))
+    return bytes(generate_latest(registry))
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, worker: int = 0) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        #: ext_proc streams per worker process (``workers:``): shows how Envoy spreads them.
+        self.worker_streams = Counter(
+            "extproc_worker_streams_total", "ext_proc Process streams handled, by worker process.", ["worker"],
+            registry=r,
+        )
+        self.worker_streams_here = self.worker_streams.labels(str(worker))
         self.requests = Counter(
             "extproc_requests_total",
             "HTTP requests seen by the ext_proc server, by provider and outcome.",
@@ -25,7 +45,8 @@ class Metrics:
             "extproc_redis_up", "1 when the last Redis ping (every 2 s at most, on probes) succeeded.", registry=r
         )
         self.streams_inflight = Gauge(
-            "extproc_streams_inflight", "ext_proc Process streams currently open.", registry=r
+            "extproc_streams_inflight", "ext_proc Process streams currently open.", registry=r,
+            multiprocess_mode="livesum",
         )
         self.stream_errors = Counter(
             "extproc_stream_errors_total", "Process streams that ended with an error, by kind.", ["kind"], registry=r
@@ -66,7 +87,7 @@ class Metrics:
         )
         self.records = Gauge(
             "extproc_records", "Session records since start: written, spooled, failed, flushed, spool_pending.",
-            ["kind"], registry=r,
+            ["kind"], registry=r, multiprocess_mode="livesum",
         )
         self.tool_decisions = Counter(
             "extproc_tool_decisions_total", "Tool calls (MCP and model-emitted) by action, rule, mode and server.",

@@ -105,6 +105,7 @@ from envoy_data_plane.google.protobuf import Any as PbAny
 
 from extproc.config.model import Config, ListenerConfig, ProviderConfig, UnixListener
 from extproc.errors import ERROR_TYPES
+from extproc.workers import STREAMS_PER_CONNECTION, worker_socket_paths
 
 __all__ = ["EXT_PROC_CLUSTER", "LOCAL_REPLIES", "LocalReply", "dump_yaml", "render_bootstrap", "render_envoy"]
 
@@ -156,7 +157,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _http_options(*, http2: bool, tls_alpn: bool = False) -> dict[str, PbAny]:
+def _http_options(*, http2: bool, tls_alpn: bool = False, max_streams: int | None = None) -> dict[str, PbAny]:
     if tls_alpn:
         opts = HttpProtocolOptions(
             auto_config=HttpProtocolOptionsAutoHttpConfig(
@@ -165,9 +166,9 @@ def _http_options(*, http2: bool, tls_alpn: bool = False) -> dict[str, PbAny]:
             )
         )
     elif http2:
+        h2 = Http2ProtocolOptions(max_concurrent_streams=max_streams) if max_streams else Http2ProtocolOptions()
         opts = HttpProtocolOptions(
-            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
-        )
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=h2))
     else:
         opts = HttpProtocolOptions(
             explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions())
@@ -176,17 +177,19 @@ def _http_options(*, http2: bool, tls_alpn: bool = False) -> dict[str, PbAny]:
 
 
 def _cluster(name: str, host: str, port: int, connect_timeout: float, *, pipe: str | None = None,
-             **kw: Any) -> Cluster:
-    """``pipe``: the upstream is the unix socket at that path (``host``/``port`` unused)."""
-    address = Address(pipe=Pipe(path=pipe)) if pipe is not None else _addr(host, port)
+             pipes: list[str] | None = None, **kw: Any) -> Cluster:
+    """``pipe``: the upstream is the unix socket at that path (``host``/``port`` unused);
+    ``pipes``: one endpoint per unix socket (an empty list means TCP)."""
+    paths = pipes if pipes else [pipe] if pipe is not None else []
+    addresses = [Address(pipe=Pipe(path=p)) for p in paths] or [_addr(host, port)]
     return Cluster(
         name=name,
-        type=ClusterDiscoveryType.STATIC if pipe is not None or _is_ip(host) else ClusterDiscoveryType.LOGICAL_DNS,
+        type=ClusterDiscoveryType.STATIC if paths or _is_ip(host) else ClusterDiscoveryType.LOGICAL_DNS,
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=_seconds(connect_timeout),
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
-            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=address))])],
+            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=a)) for a in addresses])],
         ),
         **kw,
     )
@@ -494,8 +497,15 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True
             cfg.ext_proc.address if cfg.ext_proc.address not in ("0.0.0.0", "::") else "127.0.0.1",
             cfg.ext_proc.port,
             1.0,
-            pipe=cfg.ext_proc.unix_path,
-            typed_extension_protocol_options=_http_options(http2=True),
+            pipes=worker_socket_paths(cfg.ext_proc.unix_path, cfg.workers),
+            # TCP: the workers share the port (SO_REUSEPORT); few streams per connection make Envoy
+            # open enough connections for the kernel to spread over them (extproc/workers.py).
+            # ``workers: 0`` is resolved where the server runs, so only an explicit 1 leaves the
+            # cap out (the rendered file must not depend on the machine that renders it). A unix
+            # socket has one endpoint per worker instead, and Envoy balances over them.
+            typed_extension_protocol_options=_http_options(
+                http2=True,
+                max_streams=STREAMS_PER_CONNECTION if cfg.workers != 1 and cfg.ext_proc.unix_path is None else None),
         ),
         *(_provider_cluster(cfg, p) for p in cfg.providers),
     ]

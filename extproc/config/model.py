@@ -550,6 +550,9 @@ class ConfigFile(Section):
     providers: tuple[ProviderConfig, ...] = ()
     envoy: EnvoyTuning = Field(default_factory=EnvoyTuning)
     shutdown_grace_seconds: Annotated[float, NumberBetween(0.0, 600.0)] = 20.0
+    #: ext_proc worker processes; 0 = one per core of the container's CPU limit (one on a unix
+    #: socket, where each worker needs a socket of its own that Envoy's rendered config lists).
+    workers: Annotated[int, Between(0, 256, env=True)] = 0
     policy: PolicySection | None = None
     masking: MaskingSection | None = None
     approvals: ApprovalsSection | None = None
@@ -662,6 +665,10 @@ class Config:
     @property
     def shutdown_grace_seconds(self) -> float:
         return self.file.shutdown_grace_seconds
+
+    @property
+    def workers(self) -> int:
+        return self.file.workers
 
     def with_issuers(self, issuers: tuple[IssuerConfig, ...]) -> Config:
         """The same configuration trusting ``issuers`` (``issuer: discover`` resolved at start-up)."""

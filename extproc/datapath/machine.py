@@ -70,6 +70,7 @@ __all__ = [
     "NeedIdentity",
     "NeedInspection",
     "NeedRecordStart",
+    "Phase",
     "ProtocolError",
     "RecordEntries",
     "Reply",
@@ -97,6 +98,9 @@ class Continue:
     body: bytes | None = None
     #: Tell Envoy not to send the request body at all (nothing governs it): one round trip less.
     skip_request_body: bool = False
+    #: Tell Envoy not to send the response body (nothing reads it: no credential to scrub, no
+    #: masking, usage, recording or tool guard): one round trip per body chunk less.
+    skip_response_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +446,7 @@ class RequestMachine:
         self._reserved_at = 0.0
         #: From an offloaded inspection: the body to forward and the record's request fields.
         self._inspected: Inspection | None = None
+        self._response_skipped = False
 
     # -- request side --------------------------------------------------------
 
@@ -635,6 +640,11 @@ class RequestMachine:
             d = self.info.decision
             if (d is not None and d.budgets) or self._rec is not None:
                 self._usage = UsageTracker(ctype)
+        if not end_of_stream and not secrets and not self._stages and self._usage is None and self._rec is None:
+            # Nothing reads the body: it streams through Envoy untouched, length and all.
+            self._response_skipped = True
+            self._finish_response()
+            return Continue(set_headers=tuple(set_headers), skip_response_body=True)
         # Body chunks may change length (scrubbing, masking), so the upstream's length is void.
         remove = ("content-length",) if not end_of_stream and "content-length" in headers else ()
         if end_of_stream:
@@ -642,6 +652,8 @@ class RequestMachine:
         return Continue(set_headers=tuple(set_headers), remove_headers=remove)
 
     def on_response_body(self, body: bytes, end_of_stream: bool) -> Decision:
+        if self._response_skipped:
+            return Continue()  # we asked Envoy not to send it; nothing reads it if it comes anyway
         self._accept(Event.RESPONSE_BODY)
         scrubber = self._scrubber
         assert scrubber is not None

@@ -103,6 +103,16 @@ def _mutation(d: Continue) -> ep.HeaderMutation | None:
     )
 
 
+#: The response body is not sent (see ``Continue.skip_response_body``); the rest as configured.
+_SKIP_RESPONSE_BODY = epf.ProcessingMode(
+    request_header_mode=epf.ProcessingMode.SEND,
+    response_header_mode=epf.ProcessingMode.SEND,
+    request_body_mode=epf.ProcessingMode.BUFFERED,
+    response_body_mode=epf.ProcessingMode.NONE,
+    request_trailer_mode=epf.ProcessingMode.SKIP,
+    response_trailer_mode=epf.ProcessingMode.SKIP,
+)
+
 #: Everything as configured, minus the request body (see ``Continue.skip_request_body``).
 _SKIP_REQUEST_BODY = epf.ProcessingMode(
     request_header_mode=epf.ProcessingMode.SEND,
@@ -197,6 +207,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         auth = self._authenticator()
         self.inflight += 1
         m.streams_inflight.inc()
+        m.worker_streams_here.inc()
         outcome = "incomplete"
         try:
             async for req in request_iterator:
@@ -285,7 +296,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             except RecordingUnavailable:
                 self._metrics.stream_errors.labels("recording").inc()
         await self._records.append_complete(eff.complete)
-        interaction_log.info(json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str))
+        if interaction_log.isEnabledFor(logging.INFO):  # the line costs a JSON encoding per request
+            interaction_log.info(json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str))
 
     async def _charge(self, eff: ChargeUsage) -> None:
         ok = await budgets.charge_usage(self._store.client, eff.charges, actual_tokens=eff.actual_tokens,
@@ -400,8 +412,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             d = machine.on_request_body(req.request_body.body, req.request_body.end_of_stream)
         elif kind == "response_headers":
             r = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
-            yield _immediate(r) if isinstance(r, Reply) else ep.ProcessingResponse(
-                response_headers=ep.HeadersResponse(response=_common(r)))
+            if isinstance(r, Reply):
+                yield _immediate(r)
+                return
+            resp = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(r)))
+            if r.skip_response_body:
+                resp.mode_override.CopyFrom(_SKIP_RESPONSE_BODY)
+            yield resp
             return
         elif kind == "response_body":
             r = machine.on_response_body(req.response_body.body, req.response_body.end_of_stream)

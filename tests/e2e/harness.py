@@ -185,6 +185,9 @@ class Stack:
                           "spool": {"path": str(self.workdir / "spool.jsonl"), "max_bytes": 1 << 20}},
             "envoy": {"message_timeout_ms": 5000, "max_request_bytes": 1024 * 1024},
             "shutdown_grace_seconds": 10,
+            # One process, so what a test observes (a spool file, one process's caches) is
+            # deterministic; tests/e2e/test_workers.py covers worker processes.
+            "workers": 1,
         }
         if self.unix:
             lst = cfg["listeners"]

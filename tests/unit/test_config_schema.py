@@ -48,7 +48,7 @@ def test_schema_is_valid_draft_2020_12_and_closed() -> None:
     assert all(d.get("additionalProperties") is False for d in schema["$defs"].values() if d.get("type") == "object")
     assert set(schema["properties"]) == {"version", "listeners", "redis", "identity", "providers", "envoy",
                                          "shutdown_grace_seconds", "policy", "masking", "approvals", "recording",
-                                         "tools", "inspection"}
+                                         "tools", "inspection", "workers"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))

@@ -529,3 +529,26 @@ def test_a_hostile_client_request_id_is_dropped_and_the_answer_carries_the_gatew
     m2 = RequestMachine(gateway(), request_id="gw-9")
     m2.on_request_headers({":method": "GET", ":path": "/nowhere", "x-request-id": "a b\nc"}, True)
     assert m2.info.client_request_id is None
+
+
+def test_response_body_is_skipped_only_when_nothing_reads_it() -> None:
+    bare = Gateway(router=Router(providers()), credential=lambda _: None, all_credentials=lambda: [],
+                   clock=lambda: 0.0, new_id=ids(), timer=lambda: 0.0)
+    m = RequestMachine(bare)
+    d = m.on_request_headers(headers("/open/x"), True)
+    assert isinstance(d, Continue)
+    r = m.on_response_headers({":status": "200", "content-length": "5"}, False)
+    assert r.skip_response_body and r.remove_headers == ()  # the body passes untouched, length and all
+    assert m.phase is Phase.DONE and m.info.status == 200
+    assert m.on_response_body(b"hello", True) == Continue()  # if Envoy sends it anyway, it passes
+    # With a credential to scrub, the body is read.
+    m2, _ = authed(eos=True)
+    assert not m2.on_response_headers({":status": "200"}, False).skip_response_body
+    # With masking (even without credentials) it is read too.
+    masked = Gateway(router=Router(providers()), credential=lambda _: None, all_credentials=lambda: [],
+                     clock=lambda: 0.0, new_id=ids(), timer=lambda: 0.0,
+                     masking=ResponseMasking(profile=default_profile()))
+    m3 = RequestMachine(masked)
+    m3.on_request_headers(headers("/open/x"), True)
+    assert not m3.on_response_headers({":status": "200", "content-type": "application/json"},
+                                      False).skip_response_body
