@@ -436,7 +436,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             maintain.cancel()
         for task in records_tasks:
             task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(state.store.batcher.drain(), 5)  # usage charges sent at the end
         if records is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(records.drain(), 5)  # records submitted by the last streams
             with contextlib.suppress(Exception):
                 await records.maintain(time.time())  # flush what was spooled while we can
         if waiter is not None:

@@ -184,7 +184,6 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._new_request_id = new_request_id
         #: Unix-socket ext_proc: only allowed peer uids (Envoy's) may be answered.
         self._peer_guard = peer_guard
-        self._background: set[asyncio.Task[None]] = set()
         # Labelled children looked up once: a label look-up per message is measurable.
         self._message_seconds = {
             kind: metrics.message_seconds.labels(kind)
@@ -280,34 +279,40 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             m.tool_pin_mismatches.labels(provider).inc(len(info.pin_mismatches))
 
     def _run_effects(self, machine: RequestMachine) -> None:
+        """Records and usage charges leave without a task each: they join the next group write
+        (records) or Redis batch (charges), off the request path."""
         for eff in machine.effects:
-            coro = self._charge(eff) if isinstance(eff, ChargeUsage) else self._record(eff)
-            task = asyncio.create_task(coro)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            if isinstance(eff, ChargeUsage):
+                self._charge(eff)
+            else:
+                self._record(eff)
         machine.effects.clear()
 
-    async def _record(self, eff: RecordEntries) -> None:
+    def _record(self, eff: RecordEntries) -> None:
         if self._records is None:
             return
         if eff.write_start and eff.start is not None:
-            try:
-                await self._records.append_start(eff.start)
-            except RecordingUnavailable:
-                self._metrics.stream_errors.labels("recording").inc()
-        await self._records.append_complete(eff.complete)
+            self._records.submit_start(eff.start).add_done_callback(self._start_recorded)
+        done = self._records.submit_complete(eff.complete)
         if interaction_log.isEnabledFor(logging.INFO):  # the line costs a JSON encoding per request
-            interaction_log.info(json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str))
+            # Logged once written: the write resolves the session id the line shows.
+            done.add_done_callback(lambda _f: interaction_log.info(
+                json.dumps(interaction_log_line(eff.start or {}, eff.complete), default=str)))
 
-    async def _charge(self, eff: ChargeUsage) -> None:
-        ok = await budgets.charge_usage(self._store.client, eff.charges, actual_tokens=eff.actual_tokens,
-                                        estimated_tokens=eff.estimated_tokens, now=eff.reserved_at,
-                                        prefix=self._store.prefix)
-        if not ok:
-            self._metrics.stream_errors.labels("usage_charge").inc()
+    def _start_recorded(self, fut: asyncio.Future[str | None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:  # RecordingUnavailable (required mode)
+            self._metrics.stream_errors.labels("recording").inc()
+
+    def _charge(self, eff: ChargeUsage) -> None:
+        budgets.charge_usage_nowait(self._store.batcher, eff.charges, actual_tokens=eff.actual_tokens,
+                                    estimated_tokens=eff.estimated_tokens, now=eff.reserved_at,
+                                    prefix=self._store.prefix, on_error=self._charge_failed)
+
+    def _charge_failed(self, _exc: BaseException) -> None:
+        self._metrics.stream_errors.labels("usage_charge").inc()
 
     async def _reserve(self, machine: RequestMachine, need: NeedBudget) -> BudgetOutcome:
-        out = await budgets.check_and_reserve(self._store.client, need.charges, prompt_tokens=need.prompt_tokens,
+        out = await budgets.check_and_reserve(self._store.batcher, need.charges, prompt_tokens=need.prompt_tokens,
                                               now=time.time(), prefix=self._store.prefix)
         if out.unavailable and out.allowed:
             log.warning("budgets not enforced for request %s: redis unavailable (%s)", _log_id(machine.info.request_id),
@@ -317,8 +322,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
     async def _record_start(self, need: NeedRecordStart) -> bool:
         if self._records is None:
             return False
+        pending = self._records.submit_start(need.entry)
+        if self._records.settings.mode != "required":
+            # best_effort: the request does not wait for its record (it is spooled, in order,
+            # if Redis does not take it); only required mode holds the request until written.
+            return True
         try:
-            await self._records.append_start(need.entry)
+            await pending
         except RecordingUnavailable:
             self._metrics.stream_errors.labels("recording").inc()
             return False

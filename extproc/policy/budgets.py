@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from extproc.policy.model import BudgetCharge, BudgetOutcome
-from extproc.store import DEFAULT_PREFIX
+from extproc.store import DEFAULT_PREFIX, Batcher
 
-__all__ = ["DEFAULT_PREFIX", "BudgetOutcome", "charge_usage", "check_and_reserve", "window_start"]
+__all__ = ["DEFAULT_PREFIX", "BudgetOutcome", "charge_usage", "charge_usage_nowait", "check_and_reserve",
+           "window_start"]
 
 #: Keys outlive their window a little, so a late usage correction still finds them.
 _GRACE_SECONDS = 60
@@ -86,7 +87,7 @@ def _unique(charges: Sequence[BudgetCharge]) -> list[BudgetCharge]:
     return list({c.key: c for c in charges}.values())
 
 
-async def _run(client: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+async def _run(client: Redis | Batcher, name: str, keys: list[str], args: list[Any]) -> Any:
     try:
         return await client.evalsha(_SHA[name], len(keys), *keys, *args)
     except NoScriptError:  # first use on this server, or after SCRIPT FLUSH / failover
@@ -94,7 +95,7 @@ async def _run(client: Redis, name: str, keys: list[str], args: list[Any]) -> An
 
 
 async def check_and_reserve(
-    client: Redis,
+    client: Redis | Batcher,
     charges: Sequence[BudgetCharge],
     *,
     prompt_tokens: int,
@@ -135,8 +136,46 @@ async def check_and_reserve(
     )
 
 
+def _charge_call(charges: Sequence[BudgetCharge], actual_tokens: int, estimated_tokens: int, now: float,
+                 prefix: str) -> tuple[list[str], list[Any]] | None:
+    """The keys and arguments of the correction, or None when there is nothing to correct."""
+    delta = int(actual_tokens) - int(estimated_tokens)
+    targets = [c for c in _unique(charges) if c.tokens_limit is not None]
+    if delta == 0 or not targets:
+        return None
+    keys = [f"{prefix}{c.key}:{window_start(now, c.window_seconds)}" for c in targets]
+    return keys, [delta] + [_seconds_left(now, c.window_seconds) + _GRACE_SECONDS for c in targets]
+
+
+def charge_usage_nowait(
+    batcher: Batcher,
+    charges: Sequence[BudgetCharge],
+    *,
+    actual_tokens: int,
+    estimated_tokens: int,
+    now: float,
+    prefix: str = DEFAULT_PREFIX,
+    on_error: Callable[[BaseException], None],
+) -> None:
+    """:func:`charge_usage` with the next Redis batch, without waiting (the answer is out).
+    The script was loaded by the reservation that preceded it; should Redis have lost it
+    since, the correction is sent again as a plain ``EVAL``."""
+    call = _charge_call(charges, actual_tokens, estimated_tokens, now, prefix)
+    if call is None:
+        return
+    keys, args = call
+
+    def failed(exc: BaseException) -> None:
+        if isinstance(exc, NoScriptError):
+            batcher.send("EVAL", _SRC["charge"], len(keys), *keys, *args, on_error=on_error)
+        else:
+            on_error(exc)
+
+    batcher.send("EVALSHA", _SHA["charge"], len(keys), *keys, *args, on_error=failed)
+
+
 async def charge_usage(
-    client: Redis,
+    client: Redis | Batcher,
     charges: Sequence[BudgetCharge],
     *,
     actual_tokens: int,
@@ -149,12 +188,10 @@ async def charge_usage(
     The correction lands in the window containing ``now``. Pass the reservation's time
     to correct the same window it was reserved in.
     """
-    delta = int(actual_tokens) - int(estimated_tokens)
-    targets = [c for c in _unique(charges) if c.tokens_limit is not None]
-    if delta == 0 or not targets:
+    call = _charge_call(charges, actual_tokens, estimated_tokens, now, prefix)
+    if call is None:
         return True
-    keys = [f"{prefix}{c.key}:{window_start(now, c.window_seconds)}" for c in targets]
-    args: list[Any] = [delta] + [_seconds_left(now, c.window_seconds) + _GRACE_SECONDS for c in targets]
+    keys, args = call
     try:
         await _run(client, "charge", keys, args)
     except (TimeoutError, RedisError, OSError):

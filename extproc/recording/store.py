@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from extproc.errors import StoreUnavailable
 from extproc.recording.model import (
@@ -80,6 +80,8 @@ _DEDUPE_FLUSH_SECONDS = 86400
 _PAGE = 500
 #: Spooled entries written per pipelined round trip when flushing.
 _FLUSH_BATCH = 200
+#: Entries of one group write at most (submitted while the previous write was in flight).
+_WRITE_BATCH = 200
 #: Interactions whose start was lost remembered at most (their completions are not reserved).
 _LOST_MAX = 100_000
 #: Index kinds whose values come from callers, bodies or tokens: keyed by HMAC, never raw.
@@ -203,6 +205,16 @@ RecordingUnavailable = StoreUnavailable
 
 def new_session_id() -> str:
     return "s_" + uuid.uuid4().hex[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An entry waiting for the next group write, and where its outcome goes."""
+
+    entry: Mapping[str, Any]
+    refuse: bool
+    reserved: bool
+    result: asyncio.Future[str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +420,8 @@ class RecordsStore:
         self._wake = asyncio.Event()
         self._lost_starts: set[str] = set()
         self._secret: bytes | None = None
+        self._pending: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
         self._append = client.register_script(_APPEND)
         self._trim = client.register_script(_TRIM)
         self._session = client.register_script(_SESSION)
@@ -435,43 +449,114 @@ class RecordsStore:
         A gap-based session is resolved here and, when ``entry`` is a dict, written back into
         its ``session_id``. Raises :class:`RecordingUnavailable` in ``required`` mode when the
         entry cannot be written."""
-        return await self._append_entry(entry, refuse=self.settings.mode == "required")
+        return await self.submit_start(entry)
+
+    def submit_start(self, entry: Mapping[str, Any]) -> asyncio.Future[str | None]:
+        """:meth:`append_start` without waiting: the entry joins the next group write. In
+        ``best_effort`` mode the request need not wait for it (a failure spools it, in order)."""
+        return self._enqueue(entry, refuse=self.settings.mode == "required", reserved=False)
 
     async def append_complete(self, entry: Mapping[str, Any]) -> str | None:
         """Record a ``complete`` entry; spooled when Redis is unreachable, in either mode.
 
         The completion of an interaction whose start is recorded (written or spooled) is
         never lost to the spool's size bound."""
+        return await self.submit_complete(entry)
+
+    def submit_complete(self, entry: Mapping[str, Any]) -> asyncio.Future[str | None]:
+        """:meth:`append_complete` without waiting (completions are written off the request path)."""
         iid = str(entry.get("interaction_id") or "")
         lost = iid in self._lost_starts
         self._lost_starts.discard(iid)
-        return await self._append_entry(entry, refuse=False, reserved=not lost)
+        return self._enqueue(entry, refuse=False, reserved=not lost)
 
-    async def _append_entry(self, entry: Mapping[str, Any], *, refuse: bool, reserved: bool = False) -> str | None:
-        # Never waits for the spool: what is spooled is flushed in the background
-        # (``run_flusher``), and entries written meanwhile simply land before it.
-        error = "redis was unreachable moments ago"
-        if self.redis_up:
+    def _enqueue(self, entry: Mapping[str, Any], *, refuse: bool, reserved: bool) -> asyncio.Future[str | None]:
+        """Group commit: entries submitted while a write is in flight go together in the next one
+        (one pipeline, one round trip), in submission order, by one writer task, so a request's
+        start always precedes its completion in the chain. The future has the stream id, None
+        (spooled or lost) or :class:`RecordingUnavailable` (``refuse``: required mode)."""
+        result: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        if not self.redis_up:
+            # Never waits for Redis or the spool: what is spooled is flushed in the background
+            # (``run_flusher``), and entries written meanwhile simply land before it.
+            self._fall_back(entry, refuse, reserved, "redis was unreachable moments ago", result)
+            return result
+        self._pending.append(_Pending(entry, refuse, reserved, result))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+        return result
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:_WRITE_BATCH], self._pending[_WRITE_BATCH:]
             try:
-                sid = await self._write(entry, dedupe_ttl=_DEDUPE_DIRECT_SECONDS)
+                replies = await self._append_many([p.entry for p in batch], dedupe_ttl=_DEDUPE_DIRECT_SECONDS)
             except _ERRORS as exc:
                 self._mark_down()
                 error = f"{type(exc).__name__}: {exc}"[:200]
-            else:
-                self.written += 1
-                return sid
+                for p in batch:
+                    self._fall_back(p.entry, p.refuse, p.reserved, error, p.result)
+                continue
+            for p, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, Exception):
+                    self._mark_down()
+                    self._fall_back(p.entry, p.refuse, p.reserved, f"{type(reply).__name__}: {reply}"[:200],
+                                    p.result)
+                elif not p.result.done():
+                    self.written += 1
+                    p.result.set_result(_s(reply[0]))
+
+    def _fall_back(self, entry: Mapping[str, Any], refuse: bool, reserved: bool, error: str,
+                   result: asyncio.Future[str | None]) -> None:
+        """An entry Redis did not take: refused (required mode), else spooled, else lost."""
+        if result.done():
+            return
         if refuse:
             self.failed += 1
             self._lose_start(entry)
-            raise RecordingUnavailable(f"the interaction cannot be recorded: {error}")
+            result.set_exception(RecordingUnavailable(f"the interaction cannot be recorded: {error}"))
+            return
         if self.spool.add(entry, reserved=reserved):
             self.spooled += 1
-            return None
-        self.failed += 1
-        self._lose_start(entry)
-        log.error("recording spool %s is full (%d bytes): an entry of request %s is lost",
-                  self.spool.path, self.spool.max_bytes, entry.get("request_id"))
-        return None
+        else:
+            self.failed += 1
+            self._lose_start(entry)
+            log.error("recording spool %s is full (%d bytes): an entry of request %s is lost",
+                      self.spool.path, self.spool.max_bytes, entry.get("request_id"))
+        result.set_result(None)
+
+    async def _append_many(self, entries: Sequence[Mapping[str, Any]], *, dedupe_ttl: int) -> list[Any]:
+        """Append ``entries`` in order, in one round trip: each reply, or the exception Redis
+        gave that entry. A connection failure raises."""
+        calls = [await self._prepare(e, dedupe_ttl=dedupe_ttl) for e in entries]
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await self._append(keys=keys, args=args)]
+            except ResponseError as exc:
+                return [exc]
+        replies = await self._pipelined(calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # Redis lost its script cache (a restart, SCRIPT FLUSH, a failover) between two
+            # calls: load it once and send the entries it refused again, in order.
+            await self.client.script_load(_APPEND)
+            again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            for i, r in zip(again, await self._pipelined([calls[i] for i in again]), strict=True):
+                replies[i] = r
+        return replies
+
+    async def _pipelined(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        # EVALSHA directly: redis-py's pipeline asks SCRIPT EXISTS before every batch for
+        # scripts registered with it, a round trip per batch for nothing.
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def drain(self) -> None:
+        """Wait for every submitted entry's write (shutdown, tests)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     def _lose_start(self, entry: Mapping[str, Any]) -> None:
         if entry.get("kind") == "start" and entry.get("interaction_id"):
@@ -542,11 +627,6 @@ class RecordsStore:
             wait = probe if (not self.redis_up or self.spool.pending) else interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-
-    async def _write(self, entry: Mapping[str, Any], *, dedupe_ttl: int) -> str:
-        keys, args = await self._prepare(entry, dedupe_ttl=dedupe_ttl)
-        res = await self._append(keys=keys, args=args)
-        return _s(res[0])
 
     async def _prepare(self, entry: Mapping[str, Any], *, dedupe_ttl: int) -> tuple[list[str], list[Any]]:
         doc = dict(entry)

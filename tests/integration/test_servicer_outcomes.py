@@ -73,7 +73,9 @@ async def _cut_short() -> AsyncIterator[ep.ProcessingRequest]:
 
 def test_an_answer_cut_short_is_incomplete() -> None:
     metrics = Metrics()
-    gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: [],
+    # A credential to scrub, so the answer's body is read (with nothing to read it for, Envoy is
+    # told not to send it and the exchange ends, for ext_proc, with the response headers).
+    gw = Gateway(router=Router([OPEN]), credential=lambda _n: None, all_credentials=lambda: ["sk-test-scrub-me"],
                  clock=lambda: 1000.0, new_id=lambda: "req-1", timer=lambda: 0.0)
     servicer = ExternalProcessor(lambda: gw, lambda: None, metrics, store=None)  # type: ignore[arg-type]
 
