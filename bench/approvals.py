@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import http.client
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,22 +20,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.harness import Stack  # noqa: E402
+from bench.stack import post_chat, running_stack, workdir  # noqa: E402
 
 DEAL = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Please review this term sheet"}]})
 HELLO = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}]})
-
-
-def _post(s: Stack, token: str, body: str, timeout: float = 30) -> int:
-    c = http.client.HTTPConnection("127.0.0.1", s.ports["http"], timeout=timeout)
-    try:
-        c.request("POST", "/fake/chat/completions", body=body,
-                  headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
-        r = c.getresponse()
-        r.read()
-        return r.status
-    finally:
-        c.close()
 
 
 def _pct(xs: list[float], q: int) -> float:
@@ -50,8 +36,6 @@ def bench_approvals(n: int = 20) -> dict[str, Any]:
     from extproc.approvals.store import ApprovalStore
     from extproc.identity.model import Identity
 
-    work = Path(tempfile.mkdtemp(prefix="extproc-bench-approvals-"))
-    s = Stack(work, extra_config={"recording": None}).start()
     approver = Identity(user="bench-approver", groups=("legal",), issuer="https://extproc.local/dev",
                         subject="bench-approver", expires_at=time.time() + 3600)
 
@@ -65,14 +49,14 @@ def bench_approvals(n: int = 20) -> dict[str, Any]:
 
     latencies: list[float] = []
     unrelated: dict[str, float] = {}
-    try:
+    with running_stack(workdir("approvals")) as s:
         loop = asyncio.new_event_loop()
         redis = Redis.from_url(s.redis_url)
         store = ApprovalStore(redis)
         with concurrent.futures.ThreadPoolExecutor(64) as ex:
             for i in range(n):
                 before = loop.run_until_complete(pending_ids(store))
-                fut = ex.submit(_post, s, s.token(f"bench-{i}"), DEAL)
+                fut = ex.submit(post_chat, s, s.token(f"bench-{i}"), DEAL, 30)
                 new: set[str] = set()
                 while not new:
                     time.sleep(0.01)
@@ -88,20 +72,18 @@ def bench_approvals(n: int = 20) -> dict[str, Any]:
                 xs = []
                 for _ in range(40):
                     t = time.perf_counter()
-                    assert _post(s, free, HELLO) == 200
+                    assert post_chat(s, free, HELLO, 30) == 200
                     xs.append((time.perf_counter() - t) * 1000)
                 return statistics.median(xs)
 
             unrelated["idle_p50_ms"] = unrelated_p50()
-            held = [ex.submit(_post, s, s.token(f"bench-held-{i}"), DEAL) for i in range(50)]
+            held = [ex.submit(post_chat, s, s.token(f"bench-held-{i}"), DEAL, 30) for i in range(50)]
             time.sleep(1.0)
             unrelated["with_50_held_p50_ms"] = unrelated_p50()
             for f in held:
                 f.result(30)
         loop.run_until_complete(redis.aclose())
         loop.close()
-    finally:
-        s.stop()
     return {
         "approve_to_upstream_p50_ms": round(statistics.median(latencies), 2),
         "approve_to_upstream_p99_ms": round(_pct(latencies, 99), 2),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -35,20 +34,10 @@ sys.path.insert(0, str(REPO))
 
 from bench.pii_corpus import generate  # noqa: E402
 from extproc.masking import MaskingProfile, default_profile  # noqa: E402
+from tests.corpus import dev_corpus_path  # noqa: E402
 
 PRESIDIO_PY = REPO / ".venv-presidio" / "bin" / "python"
 SHARED_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "US_SSN")
-
-
-def shared_corpus() -> Path | None:
-    env = os.environ.get("EXTPROC_SHARED")
-    if env:
-        return Path(env) / "pii-dev-corpus.jsonl"
-    for parent in REPO.parents:
-        candidate = parent / "shared" / "pii-dev-corpus.jsonl"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 @dataclass
@@ -333,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     profile = default_profile()
     failed = False
-    path = shared_corpus()
-    if path is None:
-        print("development corpus not found (../shared/pii-dev-corpus.jsonl or $EXTPROC_SHARED): skipped")
+    path = dev_corpus_path()
+    if not path.is_file():
+        print(f"development corpus not found ({path}; set $EXTPROC_SHARED to its folder): skipped")
         failed = True
         rows1: list[dict[str, Any]] = []
     else:

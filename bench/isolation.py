@@ -8,11 +8,9 @@ request failed. Target: the small request's p50 within 100 ms of its idle p50, n
 
 from __future__ import annotations
 
-import http.client
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -22,22 +20,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.harness import Stack  # noqa: E402
+from bench.stack import Stack, post_chat, running_stack, workdir  # noqa: E402
 
 UNIT = "Reach bob.smith@example.com or +1 415 555 0132, cc alice@corp.example.org. "
 SMALL = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello, write to bob@example.com"}]})
-
-
-def _post(s: Stack, token: str, body: str, timeout: float = 600) -> int:
-    c = http.client.HTTPConnection("127.0.0.1", s.ports["http"], timeout=timeout)
-    try:
-        c.request("POST", "/fake/chat/completions", body=body,
-                  headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
-        r = c.getresponse()
-        r.read()
-        return r.status
-    finally:
-        c.close()
 
 
 def _inflight(s: Stack) -> float:
@@ -51,19 +37,18 @@ def _small(s: Stack, token: str, n: int) -> tuple[list[float], int]:
     lat, errors = [], 0
     for _ in range(n):
         t0 = time.perf_counter()
-        if _post(s, token, SMALL, 60) != 200:
+        if post_chat(s, token, SMALL, 60) != 200:
             errors += 1
         lat.append((time.perf_counter() - t0) * 1000)
     return lat, errors
 
 
 def bench_isolation(size: int = 7_800_000, n: int = 30) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="extproc-bench-isolation-"))
+    work = workdir("isolation")
     extra = {"envoy": {"message_timeout_ms": 2000, "max_request_bytes": 8 * 1024 * 1024},
              "inspection": {"timeout_seconds": 300},
              "recording": {"mode": "required", "spool": {"path": str(work / "spool.jsonl")}}}
-    s = Stack(work, extra_config=extra).start()
-    try:
+    with running_stack(work, extra) as s:
         token = s.token("alice")
         _small(s, token, 5)  # warm up
         idle, idle_err = _small(s, token, n)
@@ -73,7 +58,7 @@ def bench_isolation(size: int = 7_800_000, n: int = 30) -> dict[str, Any]:
 
         def send() -> None:
             t0 = time.perf_counter()
-            big["status"] = _post(s, s.token("mallory"), big_body)
+            big["status"] = post_chat(s, s.token("mallory"), big_body, 600)
             big["seconds"] = time.perf_counter() - t0
 
         t = threading.Thread(target=send)
@@ -95,8 +80,6 @@ def bench_isolation(size: int = 7_800_000, n: int = 30) -> dict[str, Any]:
             "small_added_p50_ms": round(p50_busy - p50_idle, 2),
             "small_during/idle p50": round(p50_busy / p50_idle, 3), "small_errors": idle_err + busy_err,
         }
-    finally:
-        s.stop()
 
 
 if __name__ == "__main__":

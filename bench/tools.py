@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.harness import Stack  # noqa: E402
+from bench.stack import running_stack, workdir  # noqa: E402
 
 
 async def _calls(url: str, headers: dict[str, str], n: int) -> list[float]:
@@ -35,12 +34,9 @@ async def _calls(url: str, headers: dict[str, str], n: int) -> list[float]:
 
 
 def bench_tools(n: int = 100) -> dict[str, Any]:
-    s = Stack(Path(tempfile.mkdtemp(prefix="extproc-bench-tools-")), extra_config={"recording": None}).start()
-    try:
+    with running_stack(workdir("tools")) as s:
         direct = asyncio.run(_calls(f"http://127.0.0.1:{s.mcp.port}/mcp", {}, n))
         gateway = asyncio.run(_calls(f"{s.gateway}/mcp/crm", {"Authorization": f"Bearer {s.token()}"}, n))
-    finally:
-        s.stop()
 
     def p(xs: list[float], q: int) -> float:
         return round(statistics.quantiles(xs, n=100)[q - 1], 2)

@@ -1,7 +1,7 @@
 """The ``tools:`` section, typed: rules on tool calls, conditions on their arguments, pins.
 
 :class:`ToolsSection` declares every key and checks what one rule or condition can check on
-its own; :class:`~extproc.tools.policy.ToolPolicy` is compiled from it.
+its own; :class:`~extproc.tools.model.ToolPolicy` is compiled from it.
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ from extproc.datapath.machine import (  # noqa: E402
     RecordEntries,
 )
 from extproc.recording.model import RecordingSettings  # noqa: E402
-from extproc.tools.policy import ToolPolicy  # noqa: E402
+from extproc.tools.model import ToolPolicy  # noqa: E402
 
 CALLS: dict[Event, Callable[[RequestMachine], object]] = {
     Event.REQUEST_HEADERS: lambda m: m.on_request_headers(headers("/openai/x"), False),

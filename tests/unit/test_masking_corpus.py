@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 from extproc.masking import default_profile
+from tests.corpus import dev_corpus_path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _corpus_path() -> Path:
-    """``$EXTPROC_SHARED/pii-dev-corpus.jsonl``, else ``shared/`` beside the repository.
-
-    A git worktree sits deeper than a clone (``wt/<name>/``), so every ancestor of the
-    repository is tried; the first ``shared/pii-dev-corpus.jsonl`` found wins.
-    """
-    env = os.environ.get("EXTPROC_SHARED")
-    if env:
-        return Path(env) / "pii-dev-corpus.jsonl"
-    for parent in REPO.parents:
-        candidate = parent / "shared" / "pii-dev-corpus.jsonl"
-        if candidate.is_file():
-            return candidate
-    return REPO.parent / "shared" / "pii-dev-corpus.jsonl"
-
-
-CORPUS = _corpus_path()
+CORPUS = dev_corpus_path()
 
 
 def test_corpus_recall_and_precision() -> None:

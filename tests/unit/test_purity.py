@@ -24,6 +24,8 @@ PURE = [
     "extproc.policy.model",
     "extproc.masking",
     "extproc.masking.responses",
+    "extproc.tools.model",
+    "extproc.tools.guard",
     "extproc.tools.policy",
     "extproc.tools.mcp",
     "extproc.approvals.model",

@@ -14,14 +14,9 @@ from extproc.errors import ConfigError
 from extproc.llmapi.sse import parse_events, serialize_event
 from extproc.masking import default_profile
 from extproc.masking.responses import BodyTooLarge
-from extproc.tools.policy import (
-    ToolCallGuard,
-    ToolPolicy,
-    ToolRequest,
-    argument_digest,
-    mask_arguments,
-    parse_argument_path,
-)
+from extproc.tools.config import parse_argument_path
+from extproc.tools.guard import ToolCallGuard
+from extproc.tools.model import ToolPolicy, ToolRequest, argument_digest, mask_arguments
 
 CONFIG: dict[str, Any] = {
     "mode": "enforce",
