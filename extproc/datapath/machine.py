@@ -55,7 +55,8 @@ from extproc.policy.model import BudgetCharge, BudgetOutcome, PolicyRequest
 from extproc.policy.model import Decision as PolicyDecision
 from extproc.recording.model import InteractionRecorder, RecordingSettings
 from extproc.tools import mcp
-from extproc.tools.policy import ToolCallGuard, ToolDecision, ToolPolicy, ToolRequest, argument_digest, mask_arguments
+from extproc.tools.guard import ToolCallGuard
+from extproc.tools.model import ToolDecision, ToolPolicy, ToolRequest, argument_digest, mask_arguments
 
 __all__ = [
     "TRANSITIONS",

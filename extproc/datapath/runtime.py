@@ -21,7 +21,7 @@ from extproc.identity.credentials import CredentialStore
 from extproc.masking import MaskingProfile
 from extproc.policy import Policy
 from extproc.recording.model import RecordingSettings
-from extproc.tools.policy import ToolPolicy
+from extproc.tools.model import ToolPolicy
 
 __all__ = ["HOLD_GRACE_SECONDS", "approvals", "build_gateway", "response_masking", "validate_sections"]
 

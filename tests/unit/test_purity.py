@@ -26,7 +26,6 @@ PURE = [
     "extproc.masking.responses",
     "extproc.tools.model",
     "extproc.tools.guard",
-    "extproc.tools.policy",
     "extproc.tools.mcp",
     "extproc.approvals.model",
     "extproc.recording.model",
