@@ -3,7 +3,7 @@
 Starts the same stack as ``bench/run.py`` (Redis, a canned upstream Envoy, the gateway Envoy,
 one ext_proc process with the ``full`` configuration), warms it up, then samples the ext_proc
 process with py-spy (``pip install py-spy``; it only reads the process, so the load runs at full
-speed) while loading it at c=16, and prints the CPU time per request by the library the CPU was
+speed) while loading it (c=16 unless told), and prints the CPU time per request by the library the CPU was
 in, by the project module responsible for it, and the top frames.
 ``python bench/profile.py --help``.
 """
@@ -112,7 +112,8 @@ def summarise(collapsed: Path, requests: int, rate: int, top: int = 25) -> dict[
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--row", default="full", help="which bench row's configuration (default: full)")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load at c=16 (default 10)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
+    ap.add_argument("--concurrency", "-c", type=int, default=16, help="concurrent callers (default 16)")
     ap.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
     ap.add_argument("--workers", type=int, default=1, help="ext_proc workers (default 1)")
     ap.add_argument("--out", default="", help="keep py-spy's collapsed stacks here")
@@ -152,7 +153,8 @@ def main() -> int:
         load(ports["http"], token, 16, 2.0)
         assert side.popen is not None
         result: dict[str, Any] = {}
-        loader = threading.Thread(target=lambda: result.update(load(ports["http"], token, 16, args.duration + 1)))
+        loader = threading.Thread(target=lambda: result.update(
+            load(ports["http"], token, args.concurrency, args.duration + 1)))
         loader.start()
         subprocess.run([spy, "record", "--pid", str(side.popen.pid), "--duration", str(int(args.duration)),
                         "--rate", str(args.rate), "--format", "raw", "--subprocesses", "--nonblocking",

@@ -12,6 +12,7 @@ canned chat completion, so the upstream is never the bottleneck), every Envoy wi
                + a per-user budget + response masking + ``best_effort`` recording
   full_wN      ``full`` with N ext_proc worker processes (N = the machine's cores), one process
                otherwise
+  full_no<part>  ``full`` without one part (budget, policy, masking, recording): what it costs
 
 Each at concurrency 1 and 16. Prints requests/s and p50/p99 latency, the ratios against the
 baselines and the ext_proc processes' resident memory; writes one JSON per run to
@@ -129,9 +130,15 @@ def gateway_config(work: Path, ports: dict[str, int], upstream: int, redis_url: 
     if "_unix" in name:  # the sidecar's layout: ext_proc over a unix socket (with the SO_PEERCRED guard)
         cfg["listeners"]["ext_proc"] = {"address": f"unix:{work / 'private' / f'ext_proc-{name}.sock'}"}
     if name.startswith("full"):
+        # ``full_no<part>`` leaves one part out: what that part costs (``full_norecording`` ...).
         cfg["policy"] = full_policy()
-        cfg["masking"] = {"responses": {"providers": ["openai", "masked"]}}
-        cfg["recording"] = {"mode": "best_effort", "spool": {"path": str(work / f"spool-{name}.jsonl")}}
+        if "_nobudget" in name:
+            del cfg["policy"]["budgets"]
+        if "_nopolicy" in name:
+            del cfg["policy"]
+        cfg["masking"] = {"responses": {"providers": [] if "_nomasking" in name else ["openai", "masked"]}}
+        if "_norecording" not in name:
+            cfg["recording"] = {"mode": "best_effort", "spool": {"path": str(work / f"spool-{name}.jsonl")}}
     path = work / f"extproc-{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -145,6 +152,18 @@ def tree_rss_kb(pid: int) -> int:
     except OSError:
         children = []
     return total + sum(tree_rss_kb(int(c)) for c in children)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) and its children, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    return own + sum(tree_cpu_seconds(int(c)) for c in children)
 
 
 def rss_kb(pid: int) -> int:
@@ -208,6 +227,22 @@ def worker_streams(admin_port: int) -> dict[str, float]:
         if line.startswith("extproc_worker_streams_total{"):
             out[line.split('"')[1]] = float(line.split()[-1])
     return out
+
+
+def messages_per_request(admin_port: int) -> dict[str, float]:
+    """ext_proc messages per request, by kind (from /metrics): what each request costs in gRPC."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    counts: dict[str, float] = {}
+    requests = 0.0
+    for line in text.splitlines():
+        if line.startswith("extproc_message_seconds_count{"):
+            counts[line.split('"')[1]] = float(line.split()[-1])
+        elif line.startswith("extproc_requests_total{"):
+            requests += float(line.split()[-1])
+    return {k: round(v / requests, 2) for k, v in counts.items()} if requests else {}
 
 
 def cores() -> int:
@@ -295,7 +330,13 @@ def main() -> int:
                 load(ports["http"], token, 16, 1.0)  # warm up (JWKS, token cache, connections)
                 row: dict[str, Any] = {}
                 for c in (1, 16):
-                    row[f"c{c}"] = load(ports["http"], token, c, args.duration)
+                    pid = side.popen.pid if side is not None and side.popen is not None else None
+                    cpu0 = tree_cpu_seconds(pid) if pid else 0.0
+                    row[f"c{c}"] = cell = load(ports["http"], token, c, args.duration)
+                    if pid and cell["requests"]:
+                        # The ext_proc process tree's CPU per request: what decides its throughput
+                        # on a core of its own, and much steadier than req/s on a shared machine.
+                        cell["cpu_us_per_req"] = round((tree_cpu_seconds(pid) - cpu0) / cell["requests"] * 1e6)
                 if name == "auth":
                     # The same SSE answer (~20 KB, 100 events, PII in it) unmasked and masked.
                     for route in ("openai", "masked"):
@@ -306,6 +347,8 @@ def main() -> int:
                     row["rss_mb"] = round(tree_rss_kb(side.popen.pid) / 1024, 1)
                 if workers > 1:
                     row["streams_per_worker"] = worker_streams(ports["admin"])
+                if name not in ("envoy", "noop"):
+                    row["messages_per_request"] = messages_per_request(ports["admin"])
                 results["rows"][label] = row
                 print(f"  measured {label}", file=sys.stderr)
             finally:
@@ -323,13 +366,14 @@ def main() -> int:
           f"{ncores} cores, load average {results['loadavg_before'][0]:.1f} before / "
           f"{results['loadavg_after'][0]:.1f} after)")
     print(f"{'scenario':<10} {'c1 rps':>9} {'c1 p50':>8} {'c1 p99':>8} {'c16 rps':>9} {'c16 p50':>8} "
-          f"{'c16 p99':>8} {'errors':>7} {'RSS MB':>7}")
+          f"{'c16 p99':>8} {'errors':>7} {'RSS MB':>7} {'CPU us/req c1':>14} {'c16':>6}")
     for name, row in rows.items():
         c1, c16 = row["c1"], row["c16"]
         print(f"{name:<10} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f}ms {c1['p99_ms']:>7.2f}ms {c16['rps']:>9.0f} "
               f"{c16['p50_ms']:>7.2f}ms {c16['p99_ms']:>7.2f}ms {c1['errors'] + c16['errors']:>7} "
-              f"{row.get('rss_mb', '-')!s:>7}"
-              + (f"  streams per worker {row['streams_per_worker']}" if "streams_per_worker" in row else ""))
+              f"{row.get('rss_mb', '-')!s:>7} {c1.get('cpu_us_per_req', '-')!s:>14} {c16.get('cpu_us_per_req', '-')!s:>6}"
+              + (f"  streams per worker {row['streams_per_worker']}" if "streams_per_worker" in row else "")
+              + (f"  messages/request {row['messages_per_request']}" if "messages_per_request" in row else ""))
     ratios = compute_ratios(rows)
     print()
     for k, v in ratios.items():
@@ -468,6 +512,9 @@ def compute_ratios(rows: dict[str, Any]) -> dict[str, float]:
             continue
         ratios[f"{name}/noop c16 throughput"] = row["c16"]["rps"] / noop["c16"]["rps"]
         ratios[f"{name}-noop c1 added p50 ms"] = row["c1"]["p50_ms"] - noop["c1"]["p50_ms"]
+        if "cpu_us_per_req" in row["c16"] and "cpu_us_per_req" in noop["c16"]:
+            # Throughput on a dedicated core, from CPU per request (steadier than req/s here).
+            ratios[f"{name}/noop c16 by ext_proc CPU"] = noop["c16"]["cpu_us_per_req"] / row["c16"]["cpu_us_per_req"]
     return ratios
 
 

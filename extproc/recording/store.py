@@ -82,6 +82,10 @@ _PAGE = 500
 _FLUSH_BATCH = 200
 #: Entries of one group write at most (submitted while the previous write was in flight).
 _WRITE_BATCH = 200
+#: How long a write that nobody waits for (completions, best_effort starts) lingers for company:
+#: a request's start and completion, and those of its neighbours, then share one round trip. A
+#: required-mode start (a request waiting) cuts the linger short.
+_LINGER_SECONDS = 0.02
 #: Interactions whose start was lost remembered at most (their completions are not reserved).
 _LOST_MAX = 100_000
 #: Index kinds whose values come from callers, bodies or tokens: keyed by HMAC, never raw.
@@ -401,6 +405,7 @@ class RecordsStore:
         prefix: str = "extproc:",
         retry_interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        linger: float = _LINGER_SECONDS,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -422,6 +427,8 @@ class RecordsStore:
         self._secret: bytes | None = None
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._urgent = asyncio.Event()
+        self._linger = linger
         self._append = client.register_script(_APPEND)
         self._trim = client.register_script(_TRIM)
         self._session = client.register_script(_SESSION)
@@ -482,12 +489,19 @@ class RecordsStore:
             self._fall_back(entry, refuse, reserved, "redis was unreachable moments ago", result)
             return result
         self._pending.append(_Pending(entry, refuse, reserved, result))
+        if refuse:
+            self._urgent.set()  # a request waits for this one
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_pending())
         return result
 
     async def _write_pending(self) -> None:
         while self._pending:
+            if self._linger and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger):
+                        await self._urgent.wait()
+            self._urgent.clear()
             batch, self._pending = self._pending[:_WRITE_BATCH], self._pending[_WRITE_BATCH:]
             try:
                 replies = await self._append_many([p.entry for p in batch], dedupe_ttl=_DEDUPE_DIRECT_SECONDS)
@@ -555,6 +569,7 @@ class RecordsStore:
 
     async def drain(self) -> None:
         """Wait for every submitted entry's write (shutdown, tests)."""
+        self._urgent.set()
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
 
