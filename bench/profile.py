@@ -61,6 +61,20 @@ def area_of(frame: str) -> str:
     return "other (stdlib, dataclasses, ...)"
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Per thread of ``pid``: its name and CPU seconds so far."""
+    out: dict[int, tuple[str, float]] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return out
+
+
 def summarise(collapsed: Path, requests: int, rate: int, top: int = 25) -> dict[str, Any]:
     """``collapsed``: py-spy's raw format, one ``frame;frame;...;leaf count`` line per stack."""
     leaf_area: dict[str, int] = {}
@@ -114,6 +128,9 @@ def main() -> int:
     ap.add_argument("--row", default="full", help="which bench row's configuration (default: full)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     ap.add_argument("--concurrency", "-c", type=int, default=16, help="concurrent callers (default 16)")
+    ap.add_argument("--cprofile", default="", help="run the server under cProfile and write its stats here")
+    ap.add_argument("--threads", action="store_true",
+                    help="no sampling: the CPU each thread of the ext_proc process used per request")
     ap.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
     ap.add_argument("--workers", type=int, default=1, help="ext_proc workers (default 1)")
     ap.add_argument("--out", default="", help="keep py-spy's collapsed stacks here")
@@ -133,7 +150,7 @@ def main() -> int:
         up_port, up_admin = free_ports(2)
         (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
         procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
-                                       "--base-id", str(up_admin), "--concurrency", "1"], work / "up.log").start())
+                                       "--use-dynamic-base-id", "--concurrency", "1"], work / "up.log").start())
         wait_tcp("127.0.0.1", up_port, 20, procs[-1])
         key, _ = ensure_dev_issuer(work / "dev")
         token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
@@ -142,16 +159,39 @@ def main() -> int:
         cfg_path = gateway_config(work, ports, up_port, redis_url, args.row, args.workers)
         cfg = load_config(cfg_path, env=env)
         (work / "gw.yaml").write_text(yaml.safe_dump(render_envoy(cfg)))
-        side = Proc("extproc", [sys.executable, "-m", "extproc", "--log-level", "warning", "serve", "--config",
+        # cProfile with the thread's CPU clock: time the loop thread spends preempted by Envoy,
+        # Redis or the load generator on this shared machine is not charged to the function.
+        launcher = ["-c", "import cProfile, sys, time; from extproc.cli import main; "
+                    "p = cProfile.Profile(time.thread_time); rc = p.runcall(main); "
+                    f"p.dump_stats({args.cprofile!r}); sys.exit(rc)"] if args.cprofile else ["-m", "extproc"]
+        side = Proc("extproc", [sys.executable, *launcher, "--log-level", "warning", "serve", "--config",
                                 str(cfg_path)], work / "extproc.log", env=env, cwd=str(REPO)).start()
         procs.append(side)
         wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 60, side)
-        gw = Proc("gateway", [envoy_binary(), "-c", str(work / "gw.yaml"), "--log-level", "error", "--base-id",
-                              str(ports["envoy_admin"]), "--concurrency", "1"], work / "gw.log").start()
+        gw = Proc("gateway", [envoy_binary(), "-c", str(work / "gw.yaml"), "--log-level", "error",
+                              "--use-dynamic-base-id", "--concurrency", "1"], work / "gw.log").start()
         procs.append(gw)
         wait_http(f"http://127.0.0.1:{ports['envoy_admin']}/ready", 20, gw)
         load(ports["http"], token, 16, 2.0)
         assert side.popen is not None
+        if args.cprofile:  # deterministic: every call, under cProfile's own overhead
+            got = load(ports["http"], token, args.concurrency, args.duration)
+            side.stop(30)
+            import pstats
+
+            print(f"load: {got}; the whole run's profile (start-up included) is in {args.cprofile}")
+            pstats.Stats(args.cprofile).sort_stats("tottime").print_stats(30)
+            return 0
+        if args.threads:
+            before = thread_cpu(side.popen.pid)
+            got = load(ports["http"], token, args.concurrency, args.duration)
+            after = thread_cpu(side.popen.pid)
+            print(f"load: {got}\n\next_proc CPU per request by thread (c={args.concurrency}):")
+            for tid, (name, cpu) in sorted(after.items(), key=lambda kv: -(kv[1][1] - before.get(kv[0], ("", 0.0))[1])):
+                used = cpu - before.get(tid, ("", 0.0))[1]
+                if used > 0:
+                    print(f"  {name:<24} {used / got['requests'] * 1e6:8.0f} us")
+            return 0
         result: dict[str, Any] = {}
         loader = threading.Thread(target=lambda: result.update(
             load(ports["http"], token, args.concurrency, args.duration + 1)))

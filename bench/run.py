@@ -371,7 +371,8 @@ def main() -> int:
         c1, c16 = row["c1"], row["c16"]
         print(f"{name:<10} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f}ms {c1['p99_ms']:>7.2f}ms {c16['rps']:>9.0f} "
               f"{c16['p50_ms']:>7.2f}ms {c16['p99_ms']:>7.2f}ms {c1['errors'] + c16['errors']:>7} "
-              f"{row.get('rss_mb', '-')!s:>7} {c1.get('cpu_us_per_req', '-')!s:>14} {c16.get('cpu_us_per_req', '-')!s:>6}"
+              f"{row.get('rss_mb', '-')!s:>7} {c1.get('cpu_us_per_req', '-')!s:>14} "
+              f"{c16.get('cpu_us_per_req', '-')!s:>6}"
               + (f"  streams per worker {row['streams_per_worker']}" if "streams_per_worker" in row else "")
               + (f"  messages/request {row['messages_per_request']}" if "messages_per_request" in row else ""))
     ratios = compute_ratios(rows)
