@@ -13,7 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -40,6 +42,27 @@ class KeySpace:
 
     def __call__(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+
+def _hiredis_pack(self: AbstractConnection, *args: Any) -> list[bytes]:
+    """redis-py's asyncio connections pack commands in Python (~28 us for a record's append);
+    hiredis, already the reply parser, packs them in C (~3 us), as redis-py's own synchronous
+    client does when hiredis is installed. Same bytes: UTF-8 strings, ints and floats as text."""
+    if isinstance(args[0], str):
+        args = (*args[0].encode().split(), *args[1:])  # "SCRIPT LOAD": Redis wants two words
+    elif b" " in args[0]:
+        args = (*args[0].split(), *args[1:])
+    return [hiredis.pack_command(args)]
+
+
+_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _packing_class(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (TCP, TLS or unix-socket connection) with the C packer."""
+    if cls not in _PACKING:
+        _PACKING[cls] = type(f"Packed{cls.__name__}", (cls,), {"pack_command": _hiredis_pack})
+    return _PACKING[cls]
 
 
 #: Commands sent in one pipeline at most (a burst beyond it takes a second round trip).
@@ -161,6 +184,8 @@ class RedisStore:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30, **extra
         )
+        pool = self.client.connection_pool
+        pool.connection_class = _packing_class(pool.connection_class)
         #: The data path's commands (budget reservations and charges), batched across requests.
         self.batcher = Batcher(self.client)
 

@@ -9,8 +9,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -183,5 +186,34 @@ def test_group_commit_when_redis_is_away_spools_best_effort_and_refuses_required
             assert req.failed == 1 and req.spooled == 0
         finally:
             await dead.aclose()
+
+    asyncio.run(main())
+
+
+_ARG = st.one_of(st.text(max_size=40), st.binary(max_size=40), st.integers(-(2**63), 2**63 - 1),
+                 st.floats(allow_nan=False, allow_infinity=False))
+
+
+@given(st.sampled_from(["EVALSHA", "SCRIPT LOAD", "GET", b"PING"]), st.lists(_ARG, max_size=12))
+def test_commands_are_packed_in_c_to_the_same_bytes_as_redis_py(command: str | bytes, args: list[Any]) -> None:
+    from redis.asyncio.connection import Connection
+
+    from extproc.store import _packing_class
+
+    packed = _packing_class(Connection)().pack_command(command, *args)
+    assert b"".join(packed) == b"".join(Connection().pack_command(command, *args))
+
+
+def test_the_store_connects_with_the_c_packer_and_redis_understands_it(prefix: str) -> None:
+    from extproc.store import RedisStore
+
+    async def main() -> None:
+        store = RedisStore(URL, prefix=prefix)
+        try:
+            assert store.client.connection_pool.connection_class.__name__.startswith("Packed")
+            sha = await store.client.script_load("return {ARGV[1], tonumber(ARGV[2]), ARGV[3]}")
+            assert await store.client.evalsha(sha, 0, "é ☃", 42, 2.5) == ["é ☃".encode(), 42, b"2.5"]
+        finally:
+            await store.close()
 
     asyncio.run(main())
