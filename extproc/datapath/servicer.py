@@ -212,10 +212,19 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
                 t0 = time.perf_counter()
+                got = self._dispatch(machine, req, kind)
+                if isinstance(got, NeedIdentity):
+                    known = auth.cached(got.token)  # a token seen before: no await
+                    if known is not None:
+                        got = self._answer(kind, machine.on_identity(known))
                 resp: ep.ProcessingResponse | None = None
-                async for resp in self._handle(machine, gateway, auth, req, kind):
-                    if resp.HasField("override_message_timeout"):
-                        yield resp  # before a hold: not the answer to this message yet
+                if isinstance(got, ep.ProcessingResponse):
+                    resp = got  # decided at once: no await, no generator (most messages)
+                else:
+                    async for out in self._fulfil(machine, gateway, auth, got):
+                        resp = out if isinstance(out, ep.ProcessingResponse) else self._request_response(kind, out)
+                        if resp.HasField("override_message_timeout"):
+                            yield resp  # before a hold: not the answer to this message yet
                 assert resp is not None
                 hist = self._message_seconds.get(kind or "")
                 if hist is not None:
@@ -410,11 +419,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return resp
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))
 
-    async def _handle(
-        self, machine: RequestMachine, gateway: Gateway, auth: Authenticator, req: ep.ProcessingRequest,
-        kind: str | None,
-    ) -> AsyncIterator[ep.ProcessingResponse]:
-        """Yields this message's answer last; anything before it is a message-timeout extension."""
+    def _dispatch(self, machine: RequestMachine, req: ep.ProcessingRequest,
+                  kind: str | None) -> ep.ProcessingResponse | Step:
+        """The machine's answer to one message: the response when it decided at once, else the
+        ``Need*`` it waits on (for ``_fulfil``)."""
         d: Step
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
@@ -423,27 +431,25 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         elif kind == "response_headers":
             r = machine.on_response_headers(_headers(req.response_headers), req.response_headers.end_of_stream)
             if isinstance(r, Reply):
-                yield _immediate(r)
-                return
+                return _immediate(r)
             resp = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(r)))
             if r.skip_response_body:
                 resp.mode_override.CopyFrom(_SKIP_RESPONSE_BODY)
-            yield resp
-            return
+            return resp
         elif kind == "response_body":
             r = machine.on_response_body(req.response_body.body, req.response_body.end_of_stream)
-            yield _immediate(r) if isinstance(r, Reply) else ep.ProcessingResponse(
+            return _immediate(r) if isinstance(r, Reply) else ep.ProcessingResponse(
                 response_body=ep.BodyResponse(response=_common(r)))
-            return
         elif kind == "request_trailers":
             machine.on_request_trailers()
-            yield ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
-            return
+            return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
         elif kind == "response_trailers":
             machine.on_response_trailers()
-            yield ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
-            return
+            return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
         else:
             raise ProtocolError(f"unsupported ext_proc message {kind!r}")
-        async for out in self._fulfil(machine, gateway, auth, d):
-            yield out if isinstance(out, ep.ProcessingResponse) else self._request_response(kind, out)
+        return self._answer(kind, d)
+
+    def _answer(self, kind: str | None, d: Step) -> ep.ProcessingResponse | Step:
+        """The response to a request-side message once the machine decided, else the ``Need*``."""
+        return self._request_response(kind or "", d) if isinstance(d, Continue | Reply) else d

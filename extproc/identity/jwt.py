@@ -80,6 +80,17 @@ class Authenticator:
     def issuers(self) -> Mapping[str, IssuerConfig]:
         return self._issuers
 
+    def cached(self, token: str | None) -> Identity | None:
+        """The identity of a token verified before and still valid, without awaiting anything
+        (the data path's common case), else None (then :meth:`authenticate`)."""
+        if not token:
+            return None
+        hit = self._cache.get(token)
+        if hit is None or self._clock() >= hit[1]:
+            return None
+        self._cache.move_to_end(token)
+        return hit[0]
+
     async def authenticate(self, token: str | None) -> Identity:
         if not token:
             raise AuthError("missing_token", "missing bearer token: send 'Authorization: Bearer <JWT>'")
