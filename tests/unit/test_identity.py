@@ -150,6 +150,20 @@ def test_cached_token_still_expires() -> None:
     assert exc.value.code == "token_expired"
 
 
+def test_the_synchronous_cache_look_up_knows_only_verified_unexpired_tokens() -> None:
+    k = Keys()
+    clock = [NOW]
+    a = auth(k, clock, clock_skew_seconds=0)
+    tok = k.token(ttl_seconds=60)
+    assert a.cached(tok) is None and a.cached(None) is None and a.cached("") is None  # never verified
+    ident = run(a.authenticate(tok))
+    assert a.cached(tok) == ident
+    forged = tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB")
+    assert a.cached(forged) is None  # a different string: it must go through verification
+    clock[0] += 61
+    assert a.cached(tok) is None  # expired: authenticate() says so with its error
+
+
 def test_kubernetes_service_account_token() -> None:
     k = Keys()
     tok = k.token(subject="system:serviceaccount:team-a:agent",
