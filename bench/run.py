@@ -355,6 +355,11 @@ def main() -> int:
                 gw.stop()
                 if side is not None:
                     side.stop()
+        from bench.inprocess import bench_inprocess
+
+        # While the run's Redis is up: the servicer's budgets and records use it.
+        results["inprocess"] = bench_inprocess(
+            ["auth", "full", "full_nobudget", "full_nopolicy", "full_nomasking", "full_norecording"], redis_url)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -406,6 +411,12 @@ def main() -> int:
               f"{rows['auth_unix']['c16']['rps'] / rows['auth']['c16']['rps']:.3f}; peer guard per stream "
               f"{guard['fast_path']} us (no new connection), {guard['scan']} us (a new connection: scan of "
               f"{guard['descriptors']} descriptors)")
+    inproc = results["inprocess"]
+    print()
+    print("CPU per request inside ext_proc without gRPC (bench/inprocess.py): the pure machine, and the servicer "
+          "with Redis")
+    for row, r in inproc.items():
+        print(f"  {row:<18} machine {r['machine_us']:>6} us   servicer {r['servicer_us']:>6} us")
     if args.datapath_only:
         return _write(results, ratios, args.out, started)
     from bench.masking import bench_masker, bench_ttft
