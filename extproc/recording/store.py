@@ -483,9 +483,10 @@ class RecordsStore:
         start always precedes its completion in the chain. The future has the stream id, None
         (spooled or lost) or :class:`RecordingUnavailable` (``refuse``: required mode)."""
         result: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        if not self.redis_up:
+        if not self.redis_up and not self._pending:
             # Never waits for Redis or the spool: what is spooled is flushed in the background
-            # (``run_flusher``), and entries written meanwhile simply land before it.
+            # (``run_flusher``), and entries written meanwhile simply land before it. (With
+            # entries still queued, this one joins them: the writer spools them in order.)
             self._fall_back(entry, refuse, reserved, "redis was unreachable moments ago", result)
             return result
         self._pending.append(_Pending(entry, refuse, reserved, result))
@@ -503,6 +504,10 @@ class RecordsStore:
                         await self._urgent.wait()
             self._urgent.clear()
             batch, self._pending = self._pending[:_WRITE_BATCH], self._pending[_WRITE_BATCH:]
+            if not self.redis_up:  # failed moments ago: no connection attempt, in order to the spool
+                for p in batch:
+                    self._fall_back(p.entry, p.refuse, p.reserved, "redis was unreachable moments ago", p.result)
+                continue
             try:
                 replies = await self._append_many([p.entry for p in batch], dedupe_ttl=_DEDUPE_DIRECT_SECONDS)
             except _ERRORS as exc:
