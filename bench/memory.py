@@ -96,13 +96,21 @@ def soak(seconds: float, step: float = 15.0) -> dict[str, Any]:
 
 def soak_ab(seconds: float, extra_env: dict[str, str], step: float = 15.0) -> None:
     """The soak with two ext_proc processes, A as configured and B with ``extra_env``, each behind
-    its own stack; the load alternates between them step by step (noise is shared, not confounded)."""
+    its own stack; the load alternates between them step by step (noise is shared, not confounded).
+    Names starting ``envoy.`` are not environment: they go into B's gateway Envoy's runtime."""
     labels = ("A default", "B " + " ".join(f"{k}={v}" for k, v in extra_env.items()))
+    runtime = {k: v for k, v in extra_env.items() if k.startswith("envoy.")}
+    extra_env = {k: v for k, v in extra_env.items() if not k.startswith("envoy.")}
     stacks: list[tuple[list[Proc], dict[str, int], str, int]] = []
     try:
         for extra in ({}, extra_env):
             work = Path(tempfile.mkdtemp(prefix="extproc-soak-"))
             procs, ports, cfg_path, token, env = stack(work)
+            if extra is extra_env and runtime:
+                gw = yaml.safe_load((work / "gw.yaml").read_text())
+                gw["layered_runtime"] = {"layers": [{"name": "ab", "static_layer": {
+                    k: yaml.safe_load(v) for k, v in runtime.items()}}]}
+                (work / "gw.yaml").write_text(yaml.safe_dump(gw))
             side = Proc("extproc", [sys.executable, "-m", "extproc", "--log-level", "warning", "serve",
                                     "--config", str(cfg_path)], work / "extproc.log", env={**env, **extra},
                         cwd=str(REPO)).start()
