@@ -4,6 +4,9 @@ growth comes from (a tracemalloc snapshot diff).
   python bench/memory.py --soak 300          # idle RSS, then 300 s at c=16, RSS every 15 s
   python bench/memory.py --tracemalloc 90    # the same load with the server in this process
                                              # under tracemalloc: the top allocation growth
+  python bench/memory.py --soak 1200 --ab MALLOC_ARENA_MAX=2
+        # two full stacks, the second ext_proc with the given environment; the load alternates
+        # between them every step, so both see the same machine (each gets half the seconds)
 """
 
 from __future__ import annotations
@@ -91,6 +94,58 @@ def soak(seconds: float, step: float = 15.0) -> dict[str, Any]:
             p.stop()
 
 
+def soak_ab(seconds: float, extra_env: dict[str, str], step: float = 15.0) -> None:
+    """The soak with two ext_proc processes, A as configured and B with ``extra_env``, each behind
+    its own stack; the load alternates between them step by step (noise is shared, not confounded).
+    Names starting ``envoy.`` are not environment: they go into B's gateway Envoy's runtime."""
+    labels = ("A default", "B " + " ".join(f"{k}={v}" for k, v in extra_env.items()))
+    runtime = {k: v for k, v in extra_env.items() if k.startswith("envoy.")}
+    extra_env = {k: v for k, v in extra_env.items() if not k.startswith("envoy.")}
+    stacks: list[tuple[list[Proc], dict[str, int], str, int]] = []
+    try:
+        for extra in ({}, extra_env):
+            work = Path(tempfile.mkdtemp(prefix="extproc-soak-"))
+            procs, ports, cfg_path, token, env = stack(work)
+            if extra is extra_env and runtime:
+                gw = yaml.safe_load((work / "gw.yaml").read_text())
+                gw["layered_runtime"] = {"layers": [{"name": "ab", "static_layer": {
+                    k: yaml.safe_load(v) for k, v in runtime.items()}}]}
+                (work / "gw.yaml").write_text(yaml.safe_dump(gw))
+            side = Proc("extproc", [sys.executable, "-m", "extproc", "--log-level", "warning", "serve",
+                                    "--config", str(cfg_path)], work / "extproc.log", env={**env, **extra},
+                        cwd=str(REPO)).start()
+            procs.append(side)
+            stacks.append((procs, ports, token, 0))
+            wait_http(f"http://127.0.0.1:{ports['admin']}/readyz", 60, side)
+            assert side.popen is not None
+            stacks[-1] = (procs, ports, token, side.popen.pid)
+        time.sleep(2)
+        for label, (procs, ports, _, pid) in zip(labels, stacks, strict=True):
+            print(f"{label}: idle RSS {rss_kb(pid) / 1024:.1f} MB")
+            procs.append(start_gateway(procs[-1].log_path.parent, ports))
+        series: list[list[tuple[int, int]]] = [[], []]
+        totals = [0, 0]
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            for i, (_, ports, token, pid) in enumerate(stacks):
+                r = load(ports["http"], token, 16, step)
+                totals[i] += int(r["requests"])
+                series[i].append((totals[i], rss_kb(pid)))
+                print(f"  {labels[i][:1]} {totals[i]:>8} requests  RSS {series[i][-1][1] / 1024:7.1f} MB  "
+                      f"({r['rps']:.0f} req/s, {r['errors']} errors)  load {os.getloadavg()[0]:.1f}", flush=True)
+        for label, ser in zip(labels, series, strict=True):
+            (n0, r0), (n1, r1) = ser[0], ser[-1]
+            mid = ser[len(ser) // 2]
+            print(f"{label}: RSS {r0 / 1024:.1f} MB after the first step, {mid[1] / 1024:.1f} MB half-way, "
+                  f"{r1 / 1024:.1f} MB at the end; {(r1 - r0) * 1024 / max(n1 - n0, 1):.0f} bytes/request "
+                  f"over {n1 - n0} requests (second half: "
+                  f"{(r1 - mid[1]) * 1024 / max(n1 - mid[0], 1):.0f} bytes/request)")
+    finally:
+        for procs, *_ in stacks:
+            for p in reversed(procs):
+                p.stop()
+
+
 def traced(seconds: float) -> None:
     """The server in this process under tracemalloc: what grows between two snapshots."""
     work = Path(tempfile.mkdtemp(prefix="extproc-trace-"))
@@ -140,9 +195,13 @@ def traced(seconds: float) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of c=16 load with RSS sampled")
+    ap.add_argument("--ab", nargs="*", default=None, metavar="NAME=VALUE",
+                    help="with --soak: a second ext_proc with this environment, soaked alternately")
     ap.add_argument("--tracemalloc", type=float, default=0.0, help="seconds of load between two snapshots")
     args = ap.parse_args()
-    if args.soak:
+    if args.soak and args.ab is not None:
+        soak_ab(args.soak, dict(kv.split("=", 1) for kv in args.ab))
+    elif args.soak:
         soak(args.soak)
     if args.tracemalloc:
         traced(args.tracemalloc)

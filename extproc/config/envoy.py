@@ -35,7 +35,13 @@ from typing import Any
 
 import yaml
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
-from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.bootstrap.v3 import (
+    Admin,
+    Bootstrap,
+    BootstrapStaticResources,
+    LayeredRuntime,
+    RuntimeLayer,
+)
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
@@ -102,6 +108,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as PbAny
+from envoy_data_plane.google.protobuf import Struct
 
 from extproc.config.model import Config, ListenerConfig, ProviderConfig, UnixListener
 from extproc.errors import ERROR_TYPES
@@ -342,7 +349,6 @@ def _local_replies() -> LocalReplyConfig:
         SubstitutionFormatString,
     )
     from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
-    from envoy_data_plane.google.protobuf import Struct
 
     # Envoy's own replies (ext_proc down, body too large) carry the request's id, which is
     # never the client's (see _early_request_id) and is the gateway's once ext_proc set it.
@@ -418,7 +424,6 @@ def _hcm(cfg: Config, stat_prefix: str, *, ext_proc: bool = True) -> Filter:
     access_log = []
     if cfg.envoy.access_log:
         from envoy_data_plane.envoy.config.core.v3 import SubstitutionFormatString
-        from envoy_data_plane.google.protobuf import Struct
 
         fmt = SubstitutionFormatString(json_format=Struct.from_dict(_ACCESS_LOG_FORMAT))
         access_log = [
@@ -516,7 +521,19 @@ def render_bootstrap(cfg: Config, *, ext_proc: bool = True, dev_tls: bool = True
     return Bootstrap(
         admin=Admin(address=_listen_addr(cfg.envoy_admin)),
         static_resources=BootstrapStaticResources(listeners=listeners, clusters=clusters),
+        layered_runtime=LayeredRuntime(layers=[RuntimeLayer(name="extproc", static_layer=Struct.from_dict(RUNTIME))]),
     )
+
+
+#: Envoy runtime settings of every rendered bootstrap.
+#:
+#: ``ext_proc_graceful_grpc_close``: at the end of a request Envoy half-closes the ext_proc
+#: stream and waits (up to 1 s) for the server's status, instead of resetting it. A reset
+#: cancels the stream under grpc.aio while it awaits the next message, and grpcio (1.85)
+#: leaks the C array of each batch that is cancelled or fails that way (grpc/grpc#43360): the
+#: ext_proc process grew ~200 bytes per request; with the graceful close ~70
+#: (docs/performance.md, "Memory"). It also lets the stream end with a status, not a reset.
+RUNTIME: dict[str, Any] = {"envoy.reloadable_features.ext_proc_graceful_grpc_close": True}
 
 
 ENVOY_ADMIN_CLUSTER = "envoy_admin"

@@ -15,7 +15,12 @@ costs at most ``timeout_seconds`` of one core. A worker that dies fails only its
 Like every ``spawn``/``forkserver`` child, a worker re-imports the parent's main script unless
 it is a package ``__main__`` (``python -m extproc``) or guarded by ``if __name__ ==
 "__main__"`` (the ``extproc`` console script is); a custom launcher must be guarded too.
-Memory: an idle worker is about 60 MB resident; scanning a body costs a few times its size.
+Memory: the workers (and the forkserver and multiprocessing's resource tracker behind them) are
+started on the first body that needs one, not with the server: most deployments never see a body
+over ``offload_bytes``, and the four processes cost ~118 MB resident (~57 MB proportional, since
+the workers share the forkserver's pages) at idle (docs/performance.md, "Memory"). The first
+large body pays their start-up (about a second; it counts against its timeout). Once started a
+worker is about 35 MB resident; scanning a body costs a few times its size.
 """
 
 from __future__ import annotations
@@ -89,10 +94,16 @@ class _Worker:
 
 
 class InspectorPool:
-    """``workers`` processes; ``run`` sends a job to an idle one and waits for it (or the timeout)."""
+    """``workers`` processes; ``run`` sends a job to an idle one and waits for it (or the timeout).
 
-    def __init__(self, workers: int, *, start_method: str = "forkserver") -> None:
+    The processes are started by the first ``run`` (``lazy``, the default) or by ``start``."""
+
+    def __init__(self, workers: int, *, start_method: str = "forkserver", lazy: bool = True) -> None:
         self.size = workers
+        self.lazy = lazy
+        self._spec: InspectionSpec | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._closed = False
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # The forkserver imports the inspection code once; each worker starts from there.
@@ -108,14 +119,42 @@ class InspectorPool:
         self.failures = 0
 
     async def start(self, spec: InspectionSpec | None = None) -> None:
+        """Remember ``spec`` (the workers compile it when they start); unless lazy, start them now."""
+        self._spec = spec
+        if not self.lazy:
+            await self._ensure_started()
+
+    def _ensure_started(self) -> asyncio.Task[None]:
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start_all())
+        return self._starting
+
+    @property
+    def started(self) -> int:
+        """Worker processes running now (0 until the first job, when lazy)."""
+        return len(self._all)
+
+    async def _start_all(self) -> None:
         loop = asyncio.get_running_loop()
-        workers = await asyncio.gather(*(loop.run_in_executor(self._threads, self._spawn, spec)
-                                         for _ in range(self.size)))
-        for w in workers:
+
+        async def one() -> None:
+            # Each worker is idle as soon as it is up: the first job need not wait for the others.
+            w = await loop.run_in_executor(self._threads, self._spawn, self._spec)
             self._idle.put_nowait(w)
+
+        results = await asyncio.gather(*(one() for _ in range(self.size - len(self._all))), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, Exception)]
+        for r in failed:
+            log.error("cannot start an inspection worker: %s", r)
+        if failed:
+            self._starting = None  # the next job tries again to start the missing ones
 
     def _spawn(self, spec: InspectionSpec | None) -> _Worker:
         w = _Worker(self._ctx)
+        if self._closed:  # closed while this one was starting (in a thread): it must not outlive the pool
+            w.kill()
+            w.close()
+            raise RuntimeError("the inspection pool is closed")
         self._all.add(w)
         if spec is not None:
             try:
@@ -127,6 +166,7 @@ class InspectorPool:
     async def run(self, job: InspectionJob, timeout: float) -> Inspection | InspectionFailed:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        self._ensure_started()  # the first job starts the workers; their start-up is in its bound
         self.queued += 1
         try:
             worker = await asyncio.wait_for(self._idle.get(), timeout)
@@ -175,6 +215,9 @@ class InspectorPool:
         self._idle.put_nowait(fresh)
 
     def close(self) -> None:
+        self._closed = True
+        if self._starting is not None:
+            self._starting.cancel()
         for w in list(self._all):
             w.kill()
             w.close()

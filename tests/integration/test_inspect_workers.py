@@ -64,3 +64,34 @@ def test_a_job_waiting_for_a_busy_worker_counts_against_its_bound() -> None:
             pool.close()
 
     asyncio.run(main())
+
+
+def test_workers_start_with_the_first_job_not_with_the_pool() -> None:
+    # Most deployments never see a body over offload_bytes: the processes (~118 MB resident
+    # with the forkserver and resource tracker) are started by the first job that needs one.
+    async def main() -> None:
+        pool = InspectorPool(2)
+        await pool.start(SPEC)
+        try:
+            await asyncio.sleep(0.2)
+            assert pool.started == 0
+            got = await pool.run(job("write to bob@example.com"), 60)
+            assert isinstance(got, Inspection) and b"bob@example.com" not in (got.forward or b"")
+            assert pool.started >= 1
+        finally:
+            pool.close()
+        assert pool.started == 0
+
+    asyncio.run(main())
+
+
+def test_an_eager_pool_starts_its_workers_with_start() -> None:
+    async def main() -> None:
+        pool = InspectorPool(1, lazy=False)
+        await pool.start(SPEC)
+        try:
+            assert pool.started == 1
+        finally:
+            pool.close()
+
+    asyncio.run(main())

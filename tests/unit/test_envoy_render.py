@@ -183,3 +183,12 @@ def test_sidecar_internals_render_as_unix_sockets_and_a_read_only_probe(tmp_path
     out.write_text(dump_yaml(cfg))
     ok, msg = validate_envoy_config(out, cwd=tmp_path)
     assert ok, msg
+
+
+def test_ext_proc_streams_are_closed_gracefully_not_reset() -> None:
+    # A reset cancels the stream under grpc.aio and leaks native memory per request
+    # (grpc/grpc#43360; docs/performance.md, "Memory"): Envoy half-closes and waits instead.
+    doc = render_envoy(load_config(REPO / "examples" / "extproc.yaml", env={}))
+    layers = doc["layeredRuntime"]["layers"]
+    static = {k: v for layer in layers for k, v in layer.get("staticLayer", {}).items()}
+    assert static["envoy.reloadable_features.ext_proc_graceful_grpc_close"] is True
