@@ -251,8 +251,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
             if outcome == "incomplete" and machine.phase is Phase.DONE and machine.info.error_code is None:
-                # Envoy may cancel the stream once it has the last answer it needs, before we see
-                # the end of the request iterator; the exchange itself completed.
+                # An Envoy without ext_proc_graceful_grpc_close (ours renders it on) resets the
+                # stream once it has the last answer it needs, before we see the end of the
+                # request iterator; the exchange itself completed.
                 outcome = "ok"
             self.inflight -= 1
             m.streams_inflight.dec()
