@@ -13,7 +13,6 @@ the view is cut. Hence, for every chunking, ``feed* + flush == mask_text(whole)`
 
 from __future__ import annotations
 
-import codecs
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ from extproc.text.normalise import view as text_view
 if TYPE_CHECKING:
     from extproc.masking.profile import MaskingProfile
 
-__all__ = ["NormalisedByteStreamMasker", "NormalisedStreamingMasker", "mask_text"]
+__all__ = ["NormalisedStreamingMasker", "mask_text"]
 
 
 def mask_text(profile: MaskingProfile, text: str, counts: Counter[str] | None = None) -> tuple[str, Counter[str]]:
@@ -138,29 +137,3 @@ class NormalisedStreamingMasker:
         if origin is not None:
             self._origin = [o - raw_cut for o in origin[consumed:]]
         return out
-
-
-class NormalisedByteStreamMasker:
-    """UTF-8 bytes in and out; chunks may split multi-byte characters (invalid bytes: U+FFFD)."""
-
-    __slots__ = ("_decoder", "_text")
-
-    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._text = NormalisedStreamingMasker(profile, counts)
-
-    @property
-    def counts(self) -> Counter[str]:
-        return self._text.counts
-
-    @property
-    def held(self) -> int:
-        return self._text.held
-
-    def feed(self, data: bytes) -> bytes:
-        return self._text.feed(self._decoder.decode(data)).encode("utf-8", "surrogatepass")
-
-    def flush(self) -> bytes:
-        tail = self._text.feed(self._decoder.decode(b"", final=True))
-        self._decoder.reset()
-        return (tail + self._text.flush()).encode("utf-8", "surrogatepass")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import codecs
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from extproc.masking.detectors import LEFT_CONTEXT
 from extproc.masking.engine import KEPT
@@ -27,7 +27,7 @@ from extproc.masking.engine import KEPT
 if TYPE_CHECKING:
     from extproc.masking.profile import MaskingProfile
 
-__all__ = ["ByteStreamMasker", "StreamingMasker"]
+__all__ = ["ByteStreamMasker", "StreamingMasker", "TextMasker"]
 
 
 class StreamingMasker:
@@ -78,8 +78,22 @@ class StreamingMasker:
         return out
 
 
+class TextMasker(Protocol):
+    """What :class:`ByteStreamMasker` wraps: a text masker with the streaming contract."""
+
+    counts: Counter[str]
+
+    @property
+    def held(self) -> int: ...
+
+    def feed(self, text: str) -> str: ...
+
+    def flush(self) -> str: ...
+
+
 class ByteStreamMasker:
-    """UTF-8 bytes in, UTF-8 bytes out; chunks may split multi-byte characters.
+    """UTF-8 bytes in, UTF-8 bytes out, around any text masker (plain or normalised);
+    chunks may split multi-byte characters.
 
     Invalid UTF-8 is decoded with ``errors="replace"`` (U+FFFD), exactly as decoding the
     whole body at once would, so a malformed body never raises and never slips through.
@@ -87,9 +101,9 @@ class ByteStreamMasker:
 
     __slots__ = ("_decoder", "_text")
 
-    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
+    def __init__(self, text_masker: TextMasker) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._text = StreamingMasker(profile, counts)
+        self._text = text_masker
 
     @property
     def counts(self) -> Counter[str]:
@@ -100,9 +114,9 @@ class ByteStreamMasker:
         return self._text.held
 
     def feed(self, data: bytes) -> bytes:
-        return self._text.feed(self._decoder.decode(data)).encode("utf-8")
+        return self._text.feed(self._decoder.decode(data)).encode("utf-8", "surrogatepass")
 
     def flush(self) -> bytes:
         tail = self._text.feed(self._decoder.decode(b"", final=True))
         self._decoder.reset()
-        return (tail + self._text.flush()).encode("utf-8")
+        return (tail + self._text.flush()).encode("utf-8", "surrogatepass")

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.masking import HOLD_MARGIN, ByteStreamMasker, MaskingProfile, default_profile
+from extproc.masking import HOLD_MARGIN, ByteStreamMasker, MaskingProfile, StreamingMasker, default_profile
 
 PROFILE = default_profile()
 CUSTOM = MaskingProfile.from_config(
@@ -161,7 +161,7 @@ def test_no_output_contains_a_detected_value(parts: list[str], cuts: list[int]) 
 def test_byte_chunking_including_inside_characters(parts: list[str], junk: bytes, cuts: list[int]) -> None:
     data = "".join(parts).encode() + junk  # junk may be invalid UTF-8
     expected = PROFILE.mask(data.decode("utf-8", "replace"))[0].encode()
-    masker = ByteStreamMasker(PROFILE)
+    masker = ByteStreamMasker(StreamingMasker(PROFILE))
     points = sorted({c % (len(data) + 1) for c in cuts})
     bounds = [0, *points, len(data)]
     got = b"".join(masker.feed(data[a:b]) for a, b in itertools.pairwise(bounds)) + masker.flush()
