@@ -103,6 +103,9 @@ class Detector:
     #: Every character a match can start with (None: any of ``alphabet``); lets streaming
     #: release the head of a held run that no match can begin in.
     starts: str | None = None
+    #: Characters at least one of which every match contains (None: no such promise);
+    #: text without any of them past the scan start skips the detector's regex.
+    needs: str | None = None
     #: Short name of the rule, shown by ``--explain`` ("luhn+bin", "libphonenumber").
     rule: str = "pattern"
     explain: Explainer | None = None
@@ -421,7 +424,8 @@ def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, t
                 rule="pem-block",
             ),
         ),
-        "JWT": (Detector("JWT", JWT_PATTERN, 8192, _B64URL + ".", _jwt, triggers=(b"eyJ",), rule="jwt-shape"),),
+        "JWT": (Detector("JWT", JWT_PATTERN, 8192, _B64URL + ".", _jwt, triggers=(b"eyJ",), starts="e",
+                         rule="jwt-shape"),),
         "SECRET": (
             Detector(
                 "SECRET",
@@ -430,24 +434,28 @@ def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, t
                 _B64URL,
                 _secret,
                 triggers=(b"sk-", b"AKIA", b"ASIA", b"gh", b"github_pat_", b"xox"),
+                starts="sAgx",
                 rule="vendor-key-prefix",
             ),
         ),
-        "EMAIL": (Detector("EMAIL", EMAIL_PATTERN, 480, _ALNUM + "._%+-@'", triggers=(b"@",), rule="addr-spec"),),
+        "EMAIL": (Detector("EMAIL", EMAIL_PATTERN, 480, _ALNUM + "._%+-@'", triggers=(b"@",), starts=_ALNUM,
+                           rule="addr-spec"),),
         "IBAN": (Detector("IBAN", IBAN_PATTERN, 42, string.ascii_uppercase + string.digits + " ", _iban,
+                          starts=string.ascii_uppercase, needs=string.digits,
                           rule="iso13616+schwifty", explain=_iban_explain),),
         "CREDIT_CARD": (Detector("CREDIT_CARD", CARD_PATTERN, 23, string.digits + " -", _card,
+                                 starts=string.digits, needs=string.digits,
                                  rule="luhn+issuer-range", explain=_card_explain),),
         "US_SSN": (Detector("US_SSN", SSN_PATTERN, 11, string.digits + "-", _ssn, triggers=(b"-",),
-                            rule="ssa-issuance"),),
+                            starts=string.digits, needs=string.digits, rule="ssa-issuance"),),
         "PHONE": (Detector("PHONE", PHONE_PATTERN, PHONE_MAX_LENGTH, PHONE_ALPHABET, phone_validate,
                            starts="+(" + string.digits, ends=string.digits, right_context=5,
-                           rule="libphonenumber",
+                           needs=string.digits, rule="libphonenumber",
                            explain=phone_explain),),
         "IP_ADDRESS": (
             Detector("IP_ADDRESS", IPV4_PATTERN, 15, string.digits + ".", _ipv4, triggers=(b".",),
-                     rule="ipv4+context", explain=_ipv4_explain),
+                     starts=string.digits, needs=string.digits, rule="ipv4+context", explain=_ipv4_explain),
             Detector("IP_ADDRESS", IPV6_PATTERN, 45, string.hexdigits + ":.", _ipv6, triggers=(b":",),
-                     rule="ipv6"),
+                     starts=string.hexdigits + ":", rule="ipv6"),
         ),
     }

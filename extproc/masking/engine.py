@@ -19,6 +19,7 @@ So a match is decided by a bounded window around it, and text can be scanned in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import re2
 from extproc.masking.detectors import RIGHT_CONTEXT, Detector, Keep
 from extproc.masking.spans import Span
 
-__all__ = ["HOLD_MARGIN", "KEPT", "Decision", "Engine", "compile_pattern"]
+__all__ = ["HOLD_MARGIN", "KEPT", "Decision", "Engine", "Pin", "compile_pattern"]
 
 #: Entity of a claimed-but-kept span in ``Engine.resolve`` results; never rendered.
 KEPT = ""
@@ -75,12 +76,45 @@ class _Compiled:
     prefix_regex: Any  # full header regex for prefix detectors (PEM), else None
     search: _SpanFn
     match: _SpanFn
+    #: ``alphabet``, ``ends`` and ``starts`` as sets (membership of one character is
+    #: what the hold-back rule asks, per character of the tail).
+    alpha_set: frozenset[str] | None = None
+    ends_set: frozenset[str] | None = None
+    starts_set: frozenset[str] | None = None
+    #: ``triggers`` and ``needs`` as byte regexes (one C-level search each decides
+    #: whether the detector's own regex runs at all).
+    triggers: re.Pattern[bytes] | None = None
+    needs: re.Pattern[bytes] | None = None
+    #: ``starts`` as a character-class regex (a search finds the first one).
+    starts_re: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A detector's hold-back, seen from a held text that is one run of its alphabet.
+
+    If the held text (the characters after the emitted ones) is non-empty, consists of
+    ``alphabet`` characters only, begins with one of ``starts`` (when set) and is at most
+    ``cap`` (``max_length + right_context + 1``) characters long, the detector's
+    hold-back (``_alphabet_hold``) begins at the first held character: the run touches
+    the end of the text (or ends within its right context), it is not capped, and its
+    first character may begin a match. So ``undetermined_start`` returns the buffer
+    start and nothing can be emitted. That stays true after appending more ``alphabet``
+    characters, and, when the detector ends a match on any alphabet character, after
+    appending up to ``slack`` (``right_context - 1``) others: the run's last character
+    is then still within the final ``right_context`` characters.
+    """
+
+    alphabet: frozenset[str]
+    cap: int
+    starts: frozenset[str] | None
+    slack: int
 
 
 class Engine:
     """Immutable, shareable: all per-stream state lives in the caller."""
 
-    __slots__ = ("_allow", "_compiled", "allow_list", "max_length")
+    __slots__ = ("_allow", "_any_gate", "_compiled", "_hold_order", "allow_list", "max_length", "pins")
 
     def __init__(self, detectors: Sequence[Detector], allow_list: frozenset[str] = frozenset()) -> None:
         compiled = []
@@ -92,8 +126,37 @@ class Engine:
             if det.prefix is not None:
                 prefix_regex = compile_pattern(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
             regex = compile_pattern(det.pattern, case_insensitive=det.case_insensitive)
-            compiled.append(_Compiled(det, regex, alphabet, prefix_regex, *_spans(regex)))
+            alpha_set = frozenset(alphabet) if alphabet is not None else None
+            triggers = needs = None
+            if det.triggers:
+                triggers = re.compile(b"|".join(re.escape(t) for t in det.triggers))
+            if det.needs:
+                needs = re.compile(b"[" + b"".join(re.escape(ch.encode("utf-8")) for ch in det.needs) + b"]")
+            compiled.append(_Compiled(
+                det, regex, alphabet, prefix_regex, *_spans(regex), alpha_set,
+                frozenset(det.ends) if det.ends is not None else alpha_set,
+                frozenset(det.starts) if det.starts is not None else None, triggers, needs,
+                _char_class(det.starts)))
         self._compiled: tuple[_Compiled, ...] = tuple(compiled)
+        # Any trigger or needed character of any detector (None when a detector has
+        # neither: it always runs): text without one skips every gated detector at once.
+        gates = [g.pattern for c in compiled for g in (c.triggers, c.needs) if g is not None]
+        ungated = any(c.triggers is None and c.needs is None for c in compiled)
+        self._any_gate: re.Pattern[bytes] | None = None if ungated or not gates else re.compile(b"|".join(gates))
+        # The hold-back is a minimum over detectors and cannot go below the buffer start:
+        # detectors that usually hold the most (no alphabet, then the widest alphabets)
+        # come first, so most calls stop after one or two of them.
+        self._hold_order: tuple[_Compiled, ...] = tuple(sorted(
+            compiled, key=lambda c: (c.detector.prefix is not None,
+                                     -(len(c.alpha_set) if c.alpha_set is not None else 1 << 20))))
+        #: ``Pin`` of every detector with an alphabet, widest first: while the undecided
+        #: text is one run of that alphabet (see ``StreamingMasker``), appending more of it
+        #: cannot decide anything.
+        self.pins: tuple[Pin, ...] = tuple(
+            Pin(c.alpha_set, c.detector.max_length + c.detector.right_context + 1, c.starts_set,
+                c.detector.right_context - 1 if c.detector.ends is None else 0)
+            for c in self._hold_order
+            if c.alpha_set is not None and c.detector.prefix is None)
         self._allow = allow_list
         self.allow_list = allow_list
         self.max_length: int = max((d.max_length for d in detectors), default=0)
@@ -121,9 +184,13 @@ class Engine:
             blo = len(text[:lo].encode("utf-8", "surrogatepass"))
             bhi = blo + len(text[lo:hi].encode("utf-8", "surrogatepass"))
         candidates: list[tuple[int, int, int, str]] = []  # (start, -end, priority, entity)
+        if self._any_gate is not None and self._any_gate.search(data) is None:
+            return []
         for priority, comp in enumerate(self._compiled):
-            det = comp.detector
-            if det.triggers and not any(t in data for t in det.triggers):
+            if comp.triggers is not None and comp.triggers.search(data) is None:
+                continue
+            # Every match starts at or after blo and contains one of ``needs``.
+            if comp.needs is not None and comp.needs.search(data, blo) is None:
                 continue
             self._scan_one(comp, priority, data, blo, bhi, candidates)
         if not candidates:
@@ -242,38 +309,71 @@ class Engine:
 
     # -- streaming support -----------------------------------------------------------
 
-    def undetermined_start(self, text: str, lo: int) -> int:
+    def undetermined_start(self, text: str, lo: int, bounds: list[int] | None = None, base: int = 0) -> int:
         """Smallest position >= lo where a match could still start or change with more text.
 
         Everything before it is decided: no candidate that starts there depends on
         characters not yet in ``text``.
+
+        ``bounds`` (optional, one per detector, from ``new_bounds``) carries what an
+        earlier call on the same stream found, in stream positions (``base`` is the
+        stream position of ``text[0]``). A detector's hold-back never moves back as text
+        is appended (its run and window only move forward, its floor only grows), so an
+        earlier answer is a lower bound, and a detector whose bound is already at or past
+        the minimum found so far cannot lower it and is skipped.
         """
         n = len(text)
         result = n
-        for comp in self._compiled:
+        for i, comp in enumerate(self._hold_order):
+            if bounds is not None:
+                bound = bounds[i] - base
+                if bound >= result:
+                    continue
+                if comp.starts_re is not None and comp.alpha_set is not None:
+                    # The hold-back is at a ``starts`` character at or after the old one
+                    # (or the end): the first such character is a tighter bound.
+                    first = comp.starts_re.search(text, max(0, bound))
+                    bound = n if first is None else first.start()
+                    bounds[i] = base + bound
+                    if bound >= result:
+                        continue
             det = comp.detector
-            floor = max(lo, n - det.max_length - det.right_context - 1)
+            floor = n - det.max_length - det.right_context - 1
+            if floor < lo:
+                floor = lo
             if floor >= result:
                 continue
-            if comp.alphabet is not None:
-                start = _alphabet_hold(text, n, comp.alphabet, floor, det.starts, det.ends or comp.alphabet,
-                                       det.right_context)
+            if comp.alpha_set is not None:
+                start = _alphabet_hold(text, n, comp, floor, det.right_context)
+                if bounds is not None:
+                    bounds[i] = base + start
             elif det.prefix is not None:
                 start = self._prefix_hold(comp, text, n, floor)
             else:
                 start = floor
-            result = min(result, start)
+                if bounds is not None:
+                    bounds[i] = base + start
+            if start < result:
+                result = start
+                if result <= lo:
+                    return lo  # the minimum cannot go lower: skip the other detectors
         return max(result, lo)
+
+    def new_bounds(self) -> list[int]:
+        """Fresh per-stream ``bounds`` for ``undetermined_start`` (nothing known yet)."""
+        return [0] * len(self._hold_order)
 
     def _prefix_hold(self, comp: _Compiled, text: str, n: int, floor: int) -> int:
         prefix = comp.detector.prefix
         assert prefix is not None
         start = n
-        # The tail may be the beginning of the marker ("...-----BEG").
-        for k in range(min(len(prefix) - 1, n), 0, -1):
-            if text.endswith(prefix[:k]):
-                start = n - k
-                break
+        # The tail may be the beginning of the marker ("...-----BEG"); only if it holds
+        # the marker's first character.
+        if prefix[0] in text[max(0, n - len(prefix) + 1):]:
+            for k in range(min(len(prefix) - 1, n), 0, -1):
+                if text.endswith(prefix[:k]):
+                    start = n - k
+                    break
         i = text.find(prefix, floor)
         while i != -1 and i < start:
             if _prefix_open(comp, text, i, n):
@@ -296,14 +396,15 @@ def _prefix_open(comp: _Compiled, text: str, i: int, n: int) -> bool:
     return m is None or i + m.end() + comp.detector.right_context > n
 
 
-def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | None, ends: str,
-                   right: int) -> int:
+def _alphabet_hold(text: str, n: int, comp: _Compiled, floor: int, right: int) -> int:
     # A match is a run of alphabet characters ending in one of ``ends``. It can still
     # change if it may grow (its run touches the end of the text) or if its last
     # character is among the final ``right`` characters (its validator has not seen all
     # its right context): hold from the start of the earliest such run.
+    alphabet, ends = comp.alpha_set, comp.ends_set
+    assert alphabet is not None and ends is not None and comp.alphabet is not None
     q = -1
-    for i in range(max(0, n - right), n):
+    for i in range(max(0, n - right), n):  # at most RIGHT_CONTEXT characters
         if text[i] in ends:
             q = i
             break
@@ -311,15 +412,33 @@ def _alphabet_hold(text: str, n: int, alphabet: str, floor: int, starts: str | N
         if n == 0 or text[n - 1] not in alphabet:
             return n
         q = n - 1  # the run touching the end may still grow into a match
-    seg = text[max(0, floor - 1) : q + 1]
-    run = len(seg) - len(seg.rstrip(alphabet))
-    start = max(q + 1 - run, floor)
-    if starts is not None:
+    # Start of the run ending at q: look at a short slice first (runs in prose are
+    # short), the whole window only when the run fills it.
+    chars = comp.alphabet
+    stop = max(0, floor - 1)
+    near = max(stop, q - 31)
+    head = len(text[near : q + 1].rstrip(chars))
+    if head == 0 and near > stop:
+        near = stop
+        head = len(text[near : q + 1].rstrip(chars))
+    start = max(near + head, floor)
+    starts = comp.starts_set
+    if starts is not None and start < n and text[start] not in starts:
         # A match begins with one of ``starts``: the head of the held text before the
         # first such character ("ext note " before "+44") can be let go.
-        while start < n and text[start] not in starts:
-            start += 1
+        assert comp.starts_re is not None
+        first = comp.starts_re.search(text, start)
+        start = n if first is None else first.start()
     return start
+
+
+def _char_class(chars: str | None) -> re.Pattern[str] | None:
+    """A regex matching any one of ``chars`` (None: None)."""
+    if chars is None:
+        return None
+    if not chars:
+        return re.compile("(?!)")  # no character at all
+    return re.compile("[" + "".join(re.escape(ch) for ch in sorted(set(chars))) + "]")
 
 
 def _spans(regex: Any) -> tuple[_SpanFn, _SpanFn]:

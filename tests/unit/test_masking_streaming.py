@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.masking import HOLD_MARGIN, ByteStreamMasker, MaskingProfile, StreamingMasker, default_profile
+from extproc.masking.normalised import NormalisedStreamingMasker
 
 PROFILE = default_profile()
 CUSTOM = MaskingProfile.from_config(
@@ -135,9 +137,35 @@ def test_any_chunking_equals_whole_mask(parts: list[str], cuts: list[int]) -> No
 @given(parts=pieces)
 def test_char_by_char_equals_whole_and_held_is_bounded(parts: list[str]) -> None:
     text = "".join(parts)
-    got, max_held = _stream(PROFILE, list(text))
-    assert got == PROFILE.mask(text)[0]
-    assert max_held <= PROFILE.max_match_length + HOLD_MARGIN
+    for profile in (PROFILE, CUSTOM):
+        got, max_held = _stream(profile, list(text))
+        assert got == profile.mask(text)[0]
+        assert max_held <= profile.max_match_length + HOLD_MARGIN
+
+
+def _unhurried(masker: Any) -> Any:
+    """The same masker without its shortcuts: no pinned runs, no remembered hold-backs,
+    so every feed asks the engine from scratch."""
+    masker._pins = ()
+    masker._bounds = None
+    return masker
+
+
+@SETTINGS
+@given(parts=pieces, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+       by_char=st.booleans())
+def test_shortcuts_never_change_what_is_emitted_when(parts: list[str], cuts: list[int], by_char: bool) -> None:
+    # Pinned runs and remembered hold-backs only skip work: after every feed the output
+    # is the same as the full step's, not merely the same in the end.
+    text = "".join(parts)
+    chunks = list(text) if by_char else _chunks(text, cuts)
+    for profile in (PROFILE, CUSTOM):
+        for make in (StreamingMasker, NormalisedStreamingMasker):
+            fast, slow = make(profile), _unhurried(make(profile))
+            for chunk in chunks:
+                assert fast.feed(chunk) == slow.feed(chunk)
+                assert fast.held == slow.held
+            assert fast.flush() == slow.flush()
 
 
 @SETTINGS
