@@ -315,11 +315,7 @@ _VERSION_BEFORE = re.compile(
 
 
 def _ipv4(data: bytes, s: int, e: int) -> int | Keep | None:
-    if _glued(data, s, e, _DOT):
-        return None
-    try:
-        ipaddress.IPv4Address(data[s:e].decode("ascii"))
-    except ValueError:
+    if _glued(data, s, e, _DOT) or not _dotted_quad_valid(data[s:e]):
         return None
     # Only a letter (or "§") shortly before can make it a version: skip the regex otherwise.
     j = s - 1
@@ -329,6 +325,16 @@ def _ipv4(data: bytes, s: int, e: int) -> int | Keep | None:
             and _VERSION_BEFORE.search(data, max(0, s - 24), s) is not None:
         return Keep(e, "a dotted number after a word such as Version, release, build or section")
     return e
+
+
+def _dotted_quad_valid(raw: bytes) -> bool:
+    """What ``ipaddress.IPv4Address`` accepts, for the pattern's shape (four dot-separated
+    runs of 1-3 digits): each part at most 255, no leading zero. ipaddress costs ~10 us a
+    call (exceptions, objects), a tenth of the time of a dense scan; this is ~1 us."""
+    for part in raw.split(b"."):
+        if (len(part) > 1 and part[0] == 0x30) or int(part) > 255:
+            return False
+    return True
 
 
 def _ipv4_explain(data: bytes, s: int, e: int) -> str:
