@@ -93,7 +93,8 @@ class Detector:
     validate: Validator | None = None
     #: For detectors whose alphabet is everything: the literal every match starts with.
     prefix: str | None = None
-    #: Cheap byte substrings; if none occurs in the text the detector cannot match.
+    #: Cheap byte substrings, one of which occurs inside every match: text without any
+    #: (from the scan start on) cannot match.
     triggers: tuple[bytes, ...] = ()
     case_insensitive: bool = False
     #: Every character a match can end with (None: any of ``alphabet``).

@@ -114,7 +114,8 @@ class Pin:
 class Engine:
     """Immutable, shareable: all per-stream state lives in the caller."""
 
-    __slots__ = ("_allow", "_any_gate", "_compiled", "_hold_order", "allow_list", "max_length", "pins")
+    __slots__ = ("_allow", "_any_gate", "_compiled", "_dominator_cap", "_extra", "_hold_order", "allow_list",
+                 "max_length", "pins")
 
     def __init__(self, detectors: Sequence[Detector], allow_list: frozenset[str] = frozenset()) -> None:
         compiled = []
@@ -149,6 +150,25 @@ class Engine:
         self._hold_order: tuple[_Compiled, ...] = tuple(sorted(
             compiled, key=lambda c: (c.detector.prefix is not None,
                                      -(len(c.alpha_set) if c.alpha_set is not None else 1 << 20))))
+        # Dominance (see ``undetermined_start``): the first detector in hold order with an
+        # alphabet that ends a match on any of it; for every other alphabet detector, the
+        # characters that would let it hold more than the dominator.
+        dom = next((c for c in self._hold_order if c.alpha_set is not None and c.detector.prefix is None
+                    and c.detector.ends is None), None)
+        self._dominator_cap = 0
+        extra: list[frozenset[str] | None] = [None] * len(self._hold_order)
+        if dom is not None and dom.alpha_set is not None:
+            d_alpha, d_right = dom.alpha_set, dom.detector.right_context
+            d_starts = dom.starts_set if dom.starts_set is not None else d_alpha
+            self._dominator_cap = dom.detector.max_length + d_right + 1
+            for i, c in enumerate(self._hold_order):
+                if c is dom or c.alpha_set is None or c.detector.prefix is not None:
+                    continue
+                starts = c.starts_set if c.starts_set is not None else c.alpha_set
+                ends = c.ends_set if c.ends_set is not None else c.alpha_set
+                extra[i] = (c.alpha_set - d_alpha) | (starts - d_starts) | (
+                    ends if c.detector.right_context > d_right else frozenset())
+        self._extra: tuple[frozenset[str] | None, ...] = tuple(extra)
         #: ``Pin`` of every detector with an alphabet, widest first: while the undecided
         #: text is one run of that alphabet (see ``StreamingMasker``), appending more of it
         #: cannot decide anything.
@@ -184,10 +204,11 @@ class Engine:
             blo = len(text[:lo].encode("utf-8", "surrogatepass"))
             bhi = blo + len(text[lo:hi].encode("utf-8", "surrogatepass"))
         candidates: list[tuple[int, int, int, str]] = []  # (start, -end, priority, entity)
-        if self._any_gate is not None and self._any_gate.search(data) is None:
+        # Triggers and needed characters lie inside every match, which starts at or after blo.
+        if self._any_gate is not None and self._any_gate.search(data, blo) is None:
             return []
         for priority, comp in enumerate(self._compiled):
-            if comp.triggers is not None and comp.triggers.search(data) is None:
+            if comp.triggers is not None and comp.triggers.search(data, blo) is None:
                 continue
             # Every match starts at or after blo and contains one of ``needs``.
             if comp.needs is not None and comp.needs.search(data, blo) is None:
@@ -324,7 +345,28 @@ class Engine:
         """
         n = len(text)
         result = n
+        # Dominance. Let E be the dominator (widest alphabet, any of it may end a match) and
+        # D another alphabet detector. While E's cap does not bind (n - lo <= its cap) and
+        # the tail text[min(lo, n - RIGHT_CONTEXT):] holds none of D's ``extra`` characters
+        # (alphabet or starts outside E's, or D's ends when D reads more right context),
+        # D's hold-back is never before E's: D's hold-back p is a D-start character after
+        # the start of a D-run ending at q_D (a D-end in D's window, or the last character);
+        # q_D is then an E character in E's window, so E has a run ending at some q_E <= q_D,
+        # starting no later than the D-run's part after lo (those characters are E's too),
+        # and p, an E-start character, is at or after it: E holds from p or earlier. The
+        # minimum is at most E's hold-back, so D is skipped.
+        dominated = n - lo <= self._dominator_cap
+        tail = text[max(0, min(lo, n - RIGHT_CONTEXT)):] if dominated else ""
+        held = text[lo:]
         for i, comp in enumerate(self._hold_order):
+            if dominated:
+                extra = self._extra[i]
+                if extra is not None and extra.isdisjoint(tail):
+                    continue
+            # An alphabet detector's hold-back is one of its ``starts`` characters at or
+            # after lo, or the end: none held, nothing held.
+            if comp.starts_set is not None and comp.alpha_set is not None and comp.starts_set.isdisjoint(held):
+                continue
             if bounds is not None:
                 bound = bounds[i] - base
                 if bound >= result:
@@ -348,6 +390,10 @@ class Engine:
                 if bounds is not None:
                     bounds[i] = base + start
             elif det.prefix is not None:
+                # A block (or the start of its marker) begins with the marker's first
+                # character: none held, nothing held.
+                if det.prefix[0] not in held:
+                    continue
                 start = self._prefix_hold(comp, text, n, floor)
             else:
                 start = floor

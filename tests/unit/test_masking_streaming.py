@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
@@ -143,12 +144,35 @@ def test_char_by_char_equals_whole_and_held_is_bounded(parts: list[str]) -> None
         assert max_held <= profile.max_match_length + HOLD_MARGIN
 
 
+def _without_dominance(profile: MaskingProfile) -> MaskingProfile:
+    """The profile with an engine that asks every detector for its hold-back."""
+    engine = copy.copy(profile.engine)
+    engine._extra = (None,) * len(engine._extra)
+    clone = copy.copy(profile)
+    clone.engine = engine
+    return clone
+
+
+PLAIN = {id(PROFILE): _without_dominance(PROFILE), id(CUSTOM): _without_dominance(CUSTOM)}
+
+
 def _unhurried(masker: Any) -> Any:
     """The same masker without its shortcuts: no pinned runs, no remembered hold-backs,
-    so every feed asks the engine from scratch."""
+    no dominance, so every feed asks every detector from scratch."""
+    masker._profile = PLAIN[id(masker._profile)]
     masker._pins = ()
     masker._bounds = None
     return masker
+
+
+@SETTINGS
+@given(text=st.text(alphabet=st.sampled_from("aeAZsgx09 -.:@+(#_'\né"), max_size=60),
+       lo=st.integers(min_value=0, max_value=60))
+def test_dominance_never_changes_the_hold_back(text: str, lo: int) -> None:
+    lo = min(lo, len(text))
+    for profile in (PROFILE, CUSTOM):
+        plain = PLAIN[id(profile)].engine
+        assert profile.engine.undetermined_start(text, lo) == plain.undetermined_start(text, lo)
 
 
 @SETTINGS
