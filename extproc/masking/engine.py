@@ -52,6 +52,9 @@ class Decision:
 #: detector declares its own ``right_context``; this is the bound over all of them).
 HOLD_MARGIN = RIGHT_CONTEXT + 1
 
+#: Held texts up to this many characters get the cheap "cannot hold" checks.
+_SHORT = 64
+
 _OPTIONS = re2.Options()
 _OPTIONS.max_mem = 64 << 20
 
@@ -205,10 +208,11 @@ class Engine:
             bhi = blo + len(text[lo:hi].encode("utf-8", "surrogatepass"))
         candidates: list[tuple[int, int, int, str]] = []  # (start, -end, priority, entity)
         # Triggers and needed characters lie inside every match, which starts at or after blo.
-        if self._any_gate is not None and self._any_gate.search(data, blo) is None:
-            return []
+        if self._any_gate is not None and len(data) - blo <= _SHORT and self._any_gate.search(data, blo) is None:
+            return []  # (one regex over a long text costs more than the per-detector checks)
         for priority, comp in enumerate(self._compiled):
-            if comp.triggers is not None and comp.triggers.search(data, blo) is None:
+            det = comp.detector
+            if det.triggers and not _any_from(data, det.triggers, blo):
                 continue
             # Every match starts at or after blo and contains one of ``needs``.
             if comp.needs is not None and comp.needs.search(data, blo) is None:
@@ -355,9 +359,12 @@ class Engine:
         # starting no later than the D-run's part after lo (those characters are E's too),
         # and p, an E-start character, is at or after it: E holds from p or earlier. The
         # minimum is at most E's hold-back, so D is skipped.
-        dominated = n - lo <= self._dominator_cap
+        # (Checked per held character, so only for short held texts, like "none held" below.)
+        dominated = n - lo <= min(self._dominator_cap, _SHORT)
         tail = text[max(0, min(lo, n - RIGHT_CONTEXT)):] if dominated else ""
-        held = text[lo:]
+        # The cheap "none held" checks below pay per held character: worth it only for the
+        # short texts small feeds leave (a 4 KB chunk is cheaper to ask directly).
+        held = text[lo:] if n - lo <= _SHORT else None
         for i, comp in enumerate(self._hold_order):
             if dominated:
                 extra = self._extra[i]
@@ -365,7 +372,8 @@ class Engine:
                     continue
             # An alphabet detector's hold-back is one of its ``starts`` characters at or
             # after lo, or the end: none held, nothing held.
-            if comp.starts_set is not None and comp.alpha_set is not None and comp.starts_set.isdisjoint(held):
+            if held is not None and comp.starts_set is not None and comp.alpha_set is not None \
+                    and comp.starts_set.isdisjoint(held):
                 continue
             if bounds is not None:
                 bound = bounds[i] - base
@@ -392,7 +400,7 @@ class Engine:
             elif det.prefix is not None:
                 # A block (or the start of its marker) begins with the marker's first
                 # character: none held, nothing held.
-                if det.prefix[0] not in held:
+                if det.prefix[0] not in text[lo:]:
                     continue
                 start = self._prefix_hold(comp, text, n, floor)
             else:
@@ -476,6 +484,14 @@ def _alphabet_hold(text: str, n: int, comp: _Compiled, floor: int, right: int) -
         first = comp.starts_re.search(text, start)
         start = n if first is None else first.start()
     return start
+
+
+def _any_from(data: bytes, needles: tuple[bytes, ...], start: int) -> bool:
+    """Does any needle occur in ``data[start:]`` (memchr/memmem, no regex)."""
+    for needle in needles:
+        if data.find(needle, start) >= 0:
+            return True
+    return False
 
 
 def _char_class(chars: str | None) -> re.Pattern[str] | None:
