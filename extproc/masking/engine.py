@@ -20,6 +20,7 @@ So a match is decided by a bounded window around it, and text can be scanned in 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ HOLD_MARGIN = RIGHT_CONTEXT + 1
 
 #: Held texts up to this many characters get the cheap "cannot hold" checks.
 _SHORT = 64
+#: Characters of ordinary prose: a dominance group must not need any of them absent.
+_PROSE = frozenset(string.ascii_letters + " ")
 
 _OPTIONS = re2.Options()
 _OPTIONS.max_mem = 64 << 20
@@ -117,8 +120,8 @@ class Pin:
 class Engine:
     """Immutable, shareable: all per-stream state lives in the caller."""
 
-    __slots__ = ("_allow", "_any_gate", "_compiled", "_dominator_cap", "_extra", "_hold_order", "allow_list",
-                 "max_length", "pins")
+    __slots__ = ("_allow", "_any_gate", "_compiled", "_dominator_cap", "_extra", "_fast", "_hold_order",
+                 "allow_list", "max_length", "pins")
 
     def __init__(self, detectors: Sequence[Detector], allow_list: frozenset[str] = frozenset()) -> None:
         compiled = []
@@ -172,6 +175,24 @@ class Engine:
                 extra[i] = (c.alpha_set - d_alpha) | (starts - d_starts) | (
                     ends if c.detector.right_context > d_right else frozenset())
         self._extra: tuple[frozenset[str] | None, ...] = tuple(extra)
+        # The two skips above, grouped: detectors whose extra characters prose lacks are
+        # skipped together when the tail has none of their extras, those with ``starts``
+        # together when nothing held is a start of any of them; only the rest (the
+        # dominator, PEM, detectors without an alphabet) are asked one by one.
+        self._fast: tuple[frozenset[str], frozenset[str], tuple[int, ...]] | None = None
+        if dom is not None:
+            by_extra: set[str] = set()
+            by_starts: set[str] = set()
+            rest: list[int] = []
+            for i, c in enumerate(self._hold_order):
+                x = extra[i]
+                if x is not None and x.isdisjoint(_PROSE):
+                    by_extra |= x
+                elif c.alpha_set is not None and c.starts_set is not None and c is not dom:
+                    by_starts |= c.starts_set
+                else:
+                    rest.append(i)
+            self._fast = (frozenset(by_extra), frozenset(by_starts), tuple(rest))
         #: ``Pin`` of every detector with an alphabet, widest first: while the undecided
         #: text is one run of that alphabet (see ``StreamingMasker``), appending more of it
         #: cannot decide anything.
@@ -365,7 +386,14 @@ class Engine:
         # The cheap "none held" checks below pay per held character: worth it only for the
         # short texts small feeds leave (a 4 KB chunk is cheaper to ask directly).
         held = text[lo:] if n - lo <= _SHORT else None
-        for i, comp in enumerate(self._hold_order):
+        order: Sequence[int] = range(len(self._hold_order))
+        fast = self._fast
+        if dominated and held is not None and fast is not None \
+                and fast[0].isdisjoint(tail) and fast[1].isdisjoint(held):
+            order = fast[2]
+        hold_order = self._hold_order
+        for i in order:
+            comp = hold_order[i]
             if dominated:
                 extra = self._extra[i]
                 if extra is not None and extra.isdisjoint(tail):

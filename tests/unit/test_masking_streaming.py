@@ -148,6 +148,7 @@ def _without_dominance(profile: MaskingProfile) -> MaskingProfile:
     """The profile with an engine that asks every detector for its hold-back."""
     engine = copy.copy(profile.engine)
     engine._extra = (None,) * len(engine._extra)
+    engine._fast = None
     clone = copy.copy(profile)
     clone.engine = engine
     return clone
