@@ -93,7 +93,8 @@ class Detector:
     validate: Validator | None = None
     #: For detectors whose alphabet is everything: the literal every match starts with.
     prefix: str | None = None
-    #: Cheap byte substrings; if none occurs in the text the detector cannot match.
+    #: Cheap byte substrings, one of which occurs inside every match: text without any
+    #: (from the scan start on) cannot match.
     triggers: tuple[bytes, ...] = ()
     case_insensitive: bool = False
     #: Every character a match can end with (None: any of ``alphabet``).
@@ -103,6 +104,9 @@ class Detector:
     #: Every character a match can start with (None: any of ``alphabet``); lets streaming
     #: release the head of a held run that no match can begin in.
     starts: str | None = None
+    #: Characters at least one of which every match contains (None: no such promise);
+    #: text without any of them past the scan start skips the detector's regex.
+    needs: str | None = None
     #: Short name of the rule, shown by ``--explain`` ("luhn+bin", "libphonenumber").
     rule: str = "pattern"
     explain: Explainer | None = None
@@ -312,11 +316,7 @@ _VERSION_BEFORE = re.compile(
 
 
 def _ipv4(data: bytes, s: int, e: int) -> int | Keep | None:
-    if _glued(data, s, e, _DOT):
-        return None
-    try:
-        ipaddress.IPv4Address(data[s:e].decode("ascii"))
-    except ValueError:
+    if _glued(data, s, e, _DOT) or not _dotted_quad_valid(data[s:e]):
         return None
     # Only a letter (or "§") shortly before can make it a version: skip the regex otherwise.
     j = s - 1
@@ -326,6 +326,16 @@ def _ipv4(data: bytes, s: int, e: int) -> int | Keep | None:
             and _VERSION_BEFORE.search(data, max(0, s - 24), s) is not None:
         return Keep(e, "a dotted number after a word such as Version, release, build or section")
     return e
+
+
+def _dotted_quad_valid(raw: bytes) -> bool:
+    """What ``ipaddress.IPv4Address`` accepts, for the pattern's shape (four dot-separated
+    runs of 1-3 digits): each part at most 255, no leading zero. ipaddress costs ~10 us a
+    call (exceptions, objects), a tenth of the time of a dense scan; this is ~1 us."""
+    for part in raw.split(b"."):
+        if (len(part) > 1 and part[0] == 0x30) or int(part) > 255:
+            return False
+    return True
 
 
 def _ipv4_explain(data: bytes, s: int, e: int) -> str:
@@ -421,7 +431,8 @@ def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, t
                 rule="pem-block",
             ),
         ),
-        "JWT": (Detector("JWT", JWT_PATTERN, 8192, _B64URL + ".", _jwt, triggers=(b"eyJ",), rule="jwt-shape"),),
+        "JWT": (Detector("JWT", JWT_PATTERN, 8192, _B64URL + ".", _jwt, triggers=(b"eyJ",), starts="e",
+                         rule="jwt-shape"),),
         "SECRET": (
             Detector(
                 "SECRET",
@@ -430,24 +441,28 @@ def builtin_detectors(phone_regions: Sequence[str] | None = None) -> dict[str, t
                 _B64URL,
                 _secret,
                 triggers=(b"sk-", b"AKIA", b"ASIA", b"gh", b"github_pat_", b"xox"),
+                starts="sAgx",
                 rule="vendor-key-prefix",
             ),
         ),
-        "EMAIL": (Detector("EMAIL", EMAIL_PATTERN, 480, _ALNUM + "._%+-@'", triggers=(b"@",), rule="addr-spec"),),
+        "EMAIL": (Detector("EMAIL", EMAIL_PATTERN, 480, _ALNUM + "._%+-@'", triggers=(b"@",), starts=_ALNUM,
+                           rule="addr-spec"),),
         "IBAN": (Detector("IBAN", IBAN_PATTERN, 42, string.ascii_uppercase + string.digits + " ", _iban,
+                          starts=string.ascii_uppercase, needs=string.digits,
                           rule="iso13616+schwifty", explain=_iban_explain),),
         "CREDIT_CARD": (Detector("CREDIT_CARD", CARD_PATTERN, 23, string.digits + " -", _card,
+                                 starts=string.digits, needs=string.digits,
                                  rule="luhn+issuer-range", explain=_card_explain),),
         "US_SSN": (Detector("US_SSN", SSN_PATTERN, 11, string.digits + "-", _ssn, triggers=(b"-",),
-                            rule="ssa-issuance"),),
+                            starts=string.digits, needs=string.digits, rule="ssa-issuance"),),
         "PHONE": (Detector("PHONE", PHONE_PATTERN, PHONE_MAX_LENGTH, PHONE_ALPHABET, phone_validate,
                            starts="+(" + string.digits, ends=string.digits, right_context=5,
-                           rule="libphonenumber",
+                           needs=string.digits, rule="libphonenumber",
                            explain=phone_explain),),
         "IP_ADDRESS": (
             Detector("IP_ADDRESS", IPV4_PATTERN, 15, string.digits + ".", _ipv4, triggers=(b".",),
-                     rule="ipv4+context", explain=_ipv4_explain),
+                     starts=string.digits, needs=string.digits, rule="ipv4+context", explain=_ipv4_explain),
             Detector("IP_ADDRESS", IPV6_PATTERN, 45, string.hexdigits + ":.", _ipv6, triggers=(b":",),
-                     rule="ipv6"),
+                     starts=string.hexdigits + ":", rule="ipv6"),
         ),
     }

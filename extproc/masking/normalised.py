@@ -13,19 +13,20 @@ the view is cut. Hence, for every chunking, ``feed* + flush == mask_text(whole)`
 
 from __future__ import annotations
 
-import codecs
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from extproc.masking.detectors import LEFT_CONTEXT
+from extproc.masking.engine import Pin
 from extproc.masking.spans import Span
+from extproc.masking.streaming import pin_for
 from extproc.text.normalise import normalise_char
 from extproc.text.normalise import view as text_view
 
 if TYPE_CHECKING:
     from extproc.masking.profile import MaskingProfile
 
-__all__ = ["NormalisedByteStreamMasker", "NormalisedStreamingMasker", "mask_text"]
+__all__ = ["NormalisedStreamingMasker", "mask_text"]
 
 
 def mask_text(profile: MaskingProfile, text: str, counts: Counter[str] | None = None) -> tuple[str, Counter[str]]:
@@ -62,7 +63,7 @@ def _splice(
 class NormalisedStreamingMasker:
     """``feed(text) -> str`` safe to emit now; ``flush() -> str`` at end of stream."""
 
-    __slots__ = ("_ctx", "_origin", "_profile", "_raw", "_view", "counts")
+    __slots__ = ("_bounds", "_ctx", "_emitted", "_origin", "_pin", "_pins", "_profile", "_raw", "_view", "counts")
 
     def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
         self._profile = profile
@@ -73,6 +74,13 @@ class NormalisedStreamingMasker:
         # so plain English answers pay nothing for the view.
         self._origin: list[int] | None = None
         self.counts: Counter[str] = counts if counts is not None else Counter()
+        # As in StreamingMasker ("Pinned runs"), on the view; used while it is the raw text.
+        self._pins = profile.engine.pins
+        self._pin: Pin | None = None
+        # View position of the first held view character; the engine's per-detector
+        # lower bounds for ``undetermined_start`` (as in StreamingMasker).
+        self._emitted = 0
+        self._bounds = profile.engine.new_bounds()
 
     @property
     def held(self) -> int:
@@ -81,13 +89,25 @@ class NormalisedStreamingMasker:
     def feed(self, text: str) -> str:
         if not text:
             return ""
+        pin = self._pin
+        if pin is not None and self._origin is None and len(self._view) + len(text) <= pin.cap \
+                and text.isascii():
+            if pin.alphabet.issuperset(text):
+                self._raw += text  # one run of the pinned alphabet: nothing is decided
+                self._view += text
+                return ""
+            if len(text) <= pin.slack:
+                self._raw += text  # the run's end is still within its right context
+                self._view += text
+                self._pin = None
+                return ""
         base = len(self._raw)
         if text.isascii():
             if self._origin is not None:
                 self._origin.extend(range(base, base + len(text)))
             self._raw += text
             self._view += text
-            return self._advance(final=False)
+            return self._step()
         origin = self._origin if self._origin is not None else list(range(base))
         pieces: list[str] = []
         for i, ch in enumerate(text):
@@ -98,11 +118,19 @@ class NormalisedStreamingMasker:
         self._origin = origin
         self._raw += text
         self._view += "".join(pieces)
-        return self._advance(final=False)
+        return self._step()
 
     def flush(self) -> str:
         out = self._advance(final=True)
         self._ctx = ""
+        self._pin = None
+        self._emitted = 0
+        self._bounds = self._profile.engine.new_bounds()
+        return out
+
+    def _step(self) -> str:
+        out = self._advance(final=False)
+        self._pin = pin_for(self._pins, self._view)
         return out
 
     def _advance(self, *, final: bool) -> str:
@@ -111,7 +139,7 @@ class NormalisedStreamingMasker:
         engine = self._profile.engine
         work = self._ctx + self._view
         lo = len(self._ctx)
-        cut = len(work) if final else engine.undetermined_start(work, lo)
+        cut = len(work) if final else engine.undetermined_start(work, lo, self._bounds, self._emitted - lo)
         spans = engine.find(work, lo, cut) if cut > lo else []
         if spans and spans[-1].end > cut:
             cut = spans[-1].end
@@ -132,35 +160,10 @@ class NormalisedStreamingMasker:
             originals = [(origin[s.start - lo], origin[s.end - 1 - lo] + 1) for s in spans]
             out = _splice(self._profile, self._raw, work, spans, originals, self.counts, 0, raw_cut)
         consumed = cut - lo
+        self._emitted += consumed
         self._ctx = work[max(0, cut - LEFT_CONTEXT) : cut]
         self._raw = self._raw[raw_cut:]
         self._view = self._view[consumed:]
         if origin is not None:
             self._origin = [o - raw_cut for o in origin[consumed:]]
         return out
-
-
-class NormalisedByteStreamMasker:
-    """UTF-8 bytes in and out; chunks may split multi-byte characters (invalid bytes: U+FFFD)."""
-
-    __slots__ = ("_decoder", "_text")
-
-    def __init__(self, profile: MaskingProfile, counts: Counter[str] | None = None) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._text = NormalisedStreamingMasker(profile, counts)
-
-    @property
-    def counts(self) -> Counter[str]:
-        return self._text.counts
-
-    @property
-    def held(self) -> int:
-        return self._text.held
-
-    def feed(self, data: bytes) -> bytes:
-        return self._text.feed(self._decoder.decode(data)).encode("utf-8", "surrogatepass")
-
-    def flush(self) -> bytes:
-        tail = self._text.feed(self._decoder.decode(b"", final=True))
-        self._decoder.reset()
-        return (tail + self._text.flush()).encode("utf-8", "surrogatepass")

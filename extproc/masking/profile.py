@@ -122,9 +122,9 @@ class MaskingProfile:
         return StreamingMasker(self)
 
     def bytes_streaming(self) -> ByteStreamMasker:
-        from extproc.masking.streaming import ByteStreamMasker
+        from extproc.masking.streaming import ByteStreamMasker, StreamingMasker
 
-        return ByteStreamMasker(self)
+        return ByteStreamMasker(StreamingMasker(self))
 
     def __repr__(self) -> str:
         return f"MaskingProfile(entities={sorted(self.entities)}, max_match_length={self.max_match_length})"

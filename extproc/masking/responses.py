@@ -41,8 +41,9 @@ from typing import Any, Protocol
 from extproc.errors import ExtprocError
 from extproc.llmapi import NestingTooDeep, load_bounded
 from extproc.llmapi.sse import DEFAULT_MAX_EVENT_SIZE, SseEvent, SseParser, serialize_event
-from extproc.masking.normalised import NormalisedByteStreamMasker, NormalisedStreamingMasker, mask_text
+from extproc.masking.normalised import NormalisedStreamingMasker, mask_text
 from extproc.masking.profile import MaskingProfile
+from extproc.masking.streaming import ByteStreamMasker
 
 __all__ = [
     "APIS",
@@ -155,7 +156,7 @@ class AnswerRefused(Exception):
 class TextBodyMasker:
     def __init__(self, profile: MaskingProfile) -> None:
         self.counts: Counter[str] = Counter()
-        self._masker = NormalisedByteStreamMasker(profile, self.counts)
+        self._masker = ByteStreamMasker(NormalisedStreamingMasker(profile, self.counts))
 
     def feed(self, chunk: bytes) -> bytes:
         return self._masker.feed(chunk)

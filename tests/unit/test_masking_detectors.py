@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc.errors import ConfigError
 from extproc.masking import BUILTIN_ENTITIES, MaskingProfile, Span, default_profile
-from extproc.masking.detectors import iban_valid, luhn_valid
+from extproc.masking.detectors import _dotted_quad_valid, iban_valid, luhn_valid
 
 POSITIVES = [
     ("EMAIL", "bob@example.com"),
@@ -266,3 +269,17 @@ def test_with_literals_masks_exact_strings_everywhere() -> None:
     assert profile.with_literals([]) is profile
     upstream = profile.with_literals(["tok-42"], entity="UPSTREAM_KEY")
     assert upstream.mask("tok-42 TOK-42")[0] == "[UPSTREAM_KEY] TOK-42"
+
+
+@settings(deadline=None)
+@given(parts=st.lists(st.integers(min_value=0, max_value=999), min_size=4, max_size=4),
+       widths=st.lists(st.integers(min_value=1, max_value=3), min_size=4, max_size=4))
+def test_dotted_quad_check_agrees_with_ipaddress(parts: list[int], widths: list[int]) -> None:
+    # Zero-padded parts ("01", "007") included: ipaddress rejects leading zeros.
+    quad = ".".join(str(p).zfill(w) for p, w in zip(parts, widths, strict=True))
+    try:
+        ipaddress.IPv4Address(quad)
+        expected = True
+    except ValueError:
+        expected = False
+    assert _dotted_quad_valid(quad.encode()) is expected

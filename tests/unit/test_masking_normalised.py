@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.masking import default_profile
-from extproc.masking.normalised import NormalisedByteStreamMasker, NormalisedStreamingMasker, mask_text
+from extproc.masking.normalised import NormalisedStreamingMasker, mask_text
+from extproc.masking.streaming import ByteStreamMasker
 
 PROFILE = default_profile()
 
@@ -56,7 +57,7 @@ def test_any_chunking_gives_the_whole_text_result(pieces: list[str], cuts: list[
 def test_byte_chunking_inside_characters(pieces: list[str], step: int) -> None:
     text = "".join(pieces)
     data = text.encode()
-    masker = NormalisedByteStreamMasker(PROFILE)
+    masker = ByteStreamMasker(NormalisedStreamingMasker(PROFILE))
     out = b"".join(masker.feed(data[i : i + step]) for i in range(0, len(data), step)) + masker.flush()
     assert out.decode() == mask_text(PROFILE, text)[0]
 

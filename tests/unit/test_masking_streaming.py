@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.masking import HOLD_MARGIN, ByteStreamMasker, MaskingProfile, default_profile
+from extproc.masking import HOLD_MARGIN, ByteStreamMasker, MaskingProfile, StreamingMasker, default_profile
+from extproc.masking.normalised import NormalisedStreamingMasker
 
 PROFILE = default_profile()
 CUSTOM = MaskingProfile.from_config(
@@ -135,9 +138,59 @@ def test_any_chunking_equals_whole_mask(parts: list[str], cuts: list[int]) -> No
 @given(parts=pieces)
 def test_char_by_char_equals_whole_and_held_is_bounded(parts: list[str]) -> None:
     text = "".join(parts)
-    got, max_held = _stream(PROFILE, list(text))
-    assert got == PROFILE.mask(text)[0]
-    assert max_held <= PROFILE.max_match_length + HOLD_MARGIN
+    for profile in (PROFILE, CUSTOM):
+        got, max_held = _stream(profile, list(text))
+        assert got == profile.mask(text)[0]
+        assert max_held <= profile.max_match_length + HOLD_MARGIN
+
+
+def _without_dominance(profile: MaskingProfile) -> MaskingProfile:
+    """The profile with an engine that asks every detector for its hold-back."""
+    engine = copy.copy(profile.engine)
+    engine._extra = (None,) * len(engine._extra)
+    engine._fast = None
+    clone = copy.copy(profile)
+    clone.engine = engine
+    return clone
+
+
+PLAIN = {id(PROFILE): _without_dominance(PROFILE), id(CUSTOM): _without_dominance(CUSTOM)}
+
+
+def _unhurried(masker: Any) -> Any:
+    """The same masker without its shortcuts: no pinned runs, no remembered hold-backs,
+    no dominance, so every feed asks every detector from scratch."""
+    masker._profile = PLAIN[id(masker._profile)]
+    masker._pins = ()
+    masker._bounds = None
+    return masker
+
+
+@SETTINGS
+@given(text=st.text(alphabet=st.sampled_from("aeAZsgx09 -.:@+(#_'\né"), max_size=60),
+       lo=st.integers(min_value=0, max_value=60))
+def test_dominance_never_changes_the_hold_back(text: str, lo: int) -> None:
+    lo = min(lo, len(text))
+    for profile in (PROFILE, CUSTOM):
+        plain = PLAIN[id(profile)].engine
+        assert profile.engine.undetermined_start(text, lo) == plain.undetermined_start(text, lo)
+
+
+@SETTINGS
+@given(parts=pieces, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+       by_char=st.booleans())
+def test_shortcuts_never_change_what_is_emitted_when(parts: list[str], cuts: list[int], by_char: bool) -> None:
+    # Pinned runs and remembered hold-backs only skip work: after every feed the output
+    # is the same as the full step's, not merely the same in the end.
+    text = "".join(parts)
+    chunks = list(text) if by_char else _chunks(text, cuts)
+    for profile in (PROFILE, CUSTOM):
+        for make in (StreamingMasker, NormalisedStreamingMasker):
+            fast, slow = make(profile), _unhurried(make(profile))
+            for chunk in chunks:
+                assert fast.feed(chunk) == slow.feed(chunk)
+                assert fast.held == slow.held
+            assert fast.flush() == slow.flush()
 
 
 @SETTINGS
@@ -161,7 +214,7 @@ def test_no_output_contains_a_detected_value(parts: list[str], cuts: list[int]) 
 def test_byte_chunking_including_inside_characters(parts: list[str], junk: bytes, cuts: list[int]) -> None:
     data = "".join(parts).encode() + junk  # junk may be invalid UTF-8
     expected = PROFILE.mask(data.decode("utf-8", "replace"))[0].encode()
-    masker = ByteStreamMasker(PROFILE)
+    masker = ByteStreamMasker(StreamingMasker(PROFILE))
     points = sorted({c % (len(data) + 1) for c in cuts})
     bounds = [0, *points, len(data)]
     got = b"".join(masker.feed(data[a:b]) for a, b in itertools.pairwise(bounds)) + masker.flush()
