@@ -129,6 +129,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     ap.add_argument("--concurrency", "-c", type=int, default=16, help="concurrent callers (default 16)")
     ap.add_argument("--cprofile", default="", help="run the server under cProfile and write its stats here")
+    ap.add_argument("--native", action="store_true", help="py-spy --native: C frames (gRPC's Cython, libc) too")
     ap.add_argument("--threads", action="store_true",
                     help="no sampling: the CPU each thread of the ext_proc process used per request")
     ap.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
@@ -197,8 +198,9 @@ def main() -> int:
             load(ports["http"], token, args.concurrency, args.duration + 1)))
         loader.start()
         subprocess.run([spy, "record", "--pid", str(side.popen.pid), "--duration", str(int(args.duration)),
-                        "--rate", str(args.rate), "--format", "raw", "--subprocesses", "--nonblocking",
-                        "-o", str(prof)],
+                        "--rate", str(args.rate), "--format", "raw", "--subprocesses",
+                        # --native unwinds C stacks, which needs the process paused while sampled
+                        *(["--native"] if args.native else ["--nonblocking"]), "-o", str(prof)],
                        check=True, capture_output=True)
         loader.join()
         print(f"load: {result}")

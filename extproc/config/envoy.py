@@ -402,9 +402,12 @@ def _early_request_id() -> TypedExtensionConfig:
 
     move = EarlyHeaderMutation(mutations=[
         RuleMutation(remove=CLIENT_REQUEST_ID_HEADER),  # never the client's own copy
+        # Kept when empty (no client id): ext_proc then knows the x-request-id it sees is
+        # Envoy's own, not a caller's passed on by another proxy.
         RuleMutation(append=HeaderValueOption(
             header=HeaderValue(key=CLIENT_REQUEST_ID_HEADER, value="%REQ(x-request-id)%"),
             append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            keep_empty_value=True,
         )),
         RuleMutation(remove="x-request-id"),
     ])

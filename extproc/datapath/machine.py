@@ -454,10 +454,11 @@ class RequestMachine:
     def on_request_headers(self, headers: Mapping[str, str], end_of_stream: bool) -> Step:
         self._accept(Event.REQUEST_HEADERS)
         info = self.info
-        # Envoy as rendered moves the client's id to CLIENT_REQUEST_ID_HEADER; another Envoy
-        # may pass it as x-request-id. Either way it is only a correlation attribute.
-        info.client_request_id = client_request_id(
-            headers.get(CLIENT_REQUEST_ID_HEADER) or headers.get("x-request-id"))
+        # Envoy as rendered moves the client's id to CLIENT_REQUEST_ID_HEADER (empty when there
+        # was none: the x-request-id it sends then is its own); another Envoy may pass the
+        # client's as x-request-id. Either way it is only a correlation attribute.
+        mine = headers.get(CLIENT_REQUEST_ID_HEADER)
+        info.client_request_id = client_request_id(mine if mine is not None else headers.get("x-request-id"))
         info.method = headers.get(":method", "")
         info.path = headers.get(":path", "")
         self._headers = headers

@@ -296,3 +296,13 @@ def test_a_malformed_client_request_id_is_dropped(rec: Stack) -> None:
         extra_headers={"x-request-id": "a" * 129})
     doc = show(s, rid_of(answer))
     assert doc["client_request_id"] is None and rid_of(answer) != "a" * 129
+
+
+def test_without_a_client_request_id_none_is_recorded(rec: Stack) -> None:
+    """Envoy generates an x-request-id when the caller sends none: that one is Envoy's, not a
+    correlation id of the caller's, and is not recorded as one."""
+    s = rec
+    answer = client(s, s.token(f"lou-{uuid.uuid4().hex[:6]}")).chat.completions.with_raw_response.create(
+        model="gpt-x", messages=[{"role": "user", "content": "hi"}])  # type: ignore[arg-type]
+    doc = show(s, rid_of(answer))
+    assert doc["client_request_id"] is None

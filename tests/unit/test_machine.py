@@ -552,3 +552,14 @@ def test_response_body_is_skipped_only_when_nothing_reads_it() -> None:
     m3.on_request_headers(headers("/open/x"), True)
     assert not m3.on_response_headers({":status": "200", "content-type": "application/json"},
                                       False).skip_response_body
+
+
+def test_an_empty_client_request_id_header_means_the_x_request_id_is_envoys_own() -> None:
+    m = RequestMachine(gateway(), request_id="gw-10")
+    m.on_request_headers({":method": "POST", ":path": "/openai/x", "authorization": "Bearer a.b.c",
+                          CLIENT_REQUEST_ID_HEADER: "", "x-request-id": "0b6e1d7a-envoy-generated"}, False)
+    assert m.info.client_request_id is None
+    other = RequestMachine(gateway(), request_id="gw-11")  # another proxy passing the caller's id on
+    other.on_request_headers({":method": "POST", ":path": "/openai/x", "authorization": "Bearer a.b.c",
+                              "x-request-id": "caller-7"}, False)
+    assert other.info.client_request_id == "caller-7"
