@@ -103,25 +103,22 @@ def _mutation(d: Continue) -> ep.HeaderMutation | None:
     )
 
 
-#: The response body is not sent (see ``Continue.skip_response_body``); the rest as configured.
-_SKIP_RESPONSE_BODY = epf.ProcessingMode(
-    request_header_mode=epf.ProcessingMode.SEND,
-    response_header_mode=epf.ProcessingMode.SEND,
-    request_body_mode=epf.ProcessingMode.BUFFERED,
-    response_body_mode=epf.ProcessingMode.NONE,
-    request_trailer_mode=epf.ProcessingMode.SKIP,
-    response_trailer_mode=epf.ProcessingMode.SKIP,
-)
+def _mode(*, request_body: int, response_body: int) -> epf.ProcessingMode:
+    """The processing mode Envoy is rendered with, but for the body modes (a per-stream override)."""
+    return epf.ProcessingMode(
+        request_header_mode=epf.ProcessingMode.SEND,
+        response_header_mode=epf.ProcessingMode.SEND,
+        request_body_mode=request_body,
+        response_body_mode=response_body,
+        request_trailer_mode=epf.ProcessingMode.SKIP,
+        response_trailer_mode=epf.ProcessingMode.SKIP,
+    )
 
+
+#: The response body is not sent (see ``Continue.skip_response_body``); the rest as configured.
+_SKIP_RESPONSE_BODY = _mode(request_body=epf.ProcessingMode.BUFFERED, response_body=epf.ProcessingMode.NONE)
 #: Everything as configured, minus the request body (see ``Continue.skip_request_body``).
-_SKIP_REQUEST_BODY = epf.ProcessingMode(
-    request_header_mode=epf.ProcessingMode.SEND,
-    response_header_mode=epf.ProcessingMode.SEND,
-    request_body_mode=epf.ProcessingMode.NONE,
-    response_body_mode=epf.ProcessingMode.STREAMED,
-    request_trailer_mode=epf.ProcessingMode.SKIP,
-    response_trailer_mode=epf.ProcessingMode.SKIP,
-)
+_SKIP_REQUEST_BODY = _mode(request_body=epf.ProcessingMode.NONE, response_body=epf.ProcessingMode.STREAMED)
 
 
 def _common(d: Continue) -> ep.CommonResponse:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -23,22 +21,6 @@ from extproc.policy.budgets import BudgetOutcome, charge_usage, check_and_reserv
 URL = os.environ["REDIS_URL"]
 T = TypeVar("T")
 
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"extproc-test:{uuid.uuid4().hex}:"
-    yield p
-
-    async def cleanup() -> None:
-        client = Redis.from_url(URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{p}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-
-    asyncio.run(cleanup())
 
 
 def run(fn: Callable[[Redis], Awaitable[T]]) -> T:

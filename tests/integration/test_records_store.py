@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,22 +35,6 @@ from extproc.recording.store import _SHA256_LUA, RecordingUnavailable, RecordsSt
 URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/13"
 T = TypeVar("T")
 
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"extproc-test:{uuid.uuid4().hex}:"
-    yield p
-
-    async def cleanup() -> None:
-        client = Redis.from_url(URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{p}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-
-    asyncio.run(cleanup())
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +24,6 @@ from tests.integration.test_records_store import finish, interaction, settings
 
 URL = os.environ["REDIS_URL"]
 
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"extproc-test:{uuid.uuid4().hex}:"
-    yield p
-
-    async def cleanup() -> None:
-        client = Redis.from_url(URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{p}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-
-    asyncio.run(cleanup())
 
 
 def test_concurrent_commands_share_one_round_trip_and_each_gets_its_own_reply(prefix: str) -> None:
