@@ -360,6 +360,11 @@ class ApprovalStore:
                 await self.abandon_stale()
                 await self.expire_due()
             except StoreUnavailable as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled mid-command: redis-py may report that as a connection error,
+                    # which must not swallow the cancellation (the loop would never end).
+                    raise asyncio.CancelledError from None
                 log.warning("approval maintenance skipped: redis unavailable (%s)", exc)
             await asyncio.sleep(interval)
 

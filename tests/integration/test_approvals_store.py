@@ -28,6 +28,7 @@ from extproc.approvals.model import (
 )
 from extproc.approvals.store import ApprovalStore
 from extproc.approvals.waiter import ApprovalWaiter
+from extproc.errors import StoreUnavailable
 from extproc.identity.model import Identity
 
 T = TypeVar("T")
@@ -317,5 +318,33 @@ def test_maintain(redis_url: str) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+    run(body)
+
+
+def test_maintain_ends_when_cancelled_even_if_the_client_turns_the_cancel_into_an_error(redis_url: str) -> None:
+    async def body(r: Redis, p: str) -> None:
+        store = ApprovalStore(r, prefix=p)
+        entered = asyncio.Event()
+        calls = 0
+
+        async def heartbeat(owner: str, **_kw: object) -> None:
+            nonlocal calls
+            calls += 1
+            entered.set()
+            if calls > 1:
+                await asyncio.sleep(60)  # (only reached if the first cancel was swallowed)
+                return
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                raise StoreUnavailable("ConnectionError") from None  # what a client may do mid-read
+
+        store.heartbeat = heartbeat  # type: ignore[method-assign]
+        task = asyncio.create_task(store.maintain("host:9:me", interval=0.01))
+        await entered.wait()
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        assert task.done() and task.cancelled() and calls == 1  # not another round of the loop
 
     run(body)
