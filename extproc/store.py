@@ -22,12 +22,21 @@ from redis.exceptions import RedisError
 
 from extproc.errors import StoreUnavailable
 
-__all__ = ["DEFAULT_PREFIX", "Batcher", "KeySpace", "RedisStore", "StoreUnavailable"]
+__all__ = ["DEFAULT_PREFIX", "Batcher", "KeySpace", "RedisStore", "StoreUnavailable", "reraise_if_cancelled"]
 
 log = logging.getLogger("extproc.store")
 
 #: Every key the project writes starts with this (configurable per deployment or tenant).
 DEFAULT_PREFIX = "extproc:"
+
+
+def reraise_if_cancelled() -> None:
+    """Call where a background loop handles a Redis error: a cancel that arrived mid-command may
+    come out of the client as a connection error, and a loop that handled it would never end
+    (nor would the ``asyncio.run`` that waits for it at exit)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class KeySpace:
@@ -193,6 +202,7 @@ class RedisStore:
         try:
             return bool(await self.client.ping())
         except (RedisError, OSError):
+            reraise_if_cancelled()
             return False
 
     async def close(self) -> None:

@@ -50,7 +50,7 @@ from extproc.approvals.model import (
 )
 from extproc.approvals.notify import Notifier
 from extproc.identity.model import Identity
-from extproc.store import DEFAULT_PREFIX, KeySpace, StoreUnavailable
+from extproc.store import DEFAULT_PREFIX, KeySpace, StoreUnavailable, reraise_if_cancelled
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -360,11 +360,7 @@ class ApprovalStore:
                 await self.abandon_stale()
                 await self.expire_due()
             except StoreUnavailable as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Cancelled mid-command: redis-py may report that as a connection error,
-                    # which must not swallow the cancellation (the loop would never end).
-                    raise asyncio.CancelledError from None
+                reraise_if_cancelled()
                 log.warning("approval maintenance skipped: redis unavailable (%s)", exc)
             await asyncio.sleep(interval)
 

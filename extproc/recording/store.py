@@ -68,7 +68,7 @@ from extproc.recording.model import (
     summarize,
     verify_chain,
 )
-from extproc.store import DEFAULT_PREFIX, KeySpace
+from extproc.store import DEFAULT_PREFIX, KeySpace, reraise_if_cancelled
 
 __all__ = ["RecordKeys", "RecordingUnavailable", "RecordsStore", "Spool", "TrimResult"]
 
@@ -636,6 +636,7 @@ class RecordsStore:
                 try:
                     ok = bool(await self.client.ping())
                 except _ERRORS:
+                    reraise_if_cancelled()
                     ok = False
                 if ok:
                     self._down_until = 0.0
