@@ -209,11 +209,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
                 t0 = time.perf_counter()
-                got = self._dispatch(machine, req, kind)
-                if isinstance(got, NeedIdentity):
-                    known = auth.cached(got.token)  # a token seen before: no await
-                    if known is not None:
-                        got = self._answer(kind, machine.on_identity(known))
+                got = self._dispatch(machine, auth, req, kind)
                 resp: ep.ProcessingResponse | None = None
                 if isinstance(got, ep.ProcessingResponse):
                     resp = got  # decided at once: no await, no generator (most messages)
@@ -326,16 +322,30 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         out.error)
         return out
 
+    def _settle(self, machine: RequestMachine, auth: Authenticator, d: Step) -> Step:
+        """Answer every ``Need*`` that needs no waiting, until the machine decides or asks for
+        something that does: a token verified before (the token cache), and a ``best_effort``
+        record start (it joins the next group write and is spooled, in order, if Redis does not
+        take it; only ``required`` mode holds the request until written)."""
+        while True:
+            if isinstance(d, NeedIdentity):
+                known = auth.cached(d.token)
+                if known is None:
+                    return d
+                d = machine.on_identity(known)
+            elif isinstance(d, NeedRecordStart) and self._records is not None \
+                    and self._records.settings.mode != "required":
+                self._records.submit_start(d.entry)
+                d = machine.on_record_start(True)
+            else:
+                return d
+
     async def _record_start(self, need: NeedRecordStart) -> bool:
+        """A ``required`` record start: the request waits until it is written (or refused)."""
         if self._records is None:
             return False
-        pending = self._records.submit_start(need.entry)
-        if self._records.settings.mode != "required":
-            # best_effort: the request does not wait for its record (it is spooled, in order,
-            # if Redis does not take it); only required mode holds the request until written.
-            return True
         try:
-            await pending
+            await self._records.submit_start(need.entry)
         except RecordingUnavailable:
             self._metrics.stream_errors.labels("recording").inc()
             return False
@@ -363,6 +373,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         override lasts one processing state, at most ``max_message_timeout``)."""
         extended = False
         while True:
+            d = self._settle(machine, auth, d)
             if isinstance(d, NeedInspection):
                 # Envoy waits message_timeout for an answer; extend it once (per processing state,
                 # at most max_message_timeout) to cover the inspection and, since the same state
@@ -417,10 +428,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return resp
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=_common(d)))
 
-    def _dispatch(self, machine: RequestMachine, req: ep.ProcessingRequest,
+    def _dispatch(self, machine: RequestMachine, auth: Authenticator, req: ep.ProcessingRequest,
                   kind: str | None) -> ep.ProcessingResponse | Step:
-        """The machine's answer to one message: the response when it decided at once, else the
-        ``Need*`` it waits on (for ``_fulfil``)."""
+        """The machine's answer to one message: the response when it decided without waiting
+        (``_settle``), else the ``Need*`` it waits on (for ``_fulfil``)."""
         d: Step
         if kind == "request_headers":
             d = machine.on_request_headers(_headers(req.request_headers), req.request_headers.end_of_stream)
@@ -446,8 +457,5 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
         else:
             raise ProtocolError(f"unsupported ext_proc message {kind!r}")
-        return self._answer(kind, d)
-
-    def _answer(self, kind: str | None, d: Step) -> ep.ProcessingResponse | Step:
-        """The response to a request-side message once the machine decided, else the ``Need*``."""
-        return self._request_response(kind or "", d) if isinstance(d, Continue | Reply) else d
+        d = self._settle(machine, auth, d)
+        return self._request_response(kind, d) if isinstance(d, Continue | Reply) else d
