@@ -25,11 +25,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.run import gateway_config, load, upstream_envoy  # noqa: E402
+from bench.run import gateway_config, load, start_upstream  # noqa: E402
 from extproc.config.envoy import render_envoy  # noqa: E402
 from extproc.config.load import load_config  # noqa: E402
 from extproc.dev.keys import ensure_dev_issuer, mint_token  # noqa: E402
-from extproc.dev.procs import Proc, envoy_binary, free_port, free_ports, start_redis, wait_http, wait_tcp  # noqa: E402
+from extproc.dev.procs import Proc, envoy_binary, free_port, free_ports, start_redis, wait_http  # noqa: E402
 
 #: (area, substrings of "file:function") in the order they are tried; the first match wins.
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -148,11 +148,7 @@ def main() -> int:
         rport = free_port()
         procs.append(start_redis(rport, work))
         redis_url = f"redis://127.0.0.1:{rport}/0"
-        up_port, up_admin = free_ports(2)
-        (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
-        procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
-                                       "--use-dynamic-base-id", "--concurrency", "1"], work / "up.log").start())
-        wait_tcp("127.0.0.1", up_port, 20, procs[-1])
+        up_port = start_upstream(work, procs)
         key, _ = ensure_dev_issuer(work / "dev")
         token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
         names = ("http", "ext_proc", "admin", "admin_grpc", "envoy_admin")

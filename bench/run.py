@@ -99,6 +99,16 @@ def upstream_envoy(port: int, admin: int) -> dict[str, Any]:
     }
 
 
+def start_upstream(work: Path, procs: list[Proc]) -> int:
+    """The canned upstream Envoy (added to ``procs``, which stops it); its port."""
+    up_port, up_admin = free_ports(2)
+    (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
+    procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
+                                   "--use-dynamic-base-id", "--concurrency", "1"], work / "upstream.log").start())
+    wait_tcp("127.0.0.1", up_port, 20, procs[-1])
+    return up_port
+
+
 def full_policy() -> dict[str, Any]:
     """The bench policy without its approval rules (a held request is not throughput) and with
     one per-user budget whose limits the benchmark's own load never reaches."""
@@ -280,12 +290,7 @@ def main() -> int:
             rport = free_port()
             procs.append(start_redis(rport, work))
             redis_url = f"redis://127.0.0.1:{rport}/0"
-        up_port, up_admin = free_ports(2)
-        (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_envoy(up_port, up_admin)))
-        procs.append(Proc("upstream", [envoy_binary(), "-c", str(work / "upstream.yaml"), "--log-level", "error",
-                                       "--use-dynamic-base-id", "--concurrency", "1"],
-                          work / "upstream.log").start())
-        wait_tcp("127.0.0.1", up_port, 20, procs[-1])
+        up_port = start_upstream(work, procs)
 
         key, _ = ensure_dev_issuer(work / "dev")
         token = mint_token(key.read_text(), subject="bench", groups=["engineering"], ttl_seconds=7200)
